@@ -1,0 +1,106 @@
+# wrpc-http-provider: a wasmCloud HTTP server provider in one C++ header.
+#
+#   make            build/http-server, build/demo-component, build/nats_lite, build/make_par
+#   make test       every test (installs missing Debian packages first)
+#   make demo       nats-server + demo component + provider on loopback, then two curls
+#   make par        build/http-server.par.gz for `wash app deploy wadm.yaml`
+#   make test-asan / test-tsan   the tests under AddressSanitizer+UBSan / ThreadSanitizer
+#   make bench      the benchmark (bench/results.md)
+
+CXX      ?= g++
+CXXSTD   := -std=c++17
+WARN     := -Wall -Wextra
+HTTPLIB_CFLAGS := $(shell pkg-config --cflags cpp-httplib 2>/dev/null || echo -DCPPHTTPLIB_OPENSSL_SUPPORT -DCPPHTTPLIB_ZLIB_SUPPORT -DCPPHTTPLIB_BROTLI_SUPPORT)
+FEATURES := -DWRPC_HTTP_OPENSSL_SUPPORT -DWRPC_HTTP_SODIUM_SUPPORT
+CXXFLAGS ?= -O2 -g
+ALL_CXXFLAGS = $(CXXSTD) $(WARN) $(CXXFLAGS) $(FEATURES) $(HTTPLIB_CFLAGS) -I.
+LDLIBS   := -lcpp-httplib -lssl -lcrypto -lsodium -lz -pthread
+
+HEADER   := wrpc_http_provider.hpp
+BUILD    ?= build
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# Debian 12 package names of everything the build and the tests use.
+PACKAGES := g++ make pkg-config libcpp-httplib-dev nlohmann-json3-dev doctest-dev libssl-dev \
+            libsodium-dev zlib1g-dev nats-server curl golang-go golang-github-nats-io-go-nats-dev
+
+BINARIES := $(BUILD)/http-server $(BUILD)/demo-component $(BUILD)/nats_lite $(BUILD)/make_par
+TEST_SOURCES := $(wildcard tests/test_*.cpp)
+TEST_OBJECTS := $(patsubst tests/%.cpp,$(BUILD)/tests/%.o,$(TEST_SOURCES))
+
+.PHONY: all deps test test-unit test-go test-asan test-tsan demo par test-par bench clean
+
+all: $(BINARIES)
+
+# Installs whatever of PACKAGES is missing (a fresh Debian 12 needs only this).
+deps:
+	@missing=""; for p in $(PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+$(BUILD)/http-server: main.cpp $(HEADER) $(wildcard wip/*.hpp)
+	@mkdir -p $(@D)
+	$(CXX) $(ALL_CXXFLAGS) $< -o $@ $(LDLIBS)
+
+$(BUILD)/demo-component: demo/demo_component.cpp $(HEADER) $(wildcard wip/*.hpp)
+	@mkdir -p $(@D)
+	$(CXX) $(ALL_CXXFLAGS) $< -o $@ $(LDLIBS)
+
+$(BUILD)/nats_lite: nats_lite/nats_lite.cpp $(HEADER) $(wildcard wip/*.hpp)
+	@mkdir -p $(@D)
+	$(CXX) $(ALL_CXXFLAGS) $< -o $@ $(LDLIBS)
+
+$(BUILD)/make_par: par/make_par.cpp $(HEADER) $(wildcard wip/*.hpp)
+	@mkdir -p $(@D)
+	$(CXX) $(ALL_CXXFLAGS) $< -o $@ $(LDLIBS)
+
+$(BUILD)/tests/%.o: tests/%.cpp $(HEADER) $(wildcard wip/*.hpp) tests/support.hpp
+	@mkdir -p $(@D)
+	$(CXX) $(ALL_CXXFLAGS) -c $< -o $@
+
+$(BUILD)/tests/run-tests: $(TEST_OBJECTS)
+	$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/nats_peer: tests/interop/nats_peer.go tests/interop/build.sh
+	tests/interop/build.sh $@
+
+$(BUILD)/go-gateway: $(wildcard bench/go-gateway/*.go) bench/go-gateway/build.sh
+	bench/go-gateway/build.sh $@
+
+test: deps
+	$(MAKE) test-unit test-go
+
+# The doctest suite: unit tests and integration tests against real processes.
+test-unit: $(BINARIES) $(BUILD)/tests/run-tests $(BUILD)/nats_peer
+	WRPC_HTTP_BUILD=$(BUILD) $(BUILD)/tests/run-tests
+	tests/par_test.sh $(BUILD)/make_par $(BUILD)/http-server
+
+test-go:
+	cd bench/go-gateway && GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS= GOPROXY=off \
+	  GOCACHE=$$(mktemp -d) go test -count=1 .
+
+test-asan: deps
+	$(MAKE) test-unit BUILD=build/asan CXXFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer"
+
+test-tsan: deps
+	$(MAKE) test-unit BUILD=build/tsan CXXFLAGS="-O1 -g -fsanitize=thread"
+
+demo: deps all
+	tests/demo.sh $(BUILD)
+
+KEYS_DIR ?= $(if $(WASH_KEYS),$(WASH_KEYS),$(HOME)/.wash/keys)
+par: $(BUILD)/http-server.par.gz
+
+$(BUILD)/http-server.par.gz: $(BUILD)/http-server $(BUILD)/make_par
+	$(BUILD)/make_par --bin $(BUILD)/http-server --name http-server --vendor wrpc-http-provider \
+	  --version 0.1.0 --rev 0 --keys-dir $(KEYS_DIR) --out $@
+
+bench: deps all $(BUILD)/go-gateway
+	bench/run.sh $(BUILD)
+
+clean:
+	rm -rf build

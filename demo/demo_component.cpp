@@ -1,0 +1,151 @@
+// A native stand-in for a wasmCloud HTTP component: it serves
+// `wrpc:http/incoming-handler@0.1.0.handle` over NATS with the same header the provider
+// uses, so the whole flow runs where no wasmCloud host exists.
+//
+//   demo-component --nats URL --lattice default --id http-http_component
+//
+// GET answers like the hello-world component; POST/PUT/PATCH echo the body as it streams.
+// A few paths exist for tests and benchmarks:
+//   /proxy/bytes/N     N bytes of a repeating pattern, streamed
+//   /proxy/count       consumes the request body, answers "N bytes"
+//   /proxy/inspect     the request head as JSON; answers with x-multi: a, x-multi: b
+//   /proxy/status/N    an empty response with status N
+//   /proxy/trailers    a body followed by the trailer x-checksum
+//   /proxy/sleep/MS    answers after MS milliseconds
+//   /proxy/error       the wasi:http error-code internal-error("boom")
+#include "../wrpc_http_provider.hpp"
+
+#include <iostream>
+
+namespace {
+
+using wrpc_http::Fields;
+using wrpc_http::ResponseHead;
+
+std::string arg_after(const std::string &path, const std::string &prefix) {
+  return path.compare(0, prefix.size(), prefix) == 0 ? path.substr(prefix.size()) : "";
+}
+
+uint64_t number_or(const std::string &text, uint64_t fallback) {
+  if (text.empty() || text.size() > 18 || text.find_first_not_of("0123456789") != std::string::npos) return fallback;
+  return std::stoull(text);
+}
+
+std::string fields_json(const Fields &fields) {
+  nlohmann::json out = nlohmann::json::array();
+  for (auto &f : fields) out.push_back({f.first, f.second});
+  return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+void handle(wrpc_http::wrpc::IncomingRequest &req, wrpc_http::wrpc::ResponseWriter &res) {
+  const auto idle = std::chrono::milliseconds(30000);
+  std::string path = req.head.path_with_query.value_or("/");
+  path = path.substr(0, path.find('?'));
+  ResponseHead head;
+  head.headers = {{"content-type", {"text/plain"}}};
+  std::string chunk;
+
+  if (path == "/proxy/error") return res.fail(wrpc_http::ErrorCode::internal_error("boom"));
+  if (auto ms = arg_after(path, "/proxy/sleep/"); !ms.empty())
+    std::this_thread::sleep_for(std::chrono::milliseconds(number_or(ms, 0)));
+  if (auto status = arg_after(path, "/proxy/status/"); !status.empty()) {
+    head.status = static_cast<uint16_t>(number_or(status, 500));
+    res.send_head(head);
+    return res.finish();
+  }
+  if (path == "/proxy/inspect") {
+    while (req.read_body(chunk, idle)) {
+    }
+    nlohmann::json j = {{"method", wrpc_http::to_string(req.head.method)},
+                        {"path", req.head.path_with_query.value_or("")},
+                        {"authority", req.head.authority.value_or("")},
+                        {"scheme", req.head.scheme ? static_cast<int>(req.head.scheme->kind) : -1},
+                        {"headers", nlohmann::json::parse(fields_json(req.head.headers))}};
+    head.headers = {{"content-type", {"application/json"}}, {"x-multi", {"a", "b"}}};
+    res.send_head(head);
+    res.write_body(j.dump());
+    return res.finish();
+  }
+  if (auto size = arg_after(path, "/proxy/bytes/"); !size.empty()) {
+    uint64_t left = number_or(size, 0);
+    head.headers = {{"content-type", {"application/octet-stream"}}};
+    res.send_head(head);
+    std::string pattern(64 * 1024, '\0');
+    for (size_t i = 0; i < pattern.size(); ++i) pattern[i] = static_cast<char>('a' + i % 26);
+    while (left > 0) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(left, pattern.size()));
+      res.write_body(pattern.data(), n);
+      left -= n;
+    }
+    return res.finish();
+  }
+  if (path == "/proxy/count") {
+    uint64_t total = 0;
+    while (req.read_body(chunk, idle)) total += chunk.size();
+    res.send_head(head);
+    res.write_body(std::to_string(total) + " bytes");
+    return res.finish();
+  }
+  if (path == "/proxy/trailers") {
+    res.send_head(head);
+    res.write_body("body before trailers\n");
+    return res.finish(Fields{{"x-checksum", {"abc123"}}});
+  }
+  auto method = req.head.method.kind;
+  if (method == wrpc_http::MethodKind::post || method == wrpc_http::MethodKind::put ||
+      method == wrpc_http::MethodKind::patch) {
+    for (auto &h : req.head.headers)
+      if (h.first == "content-type") head.headers = {{"content-type", h.second}};
+    res.send_head(head);
+    while (req.read_body(chunk, idle)) res.write_body(chunk);
+    return res.finish();
+  }
+  while (req.read_body(chunk, idle)) {
+  }
+  res.send_head(head);
+  res.write_body("Hello from the component!");
+  res.finish();
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+  std::string url = "nats://127.0.0.1:4222", lattice = "default", id = "http-http_component";
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string flag = argv[i];
+    if (flag == "--nats") url = argv[i + 1];
+    else if (flag == "--lattice") lattice = argv[i + 1];
+    else if (flag == "--id") id = argv[i + 1];
+    else {
+      std::cerr << "usage: demo-component [--nats URL] [--lattice NAME] [--id COMPONENT]\n";
+      return 2;
+    }
+  }
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  wrpc_http::Logger logger;
+  wrpc_http::nats::Options options;
+  options.url = url;
+  options.name = id;
+  options.log = logger.nats_sink();
+  wrpc_http::nats::Client nc(options);
+  try {
+    nc.connect();
+  } catch (const std::exception &e) {
+    std::cerr << "demo-component: " << e.what() << "\n";
+    return 1;
+  }
+  wrpc_http::wrpc::Server server(nc, lattice, id, handle);
+  server.start();
+  nc.flush(std::chrono::milliseconds(5000));
+  logger.info("demo component serving", {{"subject", wrpc_http::wrpc::handle_subject(lattice, id)}});
+  int sig = 0;
+  sigwait(&signals, &sig);
+  server.stop();
+  nc.close();
+  return 0;
+}
