@@ -90,7 +90,7 @@ test-tsan: deps
 	$(MAKE) test-unit BUILD=build/tsan CXXFLAGS="-O1 -g -fsanitize=thread"
 
 demo: deps all
-	tests/demo.sh $(BUILD)
+	demo/run.sh $(BUILD)
 
 KEYS_DIR ?= $(if $(WASH_KEYS),$(WASH_KEYS),$(HOME)/.wash/keys)
 par: $(BUILD)/http-server.par.gz
