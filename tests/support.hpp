@@ -4,11 +4,14 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -135,6 +138,164 @@ private:
   bool exited_ = false;
   int status_ = 0;
 };
+
+// What a finished process left behind. `exit_code` is the exit status, 128+signal when it
+// was killed by a signal, or -1 when it did not exit within the timeout (it is then killed).
+struct RunResult {
+  int exit_code = -1;
+  std::string out, err;
+  std::chrono::milliseconds elapsed{0};
+};
+
+// A child process whose stdout and stderr are captured through pipes, so that a test can
+// wait for a line such as "ready" and then read everything the process printed.
+// Killed (TERM, then KILL) when destroyed.
+class CapturedProcess {
+public:
+  explicit CapturedProcess(std::vector<std::string> argv, const std::string &stdin_text = "")
+      : start_(std::chrono::steady_clock::now()) {
+    int in[2], out[2], err[2];
+    if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0)
+      throw std::runtime_error("pipe failed");
+    pid_ = ::fork();
+    if (pid_ < 0) throw std::runtime_error("fork failed");
+    if (pid_ == 0) {
+      ::dup2(in[0], 0);
+      ::dup2(out[1], 1);
+      ::dup2(err[1], 2);
+      std::vector<char *> args;
+      for (auto &a : argv) args.push_back(const_cast<char *>(a.c_str()));
+      args.push_back(nullptr);
+      ::execvp(args[0], args.data());
+      ::_exit(127);
+    }
+    ::close(in[0]);
+    ::close(out[1]);
+    ::close(err[1]);
+    if (!stdin_text.empty()) {
+      ssize_t ignored = ::write(in[1], stdin_text.data(), stdin_text.size());
+      (void)ignored;
+    }
+    ::close(in[1]);
+    out_fd_ = out[0];
+    err_fd_ = err[0];
+  }
+  CapturedProcess(const CapturedProcess &) = delete;
+  CapturedProcess &operator=(const CapturedProcess &) = delete;
+  ~CapturedProcess() {
+    kill_and_reap();
+    close_pipes();
+  }
+
+  pid_t pid() const { return pid_; }
+  const std::string &out() const { return out_; }
+  const std::string &err() const { return err_; }
+  void signal(int sig) {
+    if (!reaped_) ::kill(pid_, sig);
+  }
+
+  // Reads the pipes until stdout (or stderr) contains `text`; false on timeout or when the
+  // process closed the stream first.
+  bool wait_for_stdout(const std::string &text, std::chrono::milliseconds timeout) {
+    return wait_for(out_, text, timeout);
+  }
+  bool wait_for_stderr(const std::string &text, std::chrono::milliseconds timeout) {
+    return wait_for(err_, text, timeout);
+  }
+
+  // Waits for the exit while collecting the output; kills the process on timeout.
+  RunResult finish(std::chrono::milliseconds timeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while ((out_fd_ >= 0 || err_fd_ >= 0) && pump(deadline)) {
+    }
+    RunResult r;
+    while (!reaped_ && std::chrono::steady_clock::now() < deadline) {
+      if (try_reap()) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    if (!reaped_) kill_and_reap();
+    else r.exit_code = WIFEXITED(status_) ? WEXITSTATUS(status_) : 128 + WTERMSIG(status_);
+    r.elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(exit_time_ - start_);
+    pump(std::chrono::steady_clock::now());  // whatever is still buffered
+    r.out = out_;
+    r.err = err_;
+    return r;
+  }
+
+private:
+  bool wait_for(const std::string &stream, const std::string &text, std::chrono::milliseconds timeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (stream.find(text) == std::string::npos) {
+      if (!pump(deadline)) return stream.find(text) != std::string::npos;
+    }
+    return true;
+  }
+
+  // Reads what is available (waiting until `deadline` for something); false when nothing
+  // more can come before the deadline (timeout, or both streams closed).
+  bool pump(std::chrono::steady_clock::time_point deadline) {
+    pollfd fds[2] = {{out_fd_, POLLIN, 0}, {err_fd_, POLLIN, 0}};
+    if (out_fd_ < 0 && err_fd_ < 0) return false;
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    int ready = ::poll(fds, 2, static_cast<int>(std::max<long long>(0, left.count())));
+    if (ready < 0 && errno == EINTR) return true;
+    if (ready <= 0) return false;
+    char buf[4096];
+    for (int i = 0; i < 2; ++i) {
+      if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      ssize_t n = ::read(fds[i].fd, buf, sizeof(buf));
+      if (n > 0) {
+        (i == 0 ? out_ : err_).append(buf, static_cast<size_t>(n));
+      } else if (n == 0 || errno != EINTR) {
+        ::close(fds[i].fd);
+        (i == 0 ? out_fd_ : err_fd_) = -1;
+      }
+    }
+    return true;
+  }
+
+  bool try_reap() {
+    if (reaped_) return true;
+    if (::waitpid(pid_, &status_, WNOHANG) == pid_) {
+      reaped_ = true;
+      exit_time_ = std::chrono::steady_clock::now();
+    }
+    return reaped_;
+  }
+
+  void kill_and_reap() {
+    if (try_reap()) return;
+    ::kill(pid_, SIGTERM);
+    for (int i = 0; i < 300 && !try_reap(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (!reaped_) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, &status_, 0);
+      reaped_ = true;
+      exit_time_ = std::chrono::steady_clock::now();
+    }
+  }
+
+  void close_pipes() {
+    if (out_fd_ >= 0) ::close(out_fd_);
+    if (err_fd_ >= 0) ::close(err_fd_);
+    out_fd_ = err_fd_ = -1;
+  }
+
+  pid_t pid_ = -1;
+  int out_fd_ = -1, err_fd_ = -1;
+  std::string out_, err_;
+  bool reaped_ = false;
+  int status_ = 0;
+  std::chrono::steady_clock::time_point start_, exit_time_;
+};
+
+// Runs `argv` to completion (at most `timeout`) and returns its exit code and output.
+inline RunResult run_capture(std::vector<std::string> argv,
+                             std::chrono::milliseconds timeout = std::chrono::milliseconds(5000),
+                             const std::string &stdin_text = "") {
+  CapturedProcess p(std::move(argv), stdin_text);
+  return p.finish(timeout);
+}
 
 // A real nats-server on a free loopback port (or a given one, to restart on the same port).
 class NatsServer {

@@ -77,35 +77,35 @@ TEST_CASE("crc16 is CRC-16/XMODEM") {
 }
 
 TEST_CASE("base64 encodes the RFC 4648 vectors with padding") {
-  CHECK(nk::base64_encode("") == "");
-  CHECK(nk::base64_encode("f") == "Zg==");
-  CHECK(nk::base64_encode("fo") == "Zm8=");
-  CHECK(nk::base64_encode("foo") == "Zm9v");
-  CHECK(nk::base64_encode("foobar") == "Zm9vYmFy");
+  CHECK(wrpc_http::detail::base64_encode("") == "");
+  CHECK(wrpc_http::detail::base64_encode("f") == "Zg==");
+  CHECK(wrpc_http::detail::base64_encode("fo") == "Zm8=");
+  CHECK(wrpc_http::detail::base64_encode("foo") == "Zm9v");
+  CHECK(wrpc_http::detail::base64_encode("foobar") == "Zm9vYmFy");
 }
 
 TEST_CASE("base64 decoding accepts padded and unpadded input") {
-  CHECK(nk::base64_decode("Zg==") == "f");
-  CHECK(nk::base64_decode("Zg") == "f");
-  CHECK(nk::base64_decode("Zm8=") == "fo");
-  CHECK(nk::base64_decode("Zm9vYmFy") == "foobar");
+  CHECK(wrpc_http::detail::base64_decode("Zg==") == "f");
+  CHECK(wrpc_http::detail::base64_decode("Zg") == "f");
+  CHECK(wrpc_http::detail::base64_decode("Zm8=") == "fo");
+  CHECK(wrpc_http::detail::base64_decode("Zm9vYmFy") == "foobar");
   auto bytes = all_byte_values();
-  CHECK(nk::base64_decode(nk::base64_encode(bytes)) == bytes);
+  CHECK(wrpc_http::detail::base64_decode(wrpc_http::detail::base64_encode(bytes)) == bytes);
 }
 
 TEST_CASE("base64url uses the URL alphabet and no padding") {
   const std::string bytes = "\xfb\xff";
-  CHECK(nk::base64_encode(bytes) == "+/8=");
-  CHECK(nk::base64url_encode(bytes) == "-_8");
-  CHECK(nk::base64url_decode("-_8") == bytes);
+  CHECK(wrpc_http::detail::base64_encode(bytes) == "+/8=");
+  CHECK(wrpc_http::detail::base64url_encode(bytes) == "-_8");
+  CHECK(wrpc_http::detail::base64url_decode("-_8") == bytes);
   auto all = all_byte_values();
-  CHECK(nk::base64url_decode(nk::base64url_encode(all)) == all);
+  CHECK(wrpc_http::detail::base64url_decode(wrpc_http::detail::base64url_encode(all)) == all);
 }
 
 TEST_CASE("base64 decoding rejects characters of the other alphabet") {
-  CHECK_THROWS_AS(nk::base64_decode("-_8="), std::runtime_error);
-  CHECK_THROWS_AS(nk::base64url_decode("+/8"), std::runtime_error);
-  CHECK_THROWS_AS(nk::base64_decode("Z"), std::runtime_error);
+  CHECK_THROWS_AS(wrpc_http::detail::base64_decode("-_8="), std::runtime_error);
+  CHECK_THROWS_AS(wrpc_http::detail::base64url_decode("+/8"), std::runtime_error);
+  CHECK_THROWS_AS(wrpc_http::detail::base64_decode("Z"), std::runtime_error);
 }
 
 TEST_CASE("a Go-generated account seed derives its known public key") {
@@ -200,7 +200,7 @@ TEST_CASE("sign_nonce gives an unpadded base64url signature of the nonce") {
   auto sig = nk::sign_nonce(pair.seed, "PXoWU7zWAMt75FY");
   CHECK(sig.size() == 86);
   CHECK(sig.find_first_of("+/=") == std::string::npos);
-  CHECK(nk::verify(pair.public_key, "PXoWU7zWAMt75FY", nk::base64url_decode(sig)));
+  CHECK(nk::verify(pair.public_key, "PXoWU7zWAMt75FY", wrpc_http::detail::base64url_decode(sig)));
 }
 
 TEST_CASE("an xkey seed derives its public key by X25519 (RFC 7748 section 6.1)") {
@@ -244,7 +244,7 @@ TEST_CASE("a JWT with changed claims fails verification") {
   auto first = token.find('.');
   auto second = token.find('.', first + 1);
   auto forged = token.substr(0, first + 1) +
-                nk::base64url_encode(R"({"wascap":{"rev":2}})") + token.substr(second);
+                wrpc_http::detail::base64url_encode(R"({"wascap":{"rev":2}})") + token.substr(second);
   CHECK_THROWS_AS(nk::verify_jwt(forged, issuer.public_key), std::runtime_error);
 }
 

@@ -913,8 +913,17 @@ inline void Provider::start_listener(const HttpSettings &settings) {
   server.set_read_timeout(WRPC_HTTP_READ_TIMEOUT_SECOND, 0);
   server.set_payload_max_length(settings.max_content_len);
   if (routes_) routes_(server);
+  // cpp-httplib's defaults are SO_REUSEPORT (a second listener on the same port would
+  // silently share it) and a listen backlog of 5 (bursts of connections get dropped).
+  int listen_fd = -1;
+  server.set_socket_options([&listen_fd](socket_t sock) {
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    listen_fd = sock;
+  });
   if (!server.bind_to_port(address.first.c_str(), address.second))
     throw std::runtime_error("cannot listen on " + settings.address);
+  ::listen(listen_fd, WRPC_HTTP_LISTEN_BACKLOG);
   listener->thread = std::thread([&server] { server.listen_after_bind(); });
   listener_ = std::move(listener);
   listening_address_ = settings.address;

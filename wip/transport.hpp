@@ -413,6 +413,9 @@ private:
   CallLimits limits_;
   uint64_t sid_ = 0;
   std::vector<std::thread> workers_;
+  // Calls still waiting for their parameters; stop() ends them instead of waiting.
+  std::mutex calls_mu_;
+  std::unordered_map<std::string, std::weak_ptr<IncomingRequest::State>> calls_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::function<void()>> jobs_;
@@ -569,6 +572,16 @@ inline void Server::stop() {
     stopping_ = true;
   }
   cv_.notify_all();
+  {
+    std::lock_guard<std::mutex> lk(calls_mu_);
+    for (auto &call : calls_) {
+      if (auto state = call.second.lock()) {
+        std::lock_guard<std::mutex> state_lock(state->mu);
+        if (!state->params) state->failure = "server stopping";
+        state->cv.notify_all();
+      }
+    }
+  }
   for (auto &w : workers_) w.join();
   workers_.clear();
 }
@@ -606,6 +619,10 @@ inline void Server::on_invocation(nats::Message &m) {
   }
   std::string reply = m.reply;
   {
+    std::lock_guard<std::mutex> lk(calls_mu_);
+    calls_[state->token] = state;
+  }
+  {
     std::lock_guard<std::mutex> lk(mu_);
     jobs_.emplace_back([this, state, reply] { run(state, reply); });
   }
@@ -614,10 +631,14 @@ inline void Server::on_invocation(nats::Message &m) {
 
 inline void Server::run(std::shared_ptr<IncomingRequest::State> state, std::string reply) {
   struct Release {
-    nats::Client &nc;
+    Server &server;
     std::string token;
-    ~Release() { nc.release_inbox(token); }
-  } release{nc_, state->token};
+    ~Release() {
+      server.nc_.release_inbox(token);
+      std::lock_guard<std::mutex> lk(server.calls_mu_);
+      server.calls_.erase(token);
+    }
+  } release{*this, state->token};
   ResponseWriter writer(nc_, reply, limits_.body_flush_bytes);
   try {
     {

@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# The whole flow on loopback, without a wasmCloud host:
+#
+#   nats-server  <-  demo-component (serves wrpc:http/incoming-handler@0.1.0.handle)
+#        ^
+#        +------  http-server (the provider; host data piped on its stdin as a host does)
+#                     ^
+#                     +--- curl localhost:8080/ and localhost:8080/proxy
+#
+# Usage: demo/run.sh [BUILD_DIR]      (`make demo` runs `demo/run.sh build`)
+#   DEMO_EXIT=1   print the answers, stop everything and exit (0 when both answers are right)
+set -euo pipefail
+
+BUILD=${1:-build}
+PROVIDER_BIN="$BUILD/http-server"
+COMPONENT_BIN="$BUILD/demo-component"
+PROVIDER_ID="http-http_provider"
+COMPONENT_ID="http-http_component"
+LATTICE="default"
+HTTP_PORT=8080
+
+for bin in "$PROVIDER_BIN" "$COMPONENT_BIN"; do
+  [[ -x "$bin" ]] || { echo "demo: $bin is missing; run 'make' first" >&2; exit 1; }
+done
+command -v nats-server >/dev/null || { echo "demo: nats-server is missing; run 'make deps'" >&2; exit 1; }
+command -v curl >/dev/null || { echo "demo: curl is missing; run 'make deps'" >&2; exit 1; }
+
+LOGS=$(mktemp -d "${TMPDIR:-/tmp}/wrpc-http-demo.XXXXXX")
+PIDS=()       # started processes, in start order
+KEEP_LOGS=0
+
+# ---- helpers ----
+
+# True when something accepts connections on 127.0.0.1:$1.
+port_in_use() {
+  timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null
+}
+
+# A port nobody listens on, other than the ones given.
+free_port() {
+  local port tries
+  for ((tries = 0; tries < 200; tries++)); do
+    port=$((20000 + RANDOM % 40000))
+    [[ " $* " == *" $port "* ]] && continue
+    port_in_use "$port" || { echo "$port"; return 0; }
+  done
+  echo "demo: found no free port" >&2
+  return 1
+}
+
+# Waits up to $2 seconds for the command "$3..." to succeed, while process $1 lives.
+wait_for() {
+  local pid=$1 seconds=$2
+  shift 2
+  local deadline=$((SECONDS + seconds))
+  while ((SECONDS < deadline)); do
+    "$@" && return 0
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+stop_all() {
+  local pid i
+  # Reverse start order: provider, component, then NATS.
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    kill -TERM "${PIDS[i]}" 2>/dev/null || true
+  done
+  for ((i = 0; i < 50; i++)); do
+    local alive=0
+    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    ((alive)) || break
+    sleep 0.1
+  done
+  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  PIDS=()
+}
+
+cleanup() {
+  trap - INT TERM EXIT
+  stop_all
+  if ((KEEP_LOGS)); then
+    echo "demo: logs kept in $LOGS" >&2
+  else
+    rm -rf "$LOGS"
+  fi
+}
+trap 'echo; echo "stopping..."; cleanup; echo "stopped."; exit 0' INT TERM
+trap cleanup EXIT
+
+fail() {
+  echo "demo: $*" >&2
+  local f
+  for f in "$LOGS"/*.log; do
+    [[ -s "$f" ]] || continue
+    echo "---- $(basename "$f") (last lines) ----" >&2
+    tail -n 15 "$f" >&2
+  done
+  KEEP_LOGS=1
+  exit 1
+}
+
+# ---- ports ----
+
+if port_in_use "$HTTP_PORT"; then
+  taken=$HTTP_PORT
+  HTTP_PORT=$(free_port "$taken")
+  echo "NOTE: port $taken is already in use on this machine; the provider listens on $HTTP_PORT instead."
+fi
+NATS_PORT=$(free_port "$HTTP_PORT")
+NATS_URL="nats://127.0.0.1:$NATS_PORT"
+
+# ---- NATS ----
+
+nats-server -a 127.0.0.1 -p "$NATS_PORT" >"$LOGS/nats-server.log" 2>&1 &
+PIDS+=($!)
+wait_for "${PIDS[-1]}" 10 port_in_use "$NATS_PORT" || fail "nats-server did not start on $NATS_URL"
+echo "nats-server       $NATS_URL"
+
+# ---- the component ----
+
+"$COMPONENT_BIN" --nats "$NATS_URL" --lattice "$LATTICE" --id "$COMPONENT_ID" >"$LOGS/demo-component.log" 2>&1 &
+PIDS+=($!)
+wait_for "${PIDS[-1]}" 10 grep -q "demo component serving" "$LOGS/demo-component.log" ||
+  fail "the demo component did not start"
+echo "demo component    $COMPONENT_ID (lattice $LATTICE)"
+
+# ---- the provider, started the way a wasmCloud host starts it ----
+
+random_chars() {  # $1 characters of the nkeys base32 alphabet
+  LC_ALL=C tr -dc 'A-Z2-7' </dev/urandom | head -c "$1" || true
+}
+HOST_ID="N$(random_chars 55)"
+INSTANCE_ID=$(cat /proc/sys/kernel/random/uuid)
+
+HOST_DATA=$(cat <<EOF
+{"host_id":"$HOST_ID","lattice_rpc_prefix":"$LATTICE","lattice_rpc_url":"$NATS_URL",
+ "provider_key":"$PROVIDER_ID","instance_id":"$INSTANCE_ID",
+ "link_definitions":[{"source_id":"$PROVIDER_ID","target":"$COMPONENT_ID","name":"default",
+   "wit_namespace":"wasi","wit_package":"http","interfaces":["incoming-handler"],
+   "source_config":{},"target_config":{}}],
+ "config":{"address":"127.0.0.1:$HTTP_PORT"},"log_level":"info"}
+EOF
+)
+# One line: base64 of the JSON, CRLF, then stdin closes (printf exits).
+printf '%s\r\n' "$(printf '%s' "$HOST_DATA" | base64 -w0)" | "$PROVIDER_BIN" >"$LOGS/http-server.log" 2>&1 &
+PIDS+=($!)
+
+provider_answers() {
+  curl -s --max-time 1 "http://127.0.0.1:$HTTP_PORT/" 2>/dev/null | grep -q "Hello from the provider!"
+}
+wait_for "${PIDS[-1]}" 15 provider_answers || fail "the provider did not answer on 127.0.0.1:$HTTP_PORT"
+echo "provider          $PROVIDER_ID on 127.0.0.1:$HTTP_PORT (logs: $LOGS)"
+echo
+
+# ---- the two requests ----
+
+ok=1
+check() {  # $1 path, $2 expected answer
+  local answer
+  echo "\$ curl -s localhost:$HTTP_PORT$1"
+  answer=$(curl -s --max-time 10 "localhost:$HTTP_PORT$1" || true)
+  echo "$answer"
+  if [[ "$answer" != "$2" ]]; then
+    echo "demo: expected '$2'" >&2
+    ok=0
+  fi
+}
+check / "Hello from the provider!"
+check /proxy "Hello from the component!"
+echo
+((ok)) || fail "a request got the wrong answer"
+
+if [[ "${DEMO_EXIT:-0}" == 1 ]]; then
+  cleanup
+  exit 0
+fi
+
+echo "Running. Try: curl -s localhost:$HTTP_PORT/proxy/inspect   (or -d @file localhost:$HTTP_PORT/proxy to echo)"
+echo "Press Ctrl-C to stop."
+# Returns when a process exits on its own (an error) or a signal runs the trap.
+while true; do
+  for pid in "${PIDS[@]}"; do
+    kill -0 "$pid" 2>/dev/null || fail "a process stopped unexpectedly (pid $pid)"
+  done
+  sleep 1 &
+  wait $! || true
+done

@@ -1,0 +1,358 @@
+// The provider end to end: a real nats-server, the demo component, and build/http-server
+// started as a wasmCloud host starts it (base64 host data on stdin), driven by real HTTP.
+#include <doctest/doctest.h>
+
+#include "../wrpc_http_provider.hpp"
+#include "support.hpp"
+
+using namespace std::chrono_literals;
+using testsupport::NatsServer;
+using testsupport::Process;
+
+namespace {
+
+const char *kProviderKey = "http-http_provider";
+const char *kComponent = "http-http_component";
+
+nlohmann::json host_data_json(const NatsServer &nats, int http_port, nlohmann::json links = nlohmann::json::array()) {
+  return {{"host_id", "NHOSTFORTESTS"},
+          {"lattice_rpc_prefix", "default"},
+          {"lattice_rpc_url", nats.url()},
+          {"provider_key", kProviderKey},
+          {"instance_id", "test-instance"},
+          {"link_definitions", links},
+          {"config", {{"address", "127.0.0.1:" + std::to_string(http_port)}, {"timeout_ms", "2000"}}},
+          {"log_level", "debug"}};
+}
+
+nlohmann::json source_link(const std::string &target, nlohmann::json source_config = nlohmann::json::object()) {
+  return {{"source_id", kProviderKey}, {"target", target},       {"name", "default"},
+          {"wit_namespace", "wasi"},   {"wit_package", "http"},  {"interfaces", {"incoming-handler"}},
+          {"source_config", source_config}, {"target_config", nlohmann::json::object()}};
+}
+
+std::string as_host_line(const nlohmann::json &j) { return wrpc_http::detail::base64_encode(j.dump()) + "\r\n"; }
+
+// nats-server, the demo component and the provider, all on free loopback ports.
+struct Lattice {
+  NatsServer nats;
+  Process component;
+  int http_port;
+  std::unique_ptr<Process> provider;
+  std::unique_ptr<wrpc_http::nats::Client> client;
+
+  // Waits until the provider listens on `listen_port`, by default the config's address.
+  explicit Lattice(nlohmann::json links = nlohmann::json::array(), int listen_port = 0)
+      : component({testsupport::build_path("demo-component"), "--nats", nats.url(), "--id", kComponent}, "", true,
+                  "/dev/null"),
+        http_port(testsupport::free_port()) {
+    wrpc_http::nats::Options o;
+    o.url = nats.url();
+    client = std::make_unique<wrpc_http::nats::Client>(o);
+    client->connect();
+    wait_for_component();
+    provider = std::make_unique<Process>(std::vector<std::string>{testsupport::build_path("http-server")},
+                                         as_host_line(host_data_json(nats, http_port, links)), true,
+                                         "/tmp/wrpc-http-provider-test.log");
+    REQUIRE(testsupport::wait_for_port(listen_port ? listen_port : http_port));
+  }
+
+  // The component is ready once its subscription answers (no "no responders").
+  void wait_for_component() {
+    for (int i = 0; i < 200; ++i) {
+      try {
+        client->request(wrpc_http::wrpc::handle_subject("default", kComponent), "", 50ms);
+        return;  // the handshake came back
+      } catch (const wrpc_http::nats::Error &e) {
+        if (e.kind() != wrpc_http::nats::Error::Kind::no_responders) return;
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+    FAIL("demo component did not come up");
+  }
+
+  httplib::Client http() const {
+    httplib::Client c("127.0.0.1", http_port);
+    c.set_read_timeout(10, 0);
+    return c;
+  }
+
+  wrpc_http::nats::Message lattice_request(const std::string &suffix, const std::string &data = "") {
+    return client->request("wasmbus.rpc.default." + std::string(kProviderKey) + "." + suffix, data, 2s);
+  }
+};
+
+std::string pattern_bytes(size_t n) {
+  // What demo-component's /proxy/bytes/N sends.
+  std::string out(n, '\0');
+  for (size_t i = 0; i < n; ++i) out[i] = static_cast<char>('a' + (i % (64 * 1024)) % 26);
+  return out;
+}
+
+std::string random_bytes(size_t n) {
+  std::mt19937 rng(42);
+  std::string out(n, '\0');
+  for (auto &c : out) c = static_cast<char>(rng());
+  return out;
+}
+
+// Sends `request` on a fresh connection and returns everything the server sends back.
+std::string raw_exchange(int port, const std::string &request) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr *>(&addr), sizeof(addr)) == 0);
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  REQUIRE(::send(fd, request.data(), request.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(request.size()));
+  std::string out;
+  char buf[65536];
+  ssize_t n;
+  while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) out.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("provider: / is answered by the provider itself") {
+  Lattice lattice;
+  auto res = lattice.http().Get("/");
+  REQUIRE(res);
+  CHECK(res->status == 200);
+  CHECK(res->body == "Hello from the provider!");
+}
+
+TEST_CASE("provider: /proxy is answered by the component over wRPC") {
+  Lattice lattice;
+  auto res = lattice.http().Get("/proxy");
+  REQUIRE(res);
+  CHECK(res->status == 200);
+  CHECK(res->body == "Hello from the component!");
+  CHECK(res->get_header_value("Content-Type") == "text/plain");
+}
+
+TEST_CASE("provider: a 5 MiB upload with Content-Length arrives byte-exact") {
+  Lattice lattice;
+  auto body = random_bytes(5 * 1024 * 1024);
+  auto res = lattice.http().Post("/proxy/echo", body, "application/octet-stream");
+  REQUIRE(res);
+  CHECK(res->status == 200);
+  CHECK(res->body.size() == body.size());
+  CHECK(res->body == body);
+}
+
+TEST_CASE("provider: a chunked upload arrives byte-exact") {
+  Lattice lattice;
+  auto body = random_bytes(3 * 1024 * 1024 + 17);
+  size_t piece = 100 * 1000;
+  auto res = lattice.http().Post(
+      "/proxy/echo",
+      [&](size_t offset, httplib::DataSink &sink) {
+        if (offset < body.size()) {
+          sink.write(body.data() + offset, std::min(piece, body.size() - offset));
+        } else {
+          sink.done();
+        }
+        return true;
+      },
+      "application/octet-stream");
+  REQUIRE(res);
+  CHECK(res->status == 200);
+  CHECK(res->body == body);
+}
+
+TEST_CASE("provider: a 20 MB download streams byte-exact") {
+  Lattice lattice;
+  size_t size = 20 * 1000 * 1000;
+  auto res = lattice.http().Get("/proxy/bytes/" + std::to_string(size));
+  REQUIRE(res);
+  CHECK(res->status == 200);
+  CHECK(res->body.size() == size);
+  CHECK(res->body == pattern_bytes(size));
+}
+
+TEST_CASE("provider: the component's status passes through") {
+  Lattice lattice;
+  for (int status : {201, 404, 418, 503}) {
+    auto res = lattice.http().Get("/proxy/status/" + std::to_string(status));
+    REQUIRE(res);
+    CHECK(res->status == status);
+  }
+}
+
+TEST_CASE("provider: request head reaches the component whole: method, path with query, authority, all header values") {
+  Lattice lattice;
+  httplib::Headers headers = {{"X-Multi", "one"}, {"X-Multi", "two"}, {"X-Single", "s"}};
+  auto res = lattice.http().Get("/proxy/inspect?a=1&b=%20x", headers);
+  REQUIRE(res);
+  auto j = nlohmann::json::parse(res->body);
+  CHECK(j["method"] == "GET");
+  CHECK(j["path"] == "/proxy/inspect?a=1&b=%20x");
+  CHECK(j["authority"] == "127.0.0.1:" + std::to_string(lattice.http_port));
+  CHECK(j["scheme"] == 0);
+  bool found = false;
+  for (auto &h : j["headers"]) {
+    if (h[0] == "x-multi") {
+      CHECK(h[1] == nlohmann::json({"one", "two"}));
+      found = true;
+    }
+    CHECK(h[0] != "host");  // carried as the authority
+    CHECK(h[0] != "remote_addr");
+  }
+  CHECK(found);
+}
+
+TEST_CASE("provider: multi-valued response headers pass through") {
+  Lattice lattice;
+  auto res = lattice.http().Get("/proxy/inspect");
+  REQUIRE(res);
+  CHECK(res->get_header_value_count("x-multi") == 2);
+  CHECK(res->get_header_value("x-multi", 0) == "a");
+  CHECK(res->get_header_value("x-multi", 1) == "b");
+}
+
+TEST_CASE("provider: PUT, PATCH, DELETE, OPTIONS and HEAD are forwarded with their method") {
+  Lattice lattice;
+  auto http = lattice.http();
+  auto put = http.Put("/proxy/inspect", "x", "text/plain");
+  REQUIRE(put);
+  CHECK(nlohmann::json::parse(put->body)["method"] == "PUT");
+  auto patch = http.Patch("/proxy/inspect", "x", "text/plain");
+  REQUIRE(patch);
+  CHECK(nlohmann::json::parse(patch->body)["method"] == "PATCH");
+  auto del = http.Delete("/proxy/inspect");
+  REQUIRE(del);
+  CHECK(nlohmann::json::parse(del->body)["method"] == "DELETE");
+  auto options = http.Options("/proxy/inspect");
+  REQUIRE(options);
+  CHECK(nlohmann::json::parse(options->body)["method"] == "OPTIONS");
+  auto head = http.Head("/proxy");
+  REQUIRE(head);
+  CHECK(head->status == 200);
+  CHECK(head->body.empty());
+}
+
+TEST_CASE("provider: response trailers are written as HTTP/1.1 chunked trailers") {
+  Lattice lattice;
+  auto raw = raw_exchange(lattice.http_port,
+                          "GET /proxy/trailers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  CHECK(raw.find("Transfer-Encoding: chunked\r\n") != std::string::npos);
+  CHECK(raw.find("body before trailers") != std::string::npos);
+  auto tail = raw.substr(raw.size() - std::min<size_t>(raw.size(), 40));
+  CHECK(tail.find("\r\n0\r\nx-checksum: abc123\r\n\r\n") != std::string::npos);
+}
+
+TEST_CASE("provider: the component's error-code becomes the matching HTTP status") {
+  Lattice lattice;
+  auto res = lattice.http().Get("/proxy/error");
+  REQUIRE(res);
+  CHECK(res->status == 500);
+  CHECK(res->body.find("internal-error: boom") != std::string::npos);
+}
+
+TEST_CASE("provider: 40 concurrent /proxy requests all succeed") {
+  Lattice lattice;
+  std::atomic<int> ok{0};
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 40; ++i) {
+    clients.emplace_back([&, i] {
+      auto http = lattice.http();
+      auto body = "request " + std::to_string(i);
+      auto res = http.Post("/proxy/echo", body, "text/plain");
+      if (res && res->status == 200 && res->body == body) {
+        ok++;
+      } else {
+        MESSAGE("request " << i << ": " << (res ? std::to_string(res->status) + " " + res->body : httplib::to_string(res.error())));
+      }
+    });
+  }
+  for (auto &t : clients) t.join();
+  CHECK(ok == 40);
+}
+
+TEST_CASE("provider: health answers healthy on the lattice") {
+  Lattice lattice;
+  auto reply = lattice.lattice_request("health");
+  auto j = nlohmann::json::parse(reply.data);
+  CHECK(j["healthy"] == true);
+  CHECK(j["message"].is_string());
+}
+
+TEST_CASE("provider: a source link's config moves the listener, and deleting the link moves it back") {
+  Lattice lattice;
+  int link_port = testsupport::free_port();
+  auto link = source_link(kComponent, {{"address", "127.0.0.1:" + std::to_string(link_port)}});
+  lattice.client->publish("wasmbus.rpc.default." + std::string(kProviderKey) + ".linkdefs.put", link.dump());
+  REQUIRE(testsupport::wait_for_port(link_port));
+  httplib::Client moved("127.0.0.1", link_port);
+  auto res = moved.Get("/proxy");
+  REQUIRE(res);
+  CHECK(res->body == "Hello from the component!");
+
+  lattice.client->publish("wasmbus.rpc.default." + std::string(kProviderKey) + ".linkdefs.del", link.dump());
+  REQUIRE(testsupport::wait_for_port(lattice.http_port));
+  CHECK(lattice.http().Get("/")->body == "Hello from the provider!");
+}
+
+TEST_CASE("provider: links from host data are in force at start") {
+  int link_port = testsupport::free_port();
+  auto link = source_link(kComponent, {{"address", "127.0.0.1:" + std::to_string(link_port)}});
+  Lattice lattice(nlohmann::json::array({link}), link_port);  // the link's address wins over the config's
+  httplib::Client http("127.0.0.1", link_port);
+  auto res = http.Get("/proxy");
+  REQUIRE(res);
+  CHECK(res->body == "Hello from the component!");
+  CHECK_FALSE(testsupport::port_open(lattice.http_port));
+}
+
+TEST_CASE("provider: a shutdown request from its host is answered and the process exits 0") {
+  Lattice lattice;
+  auto reply = lattice.lattice_request("default.shutdown", R"({"host_id":"NHOSTFORTESTS"})");
+  CHECK_FALSE(reply.data.empty());
+  CHECK(lattice.provider->wait(5000ms) == 0);
+}
+
+TEST_CASE("provider: a shutdown request for another host is ignored") {
+  Lattice lattice;
+  lattice.client->publish("wasmbus.rpc.default." + std::string(kProviderKey) + ".default.shutdown",
+                          R"({"host_id":"NSOMEONEELSE"})");
+  lattice.client->flush(2s);
+  std::this_thread::sleep_for(300ms);
+  CHECK(lattice.provider->running());
+}
+
+TEST_CASE("provider: SIGTERM shuts it down with exit code 0") {
+  Lattice lattice;
+  lattice.provider->signal(SIGTERM);
+  CHECK(lattice.provider->wait(5000ms) == 0);
+}
+
+TEST_CASE("provider: missing or bad host data exits non-zero with one clear line") {
+  for (std::string input : {std::string(""), std::string("not base64!\n"),
+                            wrpc_http::detail::base64_encode("{\"provider_key\": 5}") + "\n",
+                            wrpc_http::detail::base64_encode("[1,2]") + "\n"}) {
+    auto log = testsupport::temp_file("");
+    Process p({testsupport::build_path("http-server")}, input, true, log);
+    CHECK(p.wait(10000ms) == 1);
+    auto text = testsupport::read_file(log);
+    CHECK(std::count(text.begin(), text.end(), '\n') == 1);
+    CHECK(text.rfind("http-server: ", 0) == 0);
+  }
+}
+
+TEST_CASE("provider: no component serving the target answers 503 at once") {
+  NatsServer nats;
+  int port = testsupport::free_port();
+  Process provider({testsupport::build_path("http-server")}, as_host_line(host_data_json(nats, port)), true,
+                   "/dev/null");
+  REQUIRE(testsupport::wait_for_port(port));
+  httplib::Client http("127.0.0.1", port);
+  auto start = std::chrono::steady_clock::now();
+  auto res = http.Get("/proxy");
+  REQUIRE(res);
+  CHECK(res->status == 503);
+  CHECK(std::chrono::steady_clock::now() - start < 1s);
+}
