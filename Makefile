@@ -22,7 +22,7 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian 12 package names of everything the build and the tests use.
 PACKAGES := g++ make pkg-config libcpp-httplib-dev nlohmann-json3-dev doctest-dev libssl-dev \
-            libsodium-dev zlib1g-dev nats-server curl golang-go golang-github-nats-io-go-nats-dev
+            libsodium-dev zlib1g-dev openssl nats-server curl golang-go golang-github-nats-io-go-nats-dev
 
 BINARIES := $(BUILD)/http-server $(BUILD)/demo-component $(BUILD)/nats_lite $(BUILD)/make_par
 TEST_SOURCES := $(wildcard tests/test_*.cpp)

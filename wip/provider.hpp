@@ -81,12 +81,21 @@ private:
   mutable std::mutex mu_;
 };
 
+// A secret from the host: text or bytes. Never logged.
+struct SecretValue {
+  bool is_bytes = false;
+  std::string value;
+};
+using Secrets = std::map<std::string, SecretValue>;
+
 // An `InterfaceLinkDefinition` as the host sends it.
 struct LinkDefinition {
   std::string source_id, target, name = "default", wit_namespace, wit_package;
   std::vector<std::string> interfaces;
   StringMap source_config, target_config;
   std::string source_secrets, target_secrets;  // sealed bytes, as received
+  // This provider's side of the link's secrets, opened with its xkey (see Provider).
+  Secrets secrets;
 
   // Throws std::invalid_argument naming the bad field.
   static LinkDefinition from_json(const nlohmann::json &j);
@@ -102,7 +111,8 @@ struct HostData {
   std::string lattice_rpc_user_jwt, lattice_rpc_user_seed, provider_key, instance_id;
   std::string host_xkey_public_key, provider_xkey_private_key;
   StringMap env_values, config;
-  nlohmann::json secrets = nlohmann::json::object(), otel_config = nlohmann::json::object();
+  Secrets secrets;
+  nlohmann::json otel_config = nlohmann::json::object();
   std::vector<std::string> cluster_issuers;
   std::vector<LinkDefinition> link_definitions;
   std::optional<uint64_t> default_rpc_timeout_ms;
@@ -157,6 +167,30 @@ inline std::string json_bytes(const nlohmann::json &j, const char *key) {
   return out;
 }
 
+// `{"name": {"kind": "String"|"Bytes", "value": "..."|[bytes]}}`, as the host serializes
+// SecretValue. Error messages name the secret, never its value.
+inline Secrets parse_secrets(const nlohmann::json &j) {
+  Secrets out;
+  if (j.is_null()) return out;
+  if (!j.is_object()) throw std::invalid_argument("secrets must be a JSON object");
+  for (auto &kv : j.items()) {
+    auto &v = kv.value();
+    if (!v.is_object()) throw std::invalid_argument("secret '" + kv.key() + "' must be an object");
+    SecretValue secret;
+    auto kind = json_string(v, "kind");
+    if (kind == "String") {
+      secret.value = json_string(v, "value");
+    } else if (kind == "Bytes") {
+      secret.is_bytes = true;
+      secret.value = json_bytes(v, "value");
+    } else {
+      throw std::invalid_argument("secret '" + kv.key() + "' has unknown kind '" + kind + "'");
+    }
+    out[kv.key()] = std::move(secret);
+  }
+  return out;
+}
+
 }  // namespace detail
 
 inline LinkDefinition LinkDefinition::from_json(const nlohmann::json &j) {
@@ -205,7 +239,7 @@ inline HostData HostData::parse_json(const std::string &text) {
     h.provider_xkey_private_key = detail::json_string(j, "provider_xkey_private_key");
     h.env_values = detail::json_string_map(j, "env_values");
     h.config = detail::json_string_map(j, "config");
-    if (j.contains("secrets") && j["secrets"].is_object()) h.secrets = j["secrets"];
+    if (j.contains("secrets")) h.secrets = detail::parse_secrets(j["secrets"]);
     if (j.contains("otel_config") && j["otel_config"].is_object()) h.otel_config = j["otel_config"];
     if (j.contains("cluster_issuers") && j["cluster_issuers"].is_array())
       for (auto &i : j["cluster_issuers"])
@@ -275,6 +309,8 @@ struct HttpSettings {
   std::chrono::milliseconds timeout{5000};  // until the component's response head
   size_t max_content_len = WRPC_HTTP_DEFAULT_MAX_CONTENT_LEN;
   std::chrono::milliseconds body_idle_timeout{WRPC_HTTP_BODY_IDLE_TIMEOUT_MS};
+  // Both set: the listener serves HTTPS with this certificate chain and key (PEM files).
+  std::string tls_cert_file, tls_priv_key_file;
 
   // Throws std::invalid_argument naming the bad key.
   static HttpSettings from_config(const StringMap &config, const StringMap &overrides = {});
@@ -345,6 +381,10 @@ inline HttpSettings HttpSettings::from_config(const StringMap &config, const Str
   if (auto v = get("max_content_len")) s.max_content_len = detail::parse_size("max_content_len", *v);
   if (auto v = get("body_idle_timeout_ms"))
     s.body_idle_timeout = std::chrono::milliseconds(detail::parse_unsigned("body_idle_timeout_ms", *v));
+  if (auto v = get("tls_cert_file")) s.tls_cert_file = *v;
+  if (auto v = get("tls_priv_key_file")) s.tls_priv_key_file = *v;
+  if (s.tls_cert_file.empty() != s.tls_priv_key_file.empty())
+    throw std::invalid_argument("config 'tls_cert_file' and 'tls_priv_key_file' go together");
   return s;
 }
 
@@ -718,6 +758,7 @@ private:
   }
   std::string link_put_key() const;
   void subscribe_lattice();
+  Secrets open_link_secrets(const LinkDefinition &link) const;
   void put_link(const LinkDefinition &link);
   void delete_link(const LinkDefinition &link);
   void start_listener(const HttpSettings &settings);
@@ -764,7 +805,15 @@ inline Provider::Provider(HostData host_data)
       }()),
       config_(host_.config) {
   HttpSettings::from_config(config_);  // reject a bad config before anything starts
-  for (auto &link : host_.link_definitions) {
+  for (auto &received : host_.link_definitions) {
+    LinkDefinition link = received;
+    try {
+      link.secrets = open_link_secrets(received);
+    } catch (const std::exception &e) {
+      logger_.error(std::string("skipping link from host data: ") + e.what(),
+                    {{"source_id", link.source_id}, {"target", link.target}});
+      continue;
+    }
     if (link.source_id == host_.provider_key) source_links_[link.key(link.target)] = link;
     if (link.target == host_.provider_key) target_links_[link.key(link.source_id)] = link;
   }
@@ -812,7 +861,33 @@ inline std::string Provider::link_put_key() const {
 #endif
 }
 
-inline void Provider::put_link(const LinkDefinition &link) {
+// Link secrets are sealed by the host's xkey for this provider's xkey (nkeys "xkv1"). The
+// side that concerns this provider is opened; a link whose secrets do not open is refused.
+inline Secrets Provider::open_link_secrets(const LinkDefinition &link) const {
+  const auto &sealed = link.source_id == host_.provider_key ? link.source_secrets : link.target_secrets;
+  if (sealed.empty()) return {};
+  if (host_.host_xkey_public_key.empty() || host_.provider_xkey_private_key.empty())
+    throw std::invalid_argument("link has secrets but the host data has no xkeys to open them");
+#if defined(WRPC_HTTP_OPENSSL_SUPPORT) && defined(WRPC_HTTP_SODIUM_SUPPORT)
+  std::string json;
+  try {
+    json = detail::nkeys::xkey_open(sealed, host_.host_xkey_public_key, host_.provider_xkey_private_key);
+  } catch (const std::exception &e) {
+    throw std::invalid_argument(std::string("cannot open link secrets: ") + e.what());
+  }
+  try {
+    return detail::parse_secrets(nlohmann::json::parse(json));
+  } catch (const nlohmann::json::exception &) {
+    throw std::invalid_argument("opened link secrets are not a JSON map");
+  }
+#else
+  throw std::invalid_argument("link secrets need WRPC_HTTP_OPENSSL_SUPPORT and WRPC_HTTP_SODIUM_SUPPORT");
+#endif
+}
+
+inline void Provider::put_link(const LinkDefinition &received) {
+  LinkDefinition link = received;
+  link.secrets = open_link_secrets(received);
   bool is_source = link.source_id == host_.provider_key;
   bool is_target = link.target == host_.provider_key;
   if (!is_source && !is_target) {
@@ -905,7 +980,19 @@ inline void Provider::subscribe_lattice() {
 inline void Provider::start_listener(const HttpSettings &settings) {
   auto address = detail::parse_address(settings.address);
   auto listener = std::make_unique<Listener>();
-  listener->server = std::make_unique<httplib::Server>();
+  if (settings.tls_cert_file.empty()) {
+    listener->server = std::make_unique<httplib::Server>();
+  } else {
+#ifdef CPPHTTPLIB_OPENSSL_SUPPORT
+    auto tls = std::make_unique<httplib::SSLServer>(settings.tls_cert_file.c_str(), settings.tls_priv_key_file.c_str());
+    if (!tls->is_valid())
+      throw std::runtime_error("cannot load the TLS certificate or key (" + settings.tls_cert_file + ", " +
+                               settings.tls_priv_key_file + ")");
+    listener->server = std::move(tls);
+#else
+    throw std::runtime_error("HTTPS needs cpp-httplib built with CPPHTTPLIB_OPENSSL_SUPPORT");
+#endif
+  }
   auto &server = *listener->server;
   server.new_task_queue = [] { return new httplib::ThreadPool(WRPC_HTTP_THREAD_POOL_SIZE); };
   server.set_keep_alive_max_count(WRPC_HTTP_KEEPALIVE_MAX_COUNT);
