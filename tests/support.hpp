@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <memory>
@@ -336,7 +337,116 @@ inline std::string temp_file(const std::string &content, const std::string &suff
   return path;
 }
 
+// A TCP connection to a loopback port; throws when it cannot connect.
+inline int connect_loopback(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr *>(&addr), sizeof(addr)) != 0) {
+    ::close(fd);
+    throw std::runtime_error("cannot connect to port " + std::to_string(port));
+  }
+  return fd;
+}
+
+// What came back for raw request bytes: everything the server sent, and whether it closed
+// the connection (false: it was still open after a complete response, or at the timeout).
+struct RawReply {
+  std::string bytes;
+  bool closed = false;
+};
+
+// Whether `bytes` hold one whole HTTP response (framed by Content-Length or chunked).
+inline bool response_complete(const std::string &bytes) {
+  auto head_end = bytes.find("\r\n\r\n");
+  if (head_end == std::string::npos) return false;
+  std::string head = bytes.substr(0, head_end + 2);
+  for (auto &c : head) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (head.find("\r\ntransfer-encoding: chunked\r\n") != std::string::npos)
+    return bytes.size() >= 5 && bytes.compare(bytes.size() - 5, 5, "0\r\n\r\n") == 0;
+  auto at = head.find("\r\ncontent-length: ");
+  if (at == std::string::npos) return false;  // framed by the close
+  return bytes.size() - (head_end + 4) >= std::stoull(head.substr(at + 18));
+}
+
+// Sends `request` on a fresh connection and reads until one whole response came, the server
+// closes the connection, or `timeout` passes. A server that refuses part way (and resets the
+// connection) counts as closed.
+inline RawReply send_raw(int port, const std::string &request,
+                         std::chrono::milliseconds timeout = std::chrono::milliseconds(3000)) {
+  int fd = connect_loopback(port);
+  size_t sent = 0;
+  while (sent < request.size()) {
+    ssize_t n = ::send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
+    if (n <= 0) break;  // the server stopped reading: what it answered is still readable
+    sent += static_cast<size_t>(n);
+  }
+  RawReply reply;
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  char buf[65536];
+  while (true) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    pollfd pfd{fd, POLLIN, 0};
+    if (left.count() <= 0 || ::poll(&pfd, 1, static_cast<int>(left.count())) <= 0) break;
+    ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) {
+      reply.closed = true;
+      break;
+    }
+    reply.bytes.append(buf, static_cast<size_t>(n));
+    if (response_complete(reply.bytes)) break;
+  }
+  ::close(fd);
+  return reply;
+}
+
+// The number of threads of a running process (Linux /proc).
+inline int thread_count(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.compare(0, 8, "Threads:") == 0) return std::stoi(line.substr(8));
+  return -1;
+}
+
+// A new temporary directory, removed with everything in it when destroyed.
+class TempDir {
+public:
+  TempDir() {
+    std::string pattern = "/tmp/wrpc-http-test-XXXXXX";
+    if (!::mkdtemp(&pattern[0])) throw std::runtime_error("mkdtemp failed");
+    path_ = pattern;
+  }
+  TempDir(const TempDir &) = delete;
+  TempDir &operator=(const TempDir &) = delete;
+  ~TempDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  const std::string &path() const { return path_; }
+  std::string file(const std::string &name) const { return path_ + "/" + name; }
+
+private:
+  std::string path_;
+};
+
+// Polls `pred` until it holds or `timeout` passes; returns its last value.
+template <class Pred> bool eventually(Pred pred, std::chrono::milliseconds timeout = std::chrono::milliseconds(5000)) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return pred();
+}
+
 // Path of a built binary: tests run from the repo root (make test).
-inline std::string build_path(const std::string &name) { return "build/" + name; }
+// `make test-asan` builds into build/asan and says so in WRPC_HTTP_BUILD.
+inline std::string build_path(const std::string &name) {
+  const char *dir = std::getenv("WRPC_HTTP_BUILD");
+  return std::string(dir && *dir ? dir : "build") + "/" + name;
+}
 
 }  // namespace testsupport

@@ -3,9 +3,21 @@
 // A minimal, production-minded NATS client: text protocol, one reader thread
 // (parses and dispatches), one writer thread (coalesces everything published
 // since its last write into one send), one wildcard inbox subscription for
-// all request/reply traffic, reconnect with jittered backoff.
+// all request/reply traffic, reconnect with jittered backoff. TLS (tls:// URLs or
+// servers that require it) with WRPC_HTTP_OPENSSL_SUPPORT.
+
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include <climits>
+#endif
 
 namespace wrpc_http {
+namespace detail {
+class NatsSocket;
+}
 namespace nats {
 
 // Thrown for every NATS failure at the API edge; `kind` lets callers map it.
@@ -39,13 +51,20 @@ enum class LogLevel { trace, debug, info, warn, error };
 using LogSink = std::function<void(LogLevel, const std::string &)>;
 
 struct Options {
-  // One URL or a comma-separated list, tried in order: nats://[user:pass@|token@]host[:port]
+  // One URL or a comma-separated list, tried in order: nats://[user:pass@|token@]host[:port];
+  // tls://... asks for TLS (needs WRPC_HTTP_OPENSSL_SUPPORT).
   std::string url = "nats://127.0.0.1:4222";
   std::string name = "wrpc-http-provider";
   // JWT/nkey auth: with a seed, the server's nonce is signed (needs WRPC_HTTP_OPENSSL_SUPPORT);
   // with a JWT too, the JWT is sent, otherwise the seed's public nkey.
   std::string user_jwt;
   std::string user_seed;
+  // TLS is used for tls:// URLs and whenever the server's INFO says tls_required (a
+  // nats:// URL is then upgraded). The server certificate and host name are always
+  // verified: against the system's CAs, or only against the PEM CAs in `tls_ca_file`.
+  std::string tls_ca_file;
+  // A client certificate (PEM chain) and its key, for servers that verify clients.
+  std::string tls_cert_file, tls_key_file;
   std::chrono::milliseconds connect_timeout{2000};
   std::chrono::milliseconds reconnect_wait_min{WRPC_HTTP_NATS_RECONNECT_MIN_MS};
   std::chrono::milliseconds reconnect_wait_max{WRPC_HTTP_NATS_RECONNECT_MAX_MS};
@@ -131,12 +150,14 @@ private:
     unsigned max_messages = 0, received = 0;
   };
 
-  int open_connection();  // socket + INFO/CONNECT handshake; returns the fd or throws
+  // Socket (TLS when asked for) + INFO/CONNECT handshake; returns the connection or throws.
+  std::unique_ptr<detail::NatsSocket> open_connection();
   void reader_loop();
   void writer_loop();
   bool reconnect();
   void lost_connection(const std::string &why);
-  void handle_info(const std::string &json);
+  // Applies an INFO (max_payload, nonce) and returns it parsed.
+  nlohmann::json handle_info(const std::string &json);
   void dispatch(Message &msg, uint64_t sid);
   void dispatch_inbox(Message &msg);
   void enqueue(std::string &&wire);
@@ -149,7 +170,9 @@ private:
   size_t url_index_ = 0;
   std::string inbox_prefix_;  // `_INBOX.<random>`
 
-  int fd_ = -1;  // owned by the reader thread; the writer uses it while connected_
+  // Owned by the reader thread (replaced on reconnect under out_mu_); the writer uses it
+  // while connected_, and lost_connection() waits for the writer before destroying it.
+  std::unique_ptr<detail::NatsSocket> socket_;
   std::atomic<bool> connected_{false};
   std::atomic<bool> closing_{false};
   std::mutex close_mu_;
@@ -183,11 +206,12 @@ private:
 
 namespace detail {
 
-// Splits `url` into host, port and credentials. Accepts nats://, tls:// (later) or no scheme.
+// Splits `url` into host, port and credentials. Accepts nats://, tls:// or no scheme.
 struct NatsUrl {
   std::string host = "127.0.0.1";
   std::string port = "4222";
   std::string user, password, token;
+  bool tls = false;  // tls://: the connection must be TLS
 };
 
 inline NatsUrl parse_nats_url(const std::string &url) {
@@ -196,8 +220,9 @@ inline NatsUrl parse_nats_url(const std::string &url) {
   auto scheme_end = rest.find("://");
   if (scheme_end != std::string::npos) {
     std::string scheme = rest.substr(0, scheme_end);
-    if (scheme != "nats")
+    if (scheme != "nats" && scheme != "tls")
       throw nats::Error(nats::Error::Kind::connect, "unsupported NATS URL scheme '" + scheme + "' in " + url);
+    out.tls = scheme == "tls";
     rest = rest.substr(scheme_end + 3);
   }
   auto slash = rest.find('/');
@@ -323,6 +348,249 @@ inline bool write_all(int fd, const char *data, size_t size) {
   return true;
 }
 
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+
+// OpenSSL's socket BIO writes with write(2), which raises SIGPIPE once the server has
+// closed the connection; this one uses send(MSG_NOSIGNAL), as the plain path does.
+// Its data is a pointer to the socket's fd.
+inline BIO_METHOD *nosigpipe_socket_bio() {
+  static BIO_METHOD *method = [] {
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "nats socket");
+    BIO_meth_set_create(m, [](BIO *bio) {
+      BIO_set_init(bio, 1);
+      return 1;
+    });
+    BIO_meth_set_write(m, [](BIO *bio, const char *data, int size) {
+      BIO_clear_retry_flags(bio);
+      ssize_t n = ::send(*static_cast<int *>(BIO_get_data(bio)), data, static_cast<size_t>(size), MSG_NOSIGNAL);
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) BIO_set_retry_write(bio);
+      return static_cast<int>(n);
+    });
+    BIO_meth_set_read(m, [](BIO *bio, char *data, int size) {
+      BIO_clear_retry_flags(bio);
+      ssize_t n = ::recv(*static_cast<int *>(BIO_get_data(bio)), data, static_cast<size_t>(size), 0);
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) BIO_set_retry_read(bio);
+      return static_cast<int>(n);
+    });
+    // TLS needs only flush (nothing to do on a socket); every other control is unsupported.
+    BIO_meth_set_ctrl(m, [](BIO *, int cmd, long, void *) -> long { return cmd == BIO_CTRL_FLUSH ? 1 : 0; });
+    return m;
+  }();
+  return method;
+}
+
+// OpenSSL's reason for the failure on this thread, for error messages: the first error
+// queued is the cause (later ones only say which layer passed it on).
+inline std::string openssl_reason() {
+  unsigned long error = ERR_peek_error();
+#ifdef ERR_SYSTEM_ERROR  // OpenSSL 3: errno packed into the error code
+  if (ERR_SYSTEM_ERROR(error)) return std::strerror(ERR_GET_REASON(error));
+#endif
+  const char *reason = ERR_reason_error_string(error);
+  return reason ? reason : "unknown OpenSSL error";
+}
+
+// Why a TLS read or write failed (`ssl_error` from SSL_get_error, `sys_errno` saved after the call).
+inline std::string tls_failure(int ssl_error, int sys_errno) {
+  if (ssl_error == SSL_ERROR_SSL) return "TLS error: " + openssl_reason();
+  if (ssl_error == SSL_ERROR_SYSCALL && sys_errno != 0) return std::strerror(sys_errno);
+  return "connection closed by server";
+}
+
+// A client TLS context from the options: verification of the server is always on.
+inline std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> new_tls_context(const nats::Options &opts) {
+  auto fail = [](const std::string &what) {
+    throw nats::Error(nats::Error::Kind::connect, what + ": " + openssl_reason());
+  };
+  ERR_clear_error();  // so that openssl_reason() finds this failure's cause
+  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ctx(SSL_CTX_new(TLS_client_method()), SSL_CTX_free);
+  if (!ctx) fail("cannot create a TLS context");
+  SSL_CTX_set_min_proto_version(ctx.get(), TLS1_2_VERSION);
+  // With renegotiation SSL_write could have to read; NatsSocket lets only the reader wait for input.
+  SSL_CTX_set_options(ctx.get(), SSL_OP_NO_RENEGOTIATION);
+  // A long write returns after each record, so the reader gets its turns in between.
+  SSL_CTX_set_mode(ctx.get(), SSL_MODE_ENABLE_PARTIAL_WRITE);
+  SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
+  if (!opts.tls_ca_file.empty()) {
+    if (SSL_CTX_load_verify_locations(ctx.get(), opts.tls_ca_file.c_str(), nullptr) != 1)
+      fail("cannot load tls_ca_file '" + opts.tls_ca_file + "'");
+  } else if (SSL_CTX_set_default_verify_paths(ctx.get()) != 1) {
+    fail("cannot load the system's CA certificates");
+  }
+  if (opts.tls_cert_file.empty() != opts.tls_key_file.empty())
+    throw nats::Error(nats::Error::Kind::connect, "tls_cert_file and tls_key_file must be given together");
+  if (!opts.tls_cert_file.empty()) {
+    if (SSL_CTX_use_certificate_chain_file(ctx.get(), opts.tls_cert_file.c_str()) != 1)
+      fail("cannot load tls_cert_file '" + opts.tls_cert_file + "'");
+    if (SSL_CTX_use_PrivateKey_file(ctx.get(), opts.tls_key_file.c_str(), SSL_FILETYPE_PEM) != 1)
+      fail("cannot load tls_key_file '" + opts.tls_key_file + "'");
+    if (SSL_CTX_check_private_key(ctx.get()) != 1) fail("tls_key_file does not match tls_cert_file");
+  }
+  return ctx;
+}
+
+#endif  // WRPC_HTTP_OPENSSL_SUPPORT
+
+// The connection's byte stream: a TCP socket, or TLS over it after start_tls().
+//
+// The reader thread reads while the writer thread writes. A plain socket allows that as
+// is, without locking. One SSL object does not: its calls are serialized by tls_mu_, on a
+// non-blocking socket so that the mutex is never held while waiting in the kernel; a
+// thread that has to wait releases it and polls, then tries again.
+class NatsSocket {
+public:
+  explicit NatsSocket(int fd) : fd_(fd) {}
+  ~NatsSocket() {
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+    // No close_notify: NATS frames its own messages, so a cut cannot pass for a complete one.
+    if (ssl_) SSL_free(ssl_);
+#endif
+    ::close(fd_);
+  }
+  NatsSocket(const NatsSocket &) = delete;
+  NatsSocket &operator=(const NatsSocket &) = delete;
+
+  // Wakes both threads from any thread: reads then see the end, writes fail.
+  void shutdown() { ::shutdown(fd_, SHUT_RDWR); }
+
+  // Waits at most `timeout` until read_some() may have bytes.
+  bool wait_readable(std::chrono::milliseconds timeout) {
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+    // Decrypted bytes left over from the last record are not visible to poll().
+    if (ssl_) {
+      std::lock_guard<std::mutex> lk(tls_mu_);
+      if (SSL_pending(ssl_) > 0) return true;
+    }
+#endif
+    return wait_for(POLLIN, timeout);
+  }
+
+  // Returns the number of bytes read, 0 when none are there yet; throws
+  // nats::Error(disconnected) with the reason once the connection has ended.
+  size_t read_some(char *buf, size_t size) {
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+    if (ssl_) return tls_read_some(buf, size);
+#endif
+    ssize_t n = ::recv(fd_, buf, size, 0);
+    if (n > 0) return static_cast<size_t>(n);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) return 0;
+    throw nats::Error(nats::Error::Kind::disconnected,
+                      n == 0 ? "connection closed by server" : std::strerror(errno));
+  }
+
+  // False when the connection is broken.
+  bool write_all(const char *data, size_t size) {
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+    if (ssl_) return tls_write_all(data, size);
+#endif
+    return detail::write_all(fd_, data, size);
+  }
+
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+  // Client handshake (before the reader and writer threads use the socket), verifying the
+  // certificate chain and that it names `host` (a DNS name, also sent as SNI, or an IP
+  // address). Throws nats::Error(connect) with the reason.
+  void start_tls(const nats::Options &opts, const std::string &host, std::chrono::steady_clock::time_point deadline);
+#endif
+
+private:
+  bool wait_for(short events, std::chrono::milliseconds timeout) {
+    pollfd pfd{fd_, events, 0};
+    return ::poll(&pfd, 1, static_cast<int>(std::max<long long>(0, timeout.count()))) > 0;
+  }
+
+  int fd_;
+
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+  // Bounds a wait for the socket during TLS I/O; the call is then simply tried again.
+  static constexpr std::chrono::milliseconds kTlsRetryWait{100};
+
+  size_t tls_read_some(char *buf, size_t size) {
+    int n, error, sys_errno;
+    {
+      std::lock_guard<std::mutex> lk(tls_mu_);
+      ERR_clear_error();
+      n = SSL_read(ssl_, buf, static_cast<int>(std::min<size_t>(size, INT_MAX)));
+      error = n > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl_, n);
+      sys_errno = errno;
+    }
+    if (n > 0) return static_cast<size_t>(n);
+    if (error == SSL_ERROR_WANT_READ) return 0;
+    if (error == SSL_ERROR_WANT_WRITE) {  // TLS has to send something first (a key update)
+      wait_for(POLLOUT, kTlsRetryWait);
+      return 0;
+    }
+    throw nats::Error(nats::Error::Kind::disconnected, tls_failure(error, sys_errno));
+  }
+
+  bool tls_write_all(const char *data, size_t size) {
+    while (size > 0) {
+      int n, error;
+      {
+        std::lock_guard<std::mutex> lk(tls_mu_);
+        ERR_clear_error();
+        n = SSL_write(ssl_, data, static_cast<int>(std::min<size_t>(size, INT_MAX)));
+        error = n > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl_, n);
+      }
+      if (n > 0) {
+        data += n;
+        size -= static_cast<size_t>(n);
+      } else if (error == SSL_ERROR_WANT_WRITE) {
+        wait_for(POLLOUT, kTlsRetryWait);
+      } else if (error == SSL_ERROR_WANT_READ) {
+        wait_for(POLLIN, kTlsRetryWait);
+      } else {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  SSL *ssl_ = nullptr;
+  std::mutex tls_mu_;
+#endif
+};
+
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+inline void NatsSocket::start_tls(const nats::Options &opts, const std::string &host,
+                                  std::chrono::steady_clock::time_point deadline) {
+  auto fail = [](const std::string &why) { throw nats::Error(nats::Error::Kind::connect, why); };
+  auto ctx = new_tls_context(opts);
+  ERR_clear_error();
+  ssl_ = SSL_new(ctx.get());  // holds its own reference to the context
+  BIO *bio = ssl_ ? BIO_new(nosigpipe_socket_bio()) : nullptr;
+  if (!bio) fail("cannot create a TLS connection: " + openssl_reason());
+  BIO_set_data(bio, &fd_);
+  SSL_set_bio(ssl_, bio, bio);
+  in6_addr ip;
+  bool is_ip = ::inet_pton(AF_INET, host.c_str(), &ip) == 1 || ::inet_pton(AF_INET6, host.c_str(), &ip) == 1;
+  if (is_ip) {
+    X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl_), host.c_str());
+  } else {
+    SSL_set_tlsext_host_name(ssl_, host.c_str());  // SNI is for names only (RFC 6066)
+    SSL_set1_host(ssl_, host.c_str());
+  }
+  ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL, 0) | O_NONBLOCK);
+  while (true) {
+    ERR_clear_error();
+    int rc = SSL_connect(ssl_);
+    if (rc == 1) return;
+    int error = SSL_get_error(ssl_, rc);
+    int sys_errno = errno;
+    if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) fail("TLS handshake timed out");
+      wait_for(error == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, left);
+      continue;
+    }
+    long verify = SSL_get_verify_result(ssl_);
+    if (verify != X509_V_OK)
+      fail(std::string("server certificate verification failed: ") + X509_verify_cert_error_string(verify));
+    fail("TLS handshake failed: " + tls_failure(error, sys_errno));
+  }
+}
+#endif
+
 // Incremental parser of the server-to-client protocol. Never assumes that one read is
 // one message: bytes are appended and complete operations are taken off the front.
 class NatsParser {
@@ -379,7 +647,9 @@ private:
     auto space = line.find_first_of(" \t");
     std::string op = line.substr(0, space);
     for (auto &c : op) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-    std::string args = space == std::string::npos ? "" : line.substr(line.find_first_not_of(" \t", space));
+    // Blanks may also trail the operation ("PING \r\n"): then there are no arguments.
+    auto args_start = line.find_first_not_of(" \t", space);
+    std::string args = args_start == std::string::npos ? "" : line.substr(args_start);
     if (op == "MSG" || op == "HMSG") {
       start_message(op == "HMSG", args);
       return take_payload();
@@ -411,6 +681,8 @@ private:
     sid_ = parse_size(fields[1]);
     if (fields.size() == need + 1) msg_.reply = fields[2];
     total_ = parse_size(fields.back());
+    // A server never sends more than its max_payload; a hostile one must not make us buffer GiBs.
+    if (total_ > WRPC_HTTP_NATS_MAX_MESSAGE_BYTES) fail("message larger than WRPC_HTTP_NATS_MAX_MESSAGE_BYTES");
     header_size_ = with_headers ? parse_size(fields[fields.size() - 2]) : 0;
     if (header_size_ > total_) fail("header size larger than message");
     pending_ = true;
@@ -523,7 +795,7 @@ inline void Client::connect() {
   for (size_t i = 0; i < urls_.size(); ++i) {
     url_index_ = i;
     try {
-      fd_ = open_connection();
+      socket_ = open_connection();
       errors.clear();
       break;
     } catch (const Error &e) {
@@ -539,7 +811,7 @@ inline void Client::connect() {
     sub->handler = [this](Message &m) { dispatch_inbox(m); };
     subs_[inbox_sid_] = sub;
     std::string wire = "SUB " + sub->subject + " " + std::to_string(inbox_sid_) + "\r\n";
-    if (!detail::write_all(fd_, wire.data(), wire.size()))
+    if (!socket_->write_all(wire.data(), wire.size()))
       throw Error(Error::Kind::connect, "connection lost while subscribing");
   }
   connected_ = true;
@@ -547,44 +819,62 @@ inline void Client::connect() {
   reader_ = std::thread([this] { reader_loop(); });
 }
 
-// Opens the socket to urls_[url_index_], reads INFO, sends CONNECT and waits for the
-// server to accept it (PONG) or refuse it (-ERR). Returns the handshaken socket.
-inline int Client::open_connection() {
+// Opens the socket to urls_[url_index_], reads INFO (always in plain text), switches to
+// TLS when the URL or the server asks for it, sends CONNECT and waits for the server to
+// accept it (PONG) or refuse it (-ERR). Returns the handshaken connection.
+inline std::unique_ptr<detail::NatsSocket> Client::open_connection() {
   auto url = detail::parse_nats_url(urls_[url_index_]);
-  int fd = detail::tcp_connect(url.host, url.port, opts_.connect_timeout);
+  auto socket = std::make_unique<detail::NatsSocket>(detail::tcp_connect(url.host, url.port, opts_.connect_timeout));
   auto fail = [&](const std::string &why) {
-    ::close(fd);
     throw Error(Error::Kind::connect, "NATS handshake with " + url.host + ":" + url.port + " failed: " + why);
   };
   auto deadline = std::chrono::steady_clock::now() + opts_.connect_timeout;
   std::string info_json, err_text;
   bool got_pong = false;
   detail::NatsParser parser({[](Message &, uint64_t) {}, [&](const std::string &j) { info_json = j; },
-                             [&] { detail::write_all(fd, "PONG\r\n", 6); }, [&] { got_pong = true; }, [] {},
+                             [&] { socket->write_all("PONG\r\n", 6); }, [&] { got_pong = true; }, [] {},
                              [&](const std::string &e) { err_text = e; }});
   auto read_until = [&](const std::function<bool()> &done) {
     char buf[4096];
     while (!done()) {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
       if (left.count() <= 0) fail("timed out");
-      pollfd pfd{fd, POLLIN, 0};
-      if (::poll(&pfd, 1, static_cast<int>(left.count())) <= 0) continue;
-      ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
-      if (n <= 0) fail(err_text.empty() ? "connection closed by server" : err_text);
+      if (!socket->wait_readable(left)) continue;
       try {
-        parser.feed(buf, static_cast<size_t>(n));
+        parser.feed(buf, socket->read_some(buf, sizeof(buf)));
       } catch (const Error &e) {
-        fail(e.what());
+        fail(err_text.empty() ? e.what() : err_text);  // a server's -ERR says more than the close after it
       }
     }
   };
   read_until([&] { return !info_json.empty() || !err_text.empty(); });
   if (!err_text.empty()) fail(err_text);
-  handle_info(info_json);
+  auto info = handle_info(info_json);
+
+  // As in the Go client: a server that requires TLS upgrades a nats:// URL (verifying it
+  // as always, so without its CA in tls_ca_file or the system store this fails); a tls://
+  // URL insists on TLS.
+  auto info_flag = [&](const char *key) { return info.contains(key) && info[key] == true; };
+  bool server_requires_tls = info_flag("tls_required");
+  if (url.tls && !server_requires_tls && !info_flag("tls_available"))
+    fail("the URL asks for TLS (tls://) but the server does not offer it");
+  bool use_tls = url.tls || server_requires_tls;
+  if (use_tls) {
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+    try {
+      socket->start_tls(opts_, url.host, deadline);
+    } catch (const Error &e) {
+      fail(e.what());
+    }
+#else
+    fail(std::string(url.tls ? "a tls:// URL" : "this server requires TLS, which") +
+         " needs WRPC_HTTP_OPENSSL_SUPPORT");
+#endif
+  }
 
   nlohmann::json connect_json = {{"verbose", false},   {"pedantic", false},      {"headers", true},
                                  {"no_responders", true}, {"name", opts_.name}, {"lang", "cpp"},
-                                 {"version", WRPC_HTTP_VERSION}, {"protocol", 1},   {"tls_required", false}};
+                                 {"version", WRPC_HTTP_VERSION}, {"protocol", 1},   {"tls_required", use_tls}};
   if (!url.user.empty()) {
     connect_json["user"] = url.user;
     connect_json["pass"] = url.password;
@@ -603,20 +893,19 @@ inline int Client::open_connection() {
 #endif
   }
   std::string hello = "CONNECT " + connect_json.dump() + "\r\nPING\r\n";
-  if (!detail::write_all(fd, hello.data(), hello.size())) fail("write failed");
+  if (!socket->write_all(hello.data(), hello.size())) fail("write failed");
   read_until([&] { return got_pong || !err_text.empty(); });
   if (!err_text.empty()) fail(err_text);
-  return fd;
+  return socket;
 }
 
-inline void Client::handle_info(const std::string &json) {
+inline nlohmann::json Client::handle_info(const std::string &json) {
   try {
     auto info = nlohmann::json::parse(json);
     if (info.contains("max_payload") && info["max_payload"].is_number_unsigned())
       max_payload_ = info["max_payload"].get<size_t>();
     nonce_ = info.value("nonce", std::string());
-    if (info.value("tls_required", false))
-      throw Error(Error::Kind::connect, "server requires TLS, which this client does not speak");
+    return info;
   } catch (const nlohmann::json::exception &e) {
     throw Error(Error::Kind::protocol, std::string("bad INFO from server: ") + e.what());
   }
@@ -644,17 +933,14 @@ inline void Client::close() {
     std::lock_guard<std::mutex> lk(out_mu_);
     closing_ = true;
     connected_ = false;
-    if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
+    if (socket_) socket_->shutdown();
   }
   out_cv_.notify_all();
   space_cv_.notify_all();
   pong_cv_.notify_all();
   if (reader_.joinable()) reader_.join();
   if (writer_.joinable()) writer_.join();
-  if (fd_ >= 0) {
-    ::close(fd_);
-    fd_ = -1;
-  }
+  socket_.reset();
   std::unordered_map<std::string, std::shared_ptr<InboxHandler>> orphans;
   {
     std::lock_guard<std::mutex> lk(inbox_mu_);
@@ -694,14 +980,14 @@ inline void Client::writer_loop() {
     chunk.clear();
     chunk.swap(out_buf_);
     writer_busy_ = true;
-    int fd = fd_;
+    detail::NatsSocket *socket = socket_.get();
     lk.unlock();
     space_cv_.notify_all();
-    bool ok = detail::write_all(fd, chunk.data(), chunk.size());
+    bool ok = socket->write_all(chunk.data(), chunk.size());
     lk.lock();
     writer_busy_ = false;
     // A failed write means the connection is gone; the reader sees it too and reconnects.
-    if (!ok && fd_ == fd) ::shutdown(fd, SHUT_RDWR);
+    if (!ok && socket_.get() == socket) socket->shutdown();
     out_cv_.notify_all();
   }
 }
@@ -878,21 +1164,13 @@ inline void Client::reader_loop() {
   std::vector<char> buf(64 * 1024);
   auto last_ping = std::chrono::steady_clock::now();
   while (!closing_) {
-    pollfd pfd{fd_, POLLIN, 0};
-    int ready = ::poll(&pfd, 1, 250);
     std::string lost_reason;
-    if (ready > 0) {
-      ssize_t n = ::recv(fd_, buf.data(), buf.size(), 0);
-      if (n > 0) {
-        try {
-          parser.feed(buf.data(), static_cast<size_t>(n));
-        } catch (const Error &e) {
-          lost_reason = e.what();
-        }
-      } else if (n < 0 && errno == EINTR) {
-        continue;
-      } else {
-        lost_reason = n == 0 ? "connection closed by server" : std::strerror(errno);
+    if (socket_->wait_readable(std::chrono::milliseconds(250))) {
+      try {
+        size_t n = socket_->read_some(buf.data(), buf.size());
+        if (n > 0) parser.feed(buf.data(), n);
+      } catch (const Error &e) {
+        lost_reason = e.what();
       }
     }
     auto now = std::chrono::steady_clock::now();
@@ -924,10 +1202,9 @@ inline void Client::lost_connection(const std::string &why) {
   {
     std::unique_lock<std::mutex> lk(out_mu_);
     connected_ = false;
-    ::shutdown(fd_, SHUT_RDWR);
+    socket_->shutdown();
     out_cv_.wait(lk, [&] { return !writer_busy_; });
-    ::close(fd_);
-    fd_ = -1;
+    socket_.reset();
     out_buf_.clear();
   }
   space_cv_.notify_all();
@@ -961,9 +1238,9 @@ inline bool Client::reconnect() {
     if (closing_) return false;
     wait = std::min(wait * 2, opts_.reconnect_wait_max);
     url_index_ = (url_index_ + (attempt > 1 ? 1 : 0)) % urls_.size();
-    int fd;
+    std::unique_ptr<detail::NatsSocket> socket;
     try {
-      fd = open_connection();
+      socket = open_connection();
     } catch (const Error &e) {
       log(LogLevel::debug, std::string("reconnect attempt ") + std::to_string(attempt) + ": " + e.what());
       continue;
@@ -976,12 +1253,9 @@ inline bool Client::reconnect() {
       for (auto &s : subs_)
         wire += "SUB " + s.second->subject + (s.second->queue.empty() ? "" : " " + s.second->queue) + " " +
                 std::to_string(s.first) + "\r\n";
-      if (!detail::write_all(fd, wire.data(), wire.size())) {
-        ::close(fd);
-        continue;
-      }
+      if (!socket->write_all(wire.data(), wire.size())) continue;
       std::lock_guard<std::mutex> lk(out_mu_);
-      fd_ = fd;
+      socket_ = std::move(socket);
       connected_ = true;
     }
     log(LogLevel::info, "NATS reconnected after " + std::to_string(attempt) + " attempt(s)");
