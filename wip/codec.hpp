@@ -821,6 +821,7 @@ class ValueReader {
   }
 
   int64_t read_sleb(unsigned bit_width, const char* type_name) {
+    if (!ok()) return 0;
     uint64_t value = 0;
     unsigned shift = 0;
     for (;;) {

@@ -1,0 +1,19 @@
+// libFuzzer target: host data (the host's stdin line) and link definitions (JSON from the lattice)
+// (fuzz_checks.hpp says what is checked).
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "fuzz_checks.hpp"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const std::string fault =
+      fuzz_checks::host_data_fault(std::string(reinterpret_cast<const char*>(data), size));
+  if (!fault.empty()) {
+    std::fprintf(stderr, "finding: %s\n", fault.c_str());
+    std::abort();
+  }
+  return 0;
+}
