@@ -109,12 +109,54 @@ struct StreamInbox {
   }
 };
 
-// Waits on `cv` until `ready` or the deadline; returns false on timeout.
-template <class Pred>
-bool wait_until(std::condition_variable &cv, std::unique_lock<std::mutex> &lk, Clock::time_point deadline,
-                Pred ready) {
-  return cv.wait_until(lk, deadline, ready);
-}
+// What both sides of a call receive asynchronously: a body stream and a trailers future,
+// filled by the NATS reader thread and read by the call's own thread.
+struct AsyncChannels {
+  AsyncChannels(size_t max_body, size_t max_trailers) : body(max_body), max_trailer_bytes(max_trailers) {}
+  std::mutex mu;
+  std::condition_variable cv;
+  bool lost = false;  // the NATS connection dropped
+  StreamInbox body;
+  std::string trailer_bytes;
+  size_t max_trailer_bytes;
+  bool trailers_closed = false;
+
+  // With mu held.
+  void on_trailer_message(const std::string &data) {
+    if (data.empty()) {
+      trailers_closed = true;
+    } else if (trailer_bytes.size() + data.size() <= max_trailer_bytes) {
+      trailer_bytes += data;
+    }
+  }
+
+  // Next piece of the body; false at its end. Throws CallError when the stream breaks
+  // (malformed, connection lost, nothing for `idle_timeout`).
+  bool read_body(std::string &out, std::chrono::milliseconds idle_timeout) {
+    std::unique_lock<std::mutex> lk(mu);
+    if (!cv.wait_for(lk, idle_timeout, [&] { return !body.queue.empty() || body.ended || !body.error.empty() || lost; }))
+      throw wrpc::CallError(wrpc::CallError::Kind::timeout, "body stalled");
+    if (!body.error.empty()) throw wrpc::CallError(wrpc::CallError::Kind::bad_reply, body.error);
+    if (!body.queue.empty()) {
+      out = body.queue.pop();
+      return true;
+    }
+    if (body.ended) return false;
+    throw wrpc::CallError(wrpc::CallError::Kind::disconnected, "NATS connection lost mid-body");
+  }
+
+  // The pending trailers' value, once their channel closed.
+  std::optional<Fields> read_trailers(std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lk(mu);
+    if (!cv.wait_for(lk, timeout, [&] { return trailers_closed || lost; }))
+      throw wrpc::CallError(wrpc::CallError::Kind::timeout, "trailers did not arrive");
+    if (!trailers_closed) throw wrpc::CallError(wrpc::CallError::Kind::disconnected, "NATS connection lost");
+    auto decoded = decode_trailers(trailer_bytes.data(), trailer_bytes.size(), max_trailer_bytes);
+    if (decoded.status != DecodeStatus::ok)
+      throw wrpc::CallError(wrpc::CallError::Kind::bad_reply, "malformed trailers: " + decoded.error);
+    return decoded.value;
+  }
+};
 
 // Splits `data` into stream chunks of at most `max_payload` bytes per NATS message.
 inline void publish_stream_chunks(nats::Batch &batch, const std::string &subject, const char *data, size_t size) {
@@ -142,6 +184,67 @@ inline wrpc::CallError nats_failure(const nats::Error &e) {
                                                                  : wrpc::CallError::Kind::disconnected,
                          std::string("NATS: ") + e.what());
 }
+
+}  // namespace detail
+
+namespace detail {
+
+// A task queue that starts a thread whenever none is idle, up to `max_threads`, and keeps it
+// for reuse. Both the HTTP listener and the wRPC server run work that blocks for as long as
+// a client or caller takes (cpp-httplib keeps a thread per open connection), so a fixed pool
+// would let slow peers starve everyone else.
+class ElasticTaskQueue : public httplib::TaskQueue {
+public:
+  explicit ElasticTaskQueue(size_t max_threads) : max_threads_(max_threads) {}
+  ~ElasticTaskQueue() override { shutdown(); }
+
+  // After shutdown() a job is dropped: nothing would be left to join its thread.
+  void enqueue(std::function<void()> fn) override {
+    std::unique_lock<std::mutex> lk(mu_);
+    if (stopping_) return;
+    jobs_.push_back(std::move(fn));
+    // Idle threads may already be spoken for by jobs queued just before this one.
+    if (jobs_.size() > idle_ && threads_.size() < max_threads_) {
+      threads_.emplace_back([this] { work(); });
+    } else {
+      cv_.notify_one();  // past the cap, jobs wait for a thread to come free
+    }
+  }
+
+  void shutdown() override {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (stopping_) return;
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    for (auto &t : threads_) t.join();
+  }
+
+private:
+  void work() {
+    std::unique_lock<std::mutex> lk(mu_);
+    while (true) {
+      ++idle_;
+      cv_.wait(lk, [&] { return stopping_ || !jobs_.empty(); });
+      --idle_;
+      if (jobs_.empty()) return;  // stopping, and every job is done
+      auto job = std::move(jobs_.front());
+      jobs_.pop_front();
+      lk.unlock();
+      job();
+      lk.lock();
+    }
+  }
+
+  size_t max_threads_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  std::vector<std::thread> threads_;
+  size_t idle_ = 0;
+  bool stopping_ = false;
+};
 
 }  // namespace detail
 
@@ -206,6 +309,17 @@ public:
   // Sends the rest of the body, its end, and closes the parameter channels.
   void finish_request() { flush_body(true); }
 
+  // The request body broke: close its channel without the end chunk, so the component
+  // sees a cut-off stream at once instead of waiting out its own timeout.
+  void abort_request() {
+    body_buf_.clear();
+    try {
+      nc_.publish(server_inbox_ + ".params.0.0", "");
+    } catch (const nats::Error &) {
+      // Lost connection: the component's idle timeout ends its side.
+    }
+  }
+
   // Waits for the result head; throws CallError for every failure, including the
   // component's own error-code.
   ResponseHead await_response(detail::Clock::time_point deadline) {
@@ -223,48 +337,27 @@ public:
   // Next piece of the response body; false at its end. Throws CallError when the stream
   // breaks (malformed, connection lost, nothing for `idle_timeout`).
   bool read_body(std::string &out, std::chrono::milliseconds idle_timeout) {
-    std::unique_lock<std::mutex> lk(state_->mu);
-    auto &body = state_->body;
-    if (!state_->cv.wait_for(lk, idle_timeout,
-                             [&] { return !body.queue.empty() || body.ended || !body.error.empty() || state_->lost; }))
-      throw CallError(CallError::Kind::timeout, "response body stalled");
-    if (!body.error.empty()) throw CallError(CallError::Kind::bad_reply, body.error);
-    if (!body.queue.empty()) {
-      out = body.queue.pop();
-      return true;
-    }
-    if (body.ended) return false;
-    throw CallError(CallError::Kind::disconnected, "NATS connection lost mid-body");
+    return state_->read_body(out, idle_timeout);
   }
 
   // The response trailers, once the body has ended.
   std::optional<Fields> read_trailers(std::chrono::milliseconds timeout) {
-    std::unique_lock<std::mutex> lk(state_->mu);
-    if (state_->result && !state_->result->trailers.pending) return state_->result->trailers.ready_value;
-    if (!state_->cv.wait_for(lk, timeout, [&] { return state_->trailers_closed || state_->lost; }))
-      throw CallError(CallError::Kind::timeout, "response trailers did not arrive");
-    if (!state_->trailers_closed) throw CallError(CallError::Kind::disconnected, "NATS connection lost");
-    auto decoded = detail::decode_trailers(state_->trailer_bytes.data(), state_->trailer_bytes.size(),
-                                           limits_.max_head_bytes);
-    if (decoded.status != detail::DecodeStatus::ok)
-      throw CallError(CallError::Kind::bad_reply, "malformed trailers: " + decoded.error);
-    return decoded.value;
+    {
+      std::lock_guard<std::mutex> lk(state_->mu);
+      if (state_->result && !state_->result->trailers.pending) return state_->result->trailers.ready_value;
+    }
+    return state_->read_trailers(timeout);
   }
 
 private:
-  struct State {
-    explicit State(const CallLimits &l) : limits(l), body(l.max_buffered_body) {}
+  struct State : detail::AsyncChannels {
+    explicit State(const CallLimits &l) : AsyncChannels(l.max_buffered_body, l.max_head_bytes), limits(l) {}
     CallLimits limits;
-    std::mutex mu;
-    std::condition_variable cv;
     std::string server_inbox;
-    bool no_responders = false, lost = false;
+    bool no_responders = false;
     std::string head_bytes;
     std::optional<detail::HandleResult> result;
     std::string failure;
-    detail::StreamInbox body;
-    std::string trailer_bytes;
-    bool trailers_closed = false;
 
     bool handshaken() const { return !server_inbox.empty() || no_responders; }
     bool result_known() const { return result.has_value() || !failure.empty(); }
@@ -282,11 +375,7 @@ private:
       } else if (suffix == ".results.0.0") {
         body.on_message(m.data);
       } else if (suffix == ".results.0.1") {
-        if (m.data.empty()) {
-          trailers_closed = true;
-        } else if (trailer_bytes.size() + m.data.size() <= limits.max_head_bytes) {
-          trailer_bytes += m.data;
-        }
+        on_trailer_message(m.data);
       }
       cv.notify_all();
     }
@@ -387,7 +476,8 @@ private:
 using Handler = std::function<void(IncomingRequest &, ResponseWriter &)>;
 
 // Serves `wrpc:http/incoming-handler@0.1.0.handle` for one component id on a lattice.
-// Calls run on a fixed pool of worker threads; the NATS reader thread only routes bytes.
+// Each call runs on a worker thread (started on demand, up to `workers`); the NATS reader
+// thread only routes bytes.
 class Server {
 public:
   Server(nats::Client &nc, std::string lattice, std::string component, Handler handler,
@@ -404,7 +494,6 @@ public:
 private:
   void on_invocation(nats::Message &m);
   void run(std::shared_ptr<IncomingRequest::State> state, std::string reply);
-  void worker_loop();
 
   nats::Client &nc_;
   std::string lattice_, component_;
@@ -412,29 +501,20 @@ private:
   size_t worker_count_;
   CallLimits limits_;
   uint64_t sid_ = 0;
-  std::vector<std::thread> workers_;
+  std::mutex workers_mu_;
+  std::unique_ptr<detail::ElasticTaskQueue> workers_;
   // Calls still waiting for their parameters; stop() ends them instead of waiting.
   std::mutex calls_mu_;
   std::unordered_map<std::string, std::weak_ptr<IncomingRequest::State>> calls_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> jobs_;
-  bool stopping_ = false;
 };
 
-struct IncomingRequest::State {
-  explicit State(const CallLimits &l) : limits(l), body(l.max_buffered_body) {}
+struct IncomingRequest::State : detail::AsyncChannels {
+  explicit State(const CallLimits &l) : AsyncChannels(l.max_buffered_body, l.max_head_bytes), limits(l) {}
   CallLimits limits;
-  std::mutex mu;
-  std::condition_variable cv;
   std::string token;
   std::string param_bytes;
   std::optional<detail::HandleParams> params;
   std::string failure;
-  bool lost = false;
-  detail::StreamInbox body;
-  std::string trailer_bytes;
-  bool trailers_closed = false;
 
   // With mu held.
   void on_param_bytes(const std::string &data) {
@@ -457,41 +537,22 @@ struct IncomingRequest::State {
     } else if (suffix == ".params.0.0") {
       body.on_message(m.data);
     } else if (suffix == ".params.0.1") {
-      if (m.data.empty()) {
-        trailers_closed = true;
-      } else if (trailer_bytes.size() + m.data.size() <= limits.max_head_bytes) {
-        trailer_bytes += m.data;
-      }
+      on_trailer_message(m.data);
     }
     cv.notify_all();
   }
 };
 
 inline bool IncomingRequest::read_body(std::string &out, std::chrono::milliseconds idle_timeout) {
-  std::unique_lock<std::mutex> lk(state_->mu);
-  auto &body = state_->body;
-  if (!state_->cv.wait_for(lk, idle_timeout,
-                           [&] { return !body.queue.empty() || body.ended || !body.error.empty() || state_->lost; }))
-    throw CallError(CallError::Kind::timeout, "request body stalled");
-  if (!body.error.empty()) throw CallError(CallError::Kind::bad_reply, body.error);
-  if (!body.queue.empty()) {
-    out = body.queue.pop();
-    return true;
-  }
-  if (body.ended) return false;
-  throw CallError(CallError::Kind::disconnected, "NATS connection lost mid-body");
+  return state_->read_body(out, idle_timeout);
 }
 
 inline std::optional<Fields> IncomingRequest::read_trailers(std::chrono::milliseconds timeout) {
-  std::unique_lock<std::mutex> lk(state_->mu);
-  if (!state_->params->trailers.pending) return state_->params->trailers.ready_value;
-  if (!state_->cv.wait_for(lk, timeout, [&] { return state_->trailers_closed || state_->lost; }))
-    throw CallError(CallError::Kind::timeout, "request trailers did not arrive");
-  auto decoded = detail::decode_trailers(state_->trailer_bytes.data(), state_->trailer_bytes.size(),
-                                         state_->limits.max_head_bytes);
-  if (decoded.status != detail::DecodeStatus::ok)
-    throw CallError(CallError::Kind::bad_reply, "malformed trailers: " + decoded.error);
-  return decoded.value;
+  {
+    std::lock_guard<std::mutex> lk(state_->mu);
+    if (!state_->params->trailers.pending) return state_->params->trailers.ready_value;
+  }
+  return state_->read_trailers(timeout);
 }
 
 inline void ResponseWriter::send_head(const ResponseHead &head) {
@@ -548,10 +609,9 @@ inline void ResponseWriter::finish(const std::optional<Fields> &trailers) {
 
 inline void Server::start() {
   {
-    std::lock_guard<std::mutex> lk(mu_);
-    stopping_ = false;
+    std::lock_guard<std::mutex> lk(workers_mu_);
+    workers_ = std::make_unique<detail::ElasticTaskQueue>(worker_count_);
   }
-  for (size_t i = 0; i < worker_count_; ++i) workers_.emplace_back([this] { worker_loop(); });
   // The queue group spreads calls over every instance of the component.
   sid_ = nc_.subscribe(
       handle_subject(lattice_, component_), [this](nats::Message &m) { on_invocation(m); },
@@ -559,7 +619,10 @@ inline void Server::start() {
 }
 
 inline void Server::stop() {
-  if (workers_.empty()) return;
+  {
+    std::lock_guard<std::mutex> lk(workers_mu_);
+    if (!workers_) return;
+  }
   if (sid_) {
     try {
       nc_.unsubscribe(sid_);
@@ -567,11 +630,6 @@ inline void Server::stop() {
     }
     sid_ = 0;
   }
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    stopping_ = true;
-  }
-  cv_.notify_all();
   {
     std::lock_guard<std::mutex> lk(calls_mu_);
     for (auto &call : calls_) {
@@ -582,8 +640,12 @@ inline void Server::stop() {
       }
     }
   }
-  for (auto &w : workers_) w.join();
-  workers_.clear();
+  std::unique_ptr<detail::ElasticTaskQueue> workers;
+  {
+    std::lock_guard<std::mutex> lk(workers_mu_);
+    workers = std::move(workers_);
+  }
+  workers->shutdown();  // running calls finish first
 }
 
 // Runs on the NATS reader thread: set up the call's inbox, answer the handshake, and
@@ -622,11 +684,11 @@ inline void Server::on_invocation(nats::Message &m) {
     std::lock_guard<std::mutex> lk(calls_mu_);
     calls_[state->token] = state;
   }
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    jobs_.emplace_back([this, state, reply] { run(state, reply); });
-  }
-  cv_.notify_one();
+  std::lock_guard<std::mutex> lk(workers_mu_);
+  if (workers_) return workers_->enqueue([this, state, reply] { run(state, reply); });
+  nc_.release_inbox(state->token);  // stopped meanwhile: the caller times out
+  std::lock_guard<std::mutex> calls_lock(calls_mu_);
+  calls_.erase(state->token);
 }
 
 inline void Server::run(std::shared_ptr<IncomingRequest::State> state, std::string reply) {
@@ -659,19 +721,6 @@ inline void Server::run(std::shared_ptr<IncomingRequest::State> state, std::stri
     } catch (const std::exception &) {
       // The connection is gone too: the caller's own timeout or disconnect handling ends it.
     }
-  }
-}
-
-inline void Server::worker_loop() {
-  std::unique_lock<std::mutex> lk(mu_);
-  while (true) {
-    cv_.wait(lk, [&] { return stopping_ || !jobs_.empty(); });
-    if (jobs_.empty()) return;  // stopping and nothing left
-    auto job = std::move(jobs_.front());
-    jobs_.pop_front();
-    lk.unlock();
-    job();
-    lk.lock();
   }
 }
 

@@ -1,0 +1,131 @@
+// A misbehaving wasmCloud HTTP component, for the fault tests: it answers
+// `wrpc:http/incoming-handler@0.1.0.handle` invocations on the wire directly (not through
+// wrpc::Server, which only ever sends well-formed results), so that it can break the
+// protocol in the ways a crashing or buggy component does.
+//
+//   fault-component --nats URL [--lattice default] [--id http-http_component]
+//
+// The request path picks the fault:
+//   /proxy/fault/garbage        bytes that are no wRPC result, then the results channel closes
+//   /proxy/fault/partial-head   the first bytes of a valid result head, then the channel closes
+//   /proxy/fault/empty-result   the results channel closes without any value
+//   /proxy/fault/status/N       a well-formed response head with status N (e.g. 999)
+//   /proxy/fault/die-mid-body   a 200 head and part of a streamed body, then the process exits
+// Any other path gets a well-formed 200 "fault component ok".
+#include "../wrpc_http_provider.hpp"
+
+#include <iostream>
+
+namespace {
+
+using wrpc_http::nats::Client;
+using wrpc_http::nats::Message;
+
+const std::string kFaultPrefix = "/proxy/fault/";
+
+std::string request_path(const Message &invocation) {
+  auto params = wrpc_http::detail::decode_handle_params(invocation.data.data(), invocation.data.size());
+  if (params.status != wrpc_http::detail::DecodeStatus::ok) return "";
+  auto path = params.value.request.path_with_query.value_or("/");
+  return path.substr(0, path.find('?'));
+}
+
+std::string result_head(uint16_t status) {
+  wrpc_http::ResponseHead head;
+  head.status = status;
+  head.headers = {{"content-type", {"text/plain"}}};
+  std::string value;
+  wrpc_http::detail::encode_handle_result_ok(head, value);
+  return value;
+}
+
+// Publishes a complete, well-formed response: head, body, end of body, no trailers.
+void publish_response(wrpc_http::nats::Batch &batch, const std::string &reply, uint16_t status,
+                      const std::string &body) {
+  batch.publish(reply + ".results", result_head(status));
+  batch.publish(reply + ".results", "");
+  std::string chunk, end, trailers;
+  wrpc_http::detail::encode_stream_chunk(body.data(), body.size(), chunk);
+  wrpc_http::detail::encode_stream_end(end);
+  wrpc_http::detail::encode_trailers(std::nullopt, trailers);
+  batch.publish(reply + ".results.0.0", chunk + end);
+  batch.publish(reply + ".results.0.0", "");
+  batch.publish(reply + ".results.0.1", trailers);
+  batch.publish(reply + ".results.0.1", "");
+}
+
+// Answers one invocation. Runs on its own thread: die-mid-body waits for the NATS server
+// to have its bytes (a flush), which the client's reader thread cannot do for itself.
+void answer(Client &nc, const std::string &reply, const std::string &path) {
+  auto batch = nc.batch();
+  auto fault = path.compare(0, kFaultPrefix.size(), kFaultPrefix) == 0 ? path.substr(kFaultPrefix.size()) : "";
+  if (fault == "garbage") {
+    const char garbage[] = "\x07\xff\xfe garbage, not a wRPC value \xff";
+    batch.publish(reply + ".results", std::string(garbage, sizeof(garbage) - 1));
+    batch.publish(reply + ".results", "");
+  } else if (fault == "partial-head") {
+    batch.publish(reply + ".results", result_head(200).substr(0, 3));
+    batch.publish(reply + ".results", "");
+  } else if (fault == "empty-result") {
+    batch.publish(reply + ".results", "");
+  } else if (fault.compare(0, 7, "status/") == 0) {
+    publish_response(batch, reply, static_cast<uint16_t>(std::stoul(fault.substr(7))), "");
+  } else if (fault == "die-mid-body") {
+    batch.publish(reply + ".results", result_head(200));
+    batch.publish(reply + ".results", "");
+    std::string chunk;
+    std::string half = "the first half of the body, and then the component dies\n";
+    wrpc_http::detail::encode_stream_chunk(half.data(), half.size(), chunk);
+    batch.publish(reply + ".results.0.0", chunk);
+    nc.send(batch);
+    nc.flush(std::chrono::milliseconds(5000));
+    ::_exit(3);  // no close, no end of stream: as a crash leaves it
+  } else {
+    publish_response(batch, reply, 200, "fault component ok");
+  }
+  nc.send(batch);
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+  std::string url = "nats://127.0.0.1:4222", lattice = "default", id = "http-http_component";
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string flag = argv[i];
+    if (flag == "--nats") url = argv[i + 1];
+    else if (flag == "--lattice") lattice = argv[i + 1];
+    else if (flag == "--id") id = argv[i + 1];
+    else {
+      std::cerr << "usage: fault-component [--nats URL] [--lattice NAME] [--id COMPONENT]\n";
+      return 2;
+    }
+  }
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  wrpc_http::nats::Options options;
+  options.url = url;
+  options.name = id;
+  Client nc(options);
+  try {
+    nc.connect();
+  } catch (const std::exception &e) {
+    std::cerr << "fault-component: " << e.what() << "\n";
+    return 1;
+  }
+  // The handshake's reply subject is where the caller streams the request body; nothing
+  // here reads it, so it is a subject nobody subscribes to.
+  nc.subscribe(wrpc_http::wrpc::handle_subject(lattice, id), [&nc](Message &m) {
+    if (m.reply.empty()) return;
+    nc.publish(m.reply, "", "_INBOX.fault-component." + nc.next_inbox_token());
+    std::thread(answer, std::ref(nc), m.reply, request_path(m)).detach();
+  });
+  nc.flush(std::chrono::milliseconds(5000));
+  int sig = 0;
+  sigwait(&signals, &sig);
+  nc.close();
+  return 0;
+}
