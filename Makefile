@@ -28,7 +28,7 @@ BINARIES := $(BUILD)/http-server $(BUILD)/demo-component $(BUILD)/nats_lite $(BU
 TEST_SOURCES := $(wildcard tests/test_*.cpp)
 TEST_OBJECTS := $(patsubst tests/%.cpp,$(BUILD)/tests/%.o,$(TEST_SOURCES))
 
-.PHONY: all deps test test-unit test-go test-asan test-tsan demo par test-par bench clean
+.PHONY: all deps test test-unit test-go test-asan test-tsan demo par bench fuzz clean
 
 all: $(BINARIES)
 
@@ -58,7 +58,11 @@ $(BUILD)/make_par: par/make_par.cpp $(HEADER) $(wildcard wip/*.hpp)
 	@mkdir -p $(@D)
 	$(CXX) $(ALL_CXXFLAGS) $< -o $@ $(LDLIBS)
 
-$(BUILD)/tests/%.o: tests/%.cpp $(HEADER) $(wildcard wip/*.hpp) tests/support.hpp
+$(BUILD)/fault-component: tests/fault_component.cpp $(HEADER) $(wildcard wip/*.hpp)
+	@mkdir -p $(@D)
+	$(CXX) $(ALL_CXXFLAGS) $< -o $@ $(LDLIBS)
+
+$(BUILD)/tests/%.o: tests/%.cpp $(HEADER) $(wildcard wip/*.hpp) tests/support.hpp fuzz/fuzz_checks.hpp
 	@mkdir -p $(@D)
 	$(CXX) $(ALL_CXXFLAGS) -c $< -o $@
 
@@ -75,7 +79,7 @@ test: deps
 	$(MAKE) test-unit test-go
 
 # The doctest suite: unit tests and integration tests against real processes.
-test-unit: $(BINARIES) $(BUILD)/tests/run-tests $(BUILD)/nats_peer
+test-unit: $(BINARIES) $(BUILD)/fault-component $(BUILD)/tests/run-tests $(BUILD)/nats_peer
 	WRPC_HTTP_BUILD=$(BUILD) $(BUILD)/tests/run-tests
 	tests/par_test.sh $(BUILD)/make_par $(BUILD)/http-server
 
@@ -101,6 +105,21 @@ $(BUILD)/http-server.par.gz: $(BUILD)/http-server $(BUILD)/make_par
 
 bench: deps all $(BUILD)/go-gateway
 	bench/run.sh $(BUILD)
+
+# libFuzzer targets (fuzz/): each parser of untrusted input under ASan+UBSan. `make fuzz` runs
+# each for FUZZ_SECONDS on a scratch copy of its seed corpus and fails on the first finding.
+FUZZ_TARGETS := wrpc_decoder nats_parser host_data
+FUZZ_SECONDS ?= 300
+FUZZ_CXXFLAGS = $(CXXSTD) $(WARN) -g -O1 -fsanitize=fuzzer,address,undefined $(FEATURES) $(HTTPLIB_CFLAGS) -I.
+
+$(BUILD)/fuzz/fuzz_%: fuzz/fuzz_%.cpp fuzz/fuzz_checks.hpp $(HEADER) $(wildcard wip/*.hpp)
+	@mkdir -p $(@D)
+	clang++ $(FUZZ_CXXFLAGS) $< -o $@
+
+fuzz:
+	$(MAKE) deps PACKAGES="clang libclang-rt-14-dev"
+	$(MAKE) $(patsubst %,$(BUILD)/fuzz/fuzz_%,$(FUZZ_TARGETS))
+	fuzz/run.sh $(BUILD)/fuzz $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 clean:
 	rm -rf build

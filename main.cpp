@@ -1,24 +1,19 @@
 // The HTTP server provider of the wasmCloud Go example, in C++: `/proxy` (and everything
 // below it) is forwarded over wRPC to the component `http-http_component`; every other
-// path is answered by the provider itself.
+// path is answered by the provider itself. With `routing_mode` in the provider config,
+// links route every request instead (see the README).
 //
-// A wasmCloud host starts this binary and writes its host data on stdin.
+// A wasmCloud host starts this binary and writes its host data on stdin; for local
+// development, `--nats URL --lattice NAME --address HOST:PORT --target COMPONENT` replace it.
 #include "wrpc_http_provider.hpp"
 
 #include <iostream>
 
-int main() {
-  wrpc_http::HostData host_data;
+int main(int argc, char **argv) {
   try {
-    host_data = wrpc_http::HostData::read();
-  } catch (const std::exception &e) {
-    std::cerr << "http-server: " << e.what() << "\n";
-    return 1;
-  }
-
-  try {
-    wrpc_http::Provider provider(host_data);
-    auto proxy = provider.forwarder(wrpc_http::single_target("http-http_component"));
+    auto launch = wrpc_http::Launch::from(argc, argv, "http-http_component");
+    wrpc_http::Provider provider(launch.host_data);
+    auto proxy = provider.forwarder(wrpc_http::single_target(launch.target));
 
     provider.serve([&](httplib::Server &http) {
       proxy.mount(http, "/proxy");

@@ -7,25 +7,32 @@
 //
 //  API overview
 //  ------------
-//    wrpc_http::Provider        reads host data, connects to the lattice, answers health,
-//                               links and shutdown, and runs the HTTP server:
+//    wrpc_http::Provider     the provider process: host data, lattice subjects (health,
+//                            links, config, shutdown), HTTP listeners, clean shutdown
+//    wrpc_http::Forwarder    forwards HTTP requests to a component over wRPC; a Director
+//                            (or wrpc_http::single_target) picks the component per request
+//    wrpc_http::Launch       host data from stdin, or flags for local development
 //
-//        int main() {
-//          wrpc_http::Provider provider;                       // host data from stdin
-//          auto forward = provider.forward_to("http-http_component");
-//          provider.http().Get("/", [](auto &, auto &res) { res.set_content("Hello", "text/plain"); });
-//          provider.route("/proxy", forward);
+//        int main(int argc, char **argv) {
+//          auto launch = wrpc_http::Launch::from(argc, argv, "http-http_component");
+//          wrpc_http::Provider provider(launch.host_data);
+//          auto proxy = provider.forwarder(wrpc_http::single_target(launch.target));
+//          provider.serve([&](httplib::Server &http) { proxy.mount(http, "/proxy"); });
 //          return provider.run();
 //        }
 //
-//    wrpc_http::nats::Client    a small NATS client (pub/sub, request/reply, reconnect)
-//    wrpc_http::wrpc::Client    invokes `handle` on a component over NATS
-//    wrpc_http::wrpc::Server    serves `handle` (the demo component is built on it)
+//    wrpc_http::nats::Client        a small NATS client (pub/sub, request/reply, reconnect, TLS)
+//    wrpc_http::wrpc::OutgoingCall  one `handle` invocation, client side
+//    wrpc_http::wrpc::Server        serves `handle` (the demo component is built on it)
 //
-//  Configuration macros (define before including):
-//    WRPC_HTTP_OPENSSL_SUPPORT  nkey/JWT auth to NATS (needs OpenSSL: -lssl -lcrypto)
-//    WRPC_HTTP_MAX_HEAD_BYTES   largest wRPC request/response head accepted (1 MiB)
-//    WRPC_HTTP_NATS_*           NATS client tuning, see below
+//  Sections, in order: configuration macros, utilities, nkeys, NATS client, wRPC codec,
+//  wRPC transport, provider runtime, HTTP bridge, provider.
+//
+//  Configuration macros (define before including; defaults below):
+//    WRPC_HTTP_OPENSSL_SUPPORT  nkey/JWT auth and TLS to NATS, HTTPS (needs OpenSSL: -lssl -lcrypto)
+//    WRPC_HTTP_SODIUM_SUPPORT   opens link secrets sealed with xkeys (needs libsodium: -lsodium)
+//    WRPC_HTTP_NATS_*           NATS client tuning
+//    WRPC_HTTP_*                limits and timeouts of the wRPC transport and HTTP listener
 //
 //  Needs: cpp-httplib, nlohmann/json, a C++17 compiler, POSIX sockets.
 //
@@ -44,7 +51,10 @@
 #define WRPC_HTTP_NATS_PING_INTERVAL_MS 20000
 #endif
 #ifndef WRPC_HTTP_NATS_MAX_PENDING_BYTES
-#define WRPC_HTTP_NATS_MAX_PENDING_BYTES (32u * 1024u * 1024u)
+#define WRPC_HTTP_NATS_MAX_PENDING_BYTES (8u * 1024u * 1024u)
+#endif
+#ifndef WRPC_HTTP_NATS_MAX_MESSAGE_BYTES
+#define WRPC_HTTP_NATS_MAX_MESSAGE_BYTES (64u * 1024u * 1024u)
 #endif
 #ifndef WRPC_HTTP_NATS_MAX_CONTROL_LINE
 #define WRPC_HTTP_NATS_MAX_CONTROL_LINE 4096
@@ -63,8 +73,9 @@
 #ifndef WRPC_HTTP_BODY_IDLE_TIMEOUT_MS
 #define WRPC_HTTP_BODY_IDLE_TIMEOUT_MS 30000
 #endif
+// wRPC server (demo component): calls served at once; more wait for a free worker.
 #ifndef WRPC_HTTP_SERVER_WORKERS
-#define WRPC_HTTP_SERVER_WORKERS 64
+#define WRPC_HTTP_SERVER_WORKERS 1024
 #endif
 // Request body limit when the config sets no `max_content_len`.
 #ifndef WRPC_HTTP_DEFAULT_MAX_CONTENT_LEN
@@ -73,10 +84,18 @@
 #ifndef WRPC_HTTP_MAX_HOST_DATA_BYTES
 #define WRPC_HTTP_MAX_HOST_DATA_BYTES (16u * 1024u * 1024u)
 #endif
-// HTTP listener: every open connection holds a pool thread while it is served or kept
-// alive, so the pool is sized for many clients, and idle ones are let go quickly.
-#ifndef WRPC_HTTP_THREAD_POOL_SIZE
-#define WRPC_HTTP_THREAD_POOL_SIZE 256
+// HTTP listener: every open connection holds a thread while it is served or kept alive;
+// threads start on demand up to this many (then connections wait for a free one).
+#ifndef WRPC_HTTP_MAX_THREADS
+#define WRPC_HTTP_MAX_THREADS 4096
+#endif
+// On shutdown or listener close: how long running requests get to finish.
+#ifndef WRPC_HTTP_DRAIN_TIMEOUT_MS
+#define WRPC_HTTP_DRAIN_TIMEOUT_MS 3000
+#endif
+// Longest component id accepted as a NATS subject token.
+#ifndef WRPC_HTTP_MAX_TARGET_BYTES
+#define WRPC_HTTP_MAX_TARGET_BYTES 256
 #endif
 #ifndef WRPC_HTTP_KEEPALIVE_MAX_COUNT
 #define WRPC_HTTP_KEEPALIVE_MAX_COUNT 1000

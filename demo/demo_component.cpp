@@ -37,7 +37,20 @@ std::string fields_json(const Fields &fields) {
   return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-void handle(wrpc_http::wrpc::IncomingRequest &req, wrpc_http::wrpc::ResponseWriter &res) {
+void handle(wrpc_http::wrpc::IncomingRequest &req, wrpc_http::wrpc::ResponseWriter &writer, const std::string &id) {
+  // Every response names the component that made it (routing tests tell components apart).
+  struct Writer {
+    wrpc_http::wrpc::ResponseWriter &out;
+    const std::string &id;
+    void send_head(ResponseHead head) {
+      head.headers.push_back({"x-component-id", {id}});
+      out.send_head(head);
+    }
+    void write_body(const char *d, size_t n) { out.write_body(d, n); }
+    void write_body(const std::string &d) { out.write_body(d); }
+    void finish(const std::optional<Fields> &trailers = std::nullopt) { out.finish(trailers); }
+    void fail(const wrpc_http::ErrorCode &code) { out.fail(code); }
+  } res{writer, id};
   const auto idle = std::chrono::milliseconds(30000);
   std::string path = req.head.path_with_query.value_or("/");
   path = path.substr(0, path.find('?'));
@@ -139,7 +152,7 @@ int main(int argc, char **argv) {
     std::cerr << "demo-component: " << e.what() << "\n";
     return 1;
   }
-  wrpc_http::wrpc::Server server(nc, lattice, id, handle);
+  wrpc_http::wrpc::Server server(nc, lattice, id, [&id](auto &req, auto &res) { handle(req, res, id); });
   server.start();
   nc.flush(std::chrono::milliseconds(5000));
   logger.info("demo component serving", {{"subject", wrpc_http::wrpc::handle_subject(lattice, id)}});

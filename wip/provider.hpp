@@ -218,9 +218,17 @@ inline LinkDefinition LinkDefinition::from_json(const nlohmann::json &j) {
 }
 
 inline HostData HostData::parse_json(const std::string &text) {
+  // Real host data is a few levels deep. Copying a JSON value recurses once per level, so
+  // hostile nesting would overflow the stack: refuse it while parsing.
+  constexpr int max_depth = 32;
+  auto limit_depth = [](int depth, nlohmann::json::parse_event_t, nlohmann::json &) {
+    if (depth > max_depth)
+      throw std::invalid_argument("host data nests deeper than " + std::to_string(max_depth) + " levels");
+    return true;
+  };
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(text);
+    j = nlohmann::json::parse(text, limit_depth);
   } catch (const nlohmann::json::exception &e) {
     throw std::invalid_argument(std::string("host data is not JSON: ") + e.what());
   }
@@ -293,6 +301,48 @@ inline HostData HostData::read(int fd, std::chrono::milliseconds timeout) {
   if (line.size() >= WRPC_HTTP_MAX_HOST_DATA_BYTES) throw std::invalid_argument("host data line too long");
   return parse_base64(line);
 }
+
+// How the provider binary was started: by a host (host data on stdin), or by hand for local
+// development with `--nats URL --lattice NAME --address HOST:PORT --target COMPONENT` or the
+// environment variables WRPC_HTTP_NATS_URL, WRPC_HTTP_LATTICE, WRPC_HTTP_ADDRESS,
+// WRPC_HTTP_TARGET (a host clears the environment, so these never leak into a deployment).
+struct Launch {
+  HostData host_data;
+  std::string target;
+
+  // Throws std::invalid_argument with a one-line reason (bad flag, bad host data).
+  static Launch from(int argc, char **argv, const std::string &default_target) {
+    static const std::pair<const char *, const char *> options[] = {{"--nats", "WRPC_HTTP_NATS_URL"},
+                                                                    {"--lattice", "WRPC_HTTP_LATTICE"},
+                                                                    {"--address", "WRPC_HTTP_ADDRESS"},
+                                                                    {"--target", "WRPC_HTTP_TARGET"}};
+    StringMap given;
+    for (auto &o : options)
+      if (const char *env = std::getenv(o.second)) given[o.first] = env;
+    for (int i = 1; i < argc; i += 2) {
+      std::string flag = argv[i];
+      bool known = std::any_of(std::begin(options), std::end(options), [&](auto &o) { return flag == o.first; });
+      if (!known || i + 1 >= argc)
+        throw std::invalid_argument("usage: " + std::string(argv[0]) +
+                                    " [--nats URL] [--lattice NAME] [--address HOST:PORT] [--target COMPONENT]");
+      given[flag] = argv[i + 1];
+    }
+    Launch launch;
+    launch.target = given.count("--target") ? given["--target"] : default_target;
+    if (given.empty()) {
+      launch.host_data = HostData::read();
+      return launch;
+    }
+    auto &h = launch.host_data;
+    h.host_id = "local";
+    h.provider_key = "http-server";
+    h.instance_id = "local";
+    if (given.count("--nats")) h.lattice_rpc_url = given["--nats"];
+    if (given.count("--lattice")) h.lattice_rpc_prefix = given["--lattice"];
+    if (given.count("--address")) h.config["address"] = given["--address"];
+    return launch;
+  }
+};
 
 }  // namespace wrpc_http
 
@@ -488,17 +538,32 @@ inline std::string last_chunk_with_trailers(const std::optional<Fields> &trailer
 
 }  // namespace detail
 
+namespace detail {
+
+// A component id becomes one token of a NATS subject: printable, no dots or wildcards, and
+// short enough for the server's control line.
+inline bool valid_target(const std::string &target) {
+  if (target.empty() || target.size() > WRPC_HTTP_MAX_TARGET_BYTES) return false;
+  for (unsigned char c : target)
+    if (c <= ' ' || c >= 0x7f || c == '.' || c == '*' || c == '>') return false;
+  return true;
+}
+
+}  // namespace detail
+
 // Forwards HTTP requests to components over wRPC: the Go example's incoming round tripper.
 class Forwarder {
 public:
   using SettingsSource = std::function<HttpSettings()>;
 
+  // `source_id` (this provider's id) goes with each invocation, as the Rust SDK sends it.
   Forwarder(nats::Client &nc, std::string lattice, Director director, SettingsSource settings,
-            const Logger &logger)
+            const Logger &logger, std::string source_id)
       : nc_(nc), lattice_(std::move(lattice)), director_(std::move(director)), settings_(std::move(settings)),
-        logger_(logger) {}
+        logger_(logger), source_id_(std::move(source_id)) {}
 
-  // Serves `prefix` and everything below it (`/proxy`, `/proxy/...`) for every method.
+  // Serves `prefix` and everything below it (`/proxy`, `/proxy/...`) for every method;
+  // an empty prefix serves every path.
   void mount(httplib::Server &server, const std::string &prefix) {
     std::string pattern = prefix + "(/.*)?";
     auto plain = [this](const httplib::Request &req, httplib::Response &res) { handle(req, res, nullptr); };
@@ -526,12 +591,49 @@ private:
   Director director_;
   SettingsSource settings_;
   const Logger &logger_;
+  std::string source_id_;
 };
+
+namespace detail {
+
+inline bool is_lower_hex(const std::string &s, size_t from, size_t count) {
+  if (s.size() < from + count) return false;
+  for (size_t i = from; i < from + count; ++i)
+    if (!std::isxdigit(static_cast<unsigned char>(s[i])) || std::isupper(static_cast<unsigned char>(s[i])))
+      return false;
+  return true;
+}
+
+// W3C trace context: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids not all zero.
+inline bool valid_traceparent(const std::string &t) {
+  return t.size() == 55 && t[2] == '-' && t[35] == '-' && t[52] == '-' && is_lower_hex(t, 0, 2) &&
+         t.compare(0, 2, "ff") != 0 && is_lower_hex(t, 3, 32) && is_lower_hex(t, 36, 16) && is_lower_hex(t, 53, 2) &&
+         t.compare(3, 32, std::string(32, '0')) != 0 && t.compare(36, 16, std::string(16, '0')) != 0;
+}
+
+inline std::string random_hex(size_t digits) {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  static const char hex[] = "0123456789abcdef";
+  std::string out(digits, '0');
+  for (auto &c : out) c = hex[rng() & 15];
+  if (out.find_first_not_of('0') == std::string::npos) out.back() = '1';
+  return out;
+}
+
+// The request's traceparent, or a new one that starts a trace here.
+inline std::string trace_parent_for(const httplib::Request &req) {
+  auto incoming = req.get_header_value("traceparent");
+  if (valid_traceparent(incoming)) return incoming;
+  return "00-" + random_hex(32) + "-" + random_hex(16) + "-01";
+}
+
+}  // namespace detail
 
 inline std::optional<std::string> Forwarder::reject_reason(const httplib::Request &req,
                                                            const HttpSettings &settings) const {
   if (req.has_header("Content-Length") && req.has_header("Transfer-Encoding"))
     return std::string("Content-Length together with Transfer-Encoding");
+  if (req.get_header_value_count("Content-Length") > 1) return std::string("more than one Content-Length");
   if (!detail::is_valid_utf8(req.target.data(), req.target.size())) return std::string("request target is not UTF-8");
   (void)settings;
   return std::nullopt;
@@ -564,9 +666,16 @@ inline void Forwarder::handle(const httplib::Request &req, httplib::Response &re
   } catch (const std::exception &e) {
     return detail::write_text(res, 500, std::string("director failed: ") + e.what());
   }
+  if (target.empty()) return detail::write_text(res, 404, "no link routes this request");
   // The target becomes a NATS subject token: request data must not smuggle wildcards or dots.
-  if (target.empty() || target.find_first_of(" \t\r\n.*>") != std::string::npos)
-    return detail::write_text(res, 400, "bad request: invalid target");
+  if (!detail::valid_target(target)) return detail::write_text(res, 400, "bad request: invalid target");
+
+  // Trace context travels in the invocation's NATS headers, with the ids the Rust SDK sends.
+  std::string traceparent = detail::trace_parent_for(req);
+  std::string trace_id = traceparent.substr(3, 32);
+  nats::Headers nats_headers = {{"traceparent", traceparent}, {"source-id", source_id_}, {"target-id", target}};
+  if (req.has_header("tracestate") && detail::valid_header_value(req.get_header_value("tracestate")))
+    nats_headers.push_back({"tracestate", req.get_header_value("tracestate")});
 
   RequestHead head;
   head.method = method_from_string(req.method);
@@ -583,9 +692,14 @@ inline void Forwarder::handle(const httplib::Request &req, httplib::Response &re
   own.ranges.clear();
 
   auto deadline = started + settings.timeout;
-  try {
-    auto call = std::make_shared<wrpc::OutgoingCall>(nc_, wrpc::handle_subject(lattice_, target), head);
+  std::shared_ptr<wrpc::OutgoingCall> call;
+  // The call starts with the first body bytes, so a request whose body breaks before any
+  // data never reaches the component.
+  auto start_call = [&] {
+    call = std::make_shared<wrpc::OutgoingCall>(nc_, wrpc::handle_subject(lattice_, target), head, &nats_headers);
     call->await_handshake(deadline);
+  };
+  try {
     // A request with neither Content-Length nor Transfer-Encoding has no body (RFC 9112
     // 6.3); cpp-httplib would otherwise wait for the client to close the connection.
     bool has_body = req.has_header("Content-Length") || req.has_header("Transfer-Encoding");
@@ -598,29 +712,33 @@ inline void Forwarder::handle(const httplib::Request &req, httplib::Response &re
           too_large = true;
           return false;
         }
+        if (!call) start_call();
         call->write_body(data, size);
         return true;
       });
-      if (too_large) {
+      if (too_large || !complete) {
+        if (call) call->abort_request();
         close_connection();
-        return detail::write_text(res, 413, "request body larger than max_content_len");
+        return too_large ? detail::write_text(res, 413, "request body larger than max_content_len")
+                         : detail::write_text(res, 400, "bad request: incomplete or malformed body");
       }
-      if (!complete) {
-        close_connection();
-        return detail::write_text(res, 400, "bad request: incomplete or malformed body");
-      }
-    } else if (!req.body.empty()) {
-      call->write_body(req.body.data(), req.body.size());
     }
+    if (!call) start_call();
+    if (!reader && !req.body.empty()) call->write_body(req.body.data(), req.body.size());
     call->finish_request();
     ResponseHead response = call->await_response(deadline);
     send_response(req, res, std::move(call), response, settings);
     logger_.debug("forwarded", {{"method", req.method},
                                 {"path", req.target},
                                 {"target", target},
-                                {"status", std::to_string(res.status)}});
+                                {"status", std::to_string(res.status)},
+                                {"trace_id", trace_id}});
   } catch (const wrpc::CallError &e) {
-    logger_.warn("request failed", {{"method", req.method}, {"path", req.target}, {"target", target}, {"error", e.what()}});
+    logger_.warn("request failed", {{"method", req.method},
+                                    {"path", req.target},
+                                    {"target", target},
+                                    {"error", e.what()},
+                                    {"trace_id", trace_id}});
     if (reader || !req.body.empty()) close_connection();
     detail::write_text(res, e.http_status(), e.what());
   }
@@ -669,7 +787,7 @@ inline void Forwarder::send_response(const httplib::Request &req, httplib::Respo
     // The component promised a length: pass it on, and cut the connection if it lies.
     res.set_content_provider(
         static_cast<size_t>(*content_length), content_type,
-        [call, idle, pending = std::string(), used = size_t(0)](size_t, size_t remaining,
+        [call, idle, &logger = logger_, pending = std::string(), used = size_t(0)](size_t, size_t remaining,
                                                                 httplib::DataSink &sink) mutable {
           try {
             if (used == pending.size()) {
@@ -680,7 +798,8 @@ inline void Forwarder::send_response(const httplib::Request &req, httplib::Respo
             if (!sink.write(pending.data() + used, n)) return false;
             used += n;
             return true;
-          } catch (const std::exception &) {
+          } catch (const std::exception &e) {
+            logger.warn(std::string("response body cut off: ") + e.what());
             return false;
           }
         });
@@ -689,7 +808,7 @@ inline void Forwarder::send_response(const httplib::Request &req, httplib::Respo
   // Unknown length: chunked framing written here, so trailers can follow the last chunk.
   res.set_header("Transfer-Encoding", "chunked");
   res.set_content_provider(content_type.empty() ? "application/octet-stream" : content_type,
-                           [call, idle, piece = std::string(), framed = std::string()](
+                           [call, idle, &logger = logger_, piece = std::string(), framed = std::string()](
                                size_t, httplib::DataSink &sink) mutable {
                              try {
                                if (call->read_body(piece, idle)) {
@@ -700,8 +819,10 @@ inline void Forwarder::send_response(const httplib::Request &req, httplib::Respo
                                if (!sink.write(tail.data(), tail.size())) return false;
                                sink.done();
                                return true;
-                             } catch (const std::exception &) {
-                               return false;  // cut the connection: the client sees a truncated body
+                             } catch (const std::exception &e) {
+                               // Cut the connection: the client sees a truncated body.
+                               logger.warn(std::string("response body cut off: ") + e.what());
+                               return false;
                              }
                            });
 }
@@ -731,7 +852,8 @@ public:
   // Settings of the listener: provider config, overridden by the source link's config.
   HttpSettings settings() const;
   Forwarder forwarder(Director director);
-  // The routes of the HTTP listener; called for each listener the provider opens.
+  // The routes of the HTTP listener (without `routing_mode`): called for each listener the
+  // provider opens. With `routing_mode`, links decide and every path is forwarded.
   void serve(Routes routes) { routes_ = std::move(routes); }
 
   void on_source_link_put(LinkCallback cb) { on_source_put_ = std::move(cb); }
@@ -748,9 +870,29 @@ public:
   void request_shutdown();
 
 private:
+  // What one listener serves: in routing_mode `address` each source link has its own.
+  struct ListenerSpec {
+    HttpSettings settings;
+    std::string target;  // routing_mode `address`: the link's component
+    std::string signature() const {
+      return settings.address + "|" + target + "|" + std::to_string(settings.timeout.count()) + "|" +
+             std::to_string(settings.max_content_len) + "|" + std::to_string(settings.body_idle_timeout.count()) +
+             "|" + settings.tls_cert_file + "|" + settings.tls_priv_key_file;
+    }
+  };
   struct Listener {
+    std::string signature;
     std::unique_ptr<httplib::Server> server;
+    std::unique_ptr<Forwarder> forwarder;  // routed modes
+    int listen_fd = -1;
     std::thread thread;
+    std::mutex mu;
+    std::condition_variable cv;
+    bool finished = false;  // listen_after_bind returned: every connection is done
+  };
+  struct Route {
+    std::string match;  // path prefix or host name
+    std::string target;
   };
 
   std::string topic(const std::string &suffix, const std::string &key) const {
@@ -761,9 +903,13 @@ private:
   Secrets open_link_secrets(const LinkDefinition &link) const;
   void put_link(const LinkDefinition &link);
   void delete_link(const LinkDefinition &link);
-  void start_listener(const HttpSettings &settings);
-  void stop_listener();
-  void reconcile_listener();
+  std::map<std::string, ListenerSpec> wanted_listeners() const;
+  std::unique_ptr<Listener> start_listener(const ListenerSpec &spec);
+  static void stop_listener(Listener &listener);
+  void stop_listeners();
+  void reconcile_listeners();
+  void rebuild_routes();
+  std::string route(const httplib::Request &req) const;
   void wait_for_shutdown();
 
   HostData host_;
@@ -776,9 +922,11 @@ private:
   std::map<std::string, LinkDefinition> source_links_, target_links_;
   StringMap config_;
 
-  std::mutex listener_mu_;
-  std::unique_ptr<Listener> listener_;
-  std::string listening_address_;
+  std::string routing_mode_;  // "", "address", "path" or "host"
+  std::shared_ptr<const std::vector<Route>> route_table_ = std::make_shared<std::vector<Route>>();
+
+  std::mutex listeners_mu_;  // held while listeners open and close
+  std::map<std::string, std::unique_ptr<Listener>> listeners_;  // by address
 
   std::mutex shutdown_mu_;
   std::condition_variable shutdown_cv_;
@@ -792,6 +940,9 @@ inline nats::Options lattice_options(const HostData &h, const Logger &logger) {
   o.name = h.provider_key;
   o.user_jwt = h.lattice_rpc_user_jwt;
   o.user_seed = h.lattice_rpc_user_seed;
+  // The host data carries no CA: a lattice behind a private CA names its PEM file in the config.
+  auto ca_file = h.config.find("nats_tls_ca_file");
+  if (ca_file != h.config.end()) o.tls_ca_file = ca_file->second;
   o.log = logger.nats_sink();
   return o;
 }
@@ -805,6 +956,12 @@ inline Provider::Provider(HostData host_data)
       }()),
       config_(host_.config) {
   HttpSettings::from_config(config_);  // reject a bad config before anything starts
+  auto mode = config_.find("routing_mode");
+  if (mode != config_.end()) {
+    if (mode->second != "address" && mode->second != "path" && mode->second != "host")
+      throw std::invalid_argument("config 'routing_mode' must be address, path or host, not '" + mode->second + "'");
+    routing_mode_ = mode->second;
+  }
   for (auto &received : host_.link_definitions) {
     LinkDefinition link = received;
     try {
@@ -817,10 +974,11 @@ inline Provider::Provider(HostData host_data)
     if (link.source_id == host_.provider_key) source_links_[link.key(link.target)] = link;
     if (link.target == host_.provider_key) target_links_[link.key(link.source_id)] = link;
   }
+  rebuild_routes();
 }
 
 inline Provider::~Provider() {
-  stop_listener();
+  stop_listeners();
   nc_.close();
 }
 
@@ -833,7 +991,8 @@ inline HttpSettings Provider::settings() const {
 }
 
 inline Forwarder Provider::forwarder(Director director) {
-  return Forwarder(nc_, host_.lattice_rpc_prefix, std::move(director), [this] { return settings(); }, logger_);
+  return Forwarder(nc_, host_.lattice_rpc_prefix, std::move(director), [this] { return settings(); }, logger_,
+                   host_.provider_key);
 }
 
 inline std::vector<LinkDefinition> Provider::source_links() const {
@@ -909,7 +1068,10 @@ inline void Provider::put_link(const LinkDefinition &received) {
   logger_.info("link put", {{"source_id", link.source_id}, {"target", link.target}, {"name", link.name}});
   auto &cb = is_source ? on_source_put_ : on_target_put_;
   if (cb) cb(link);
-  if (is_source) reconcile_listener();
+  if (is_source) {
+    rebuild_routes();
+    reconcile_listeners();
+  }
 }
 
 inline void Provider::delete_link(const LinkDefinition &link) {
@@ -924,7 +1086,10 @@ inline void Provider::delete_link(const LinkDefinition &link) {
   logger_.info("link deleted", {{"source_id", link.source_id}, {"target", link.target}, {"name", link.name}});
   auto &cb = is_source ? on_source_del_ : on_target_del_;
   if (cb) cb(link);
-  if (is_source) reconcile_listener();
+  if (is_source) {
+    rebuild_routes();
+    reconcile_listeners();
+  }
 }
 
 inline void Provider::subscribe_lattice() {
@@ -970,16 +1135,60 @@ inline void Provider::subscribe_lattice() {
         config_ = std::move(update);
       }
       logger_.info("config updated");
-      reconcile_listener();
+      reconcile_listeners();
     } catch (const std::exception &e) {
       logger_.error(std::string("config update refused: ") + e.what());
     }
   });
 }
 
-inline void Provider::start_listener(const HttpSettings &settings) {
+// The listeners the links and config ask for, by address.
+inline std::map<std::string, Provider::ListenerSpec> Provider::wanted_listeners() const {
+  std::map<std::string, ListenerSpec> wanted;
+  if (routing_mode_ != "address") {
+    ListenerSpec spec;
+    if (routing_mode_.empty()) {
+      spec.settings = settings();
+    } else {
+      std::lock_guard<std::mutex> lk(links_mu_);
+      spec.settings = HttpSettings::from_config(config_);
+      auto fallback = config_.find("default_address");
+      if (fallback != config_.end()) spec.settings.address = fallback->second;
+    }
+    wanted[spec.settings.address] = spec;
+    return wanted;
+  }
+  std::lock_guard<std::mutex> lk(links_mu_);
+  for (auto &entry : source_links_) {
+    auto &link = entry.second;
+    ListenerSpec spec;
+    try {
+      spec.settings = HttpSettings::from_config(config_, link.source_config);
+    } catch (const std::exception &e) {
+      logger_.error(std::string("link refused: ") + e.what(), {{"target", link.target}});
+      continue;
+    }
+    if (link.source_config.find("address") == link.source_config.end()) {
+      logger_.error("link refused: routing_mode address needs source_config.address", {{"target", link.target}});
+      continue;
+    }
+    spec.target = link.target;
+    auto taken = wanted.find(spec.settings.address);
+    if (taken != wanted.end()) {
+      logger_.error("link refused: address already used by another link",
+                    {{"address", spec.settings.address}, {"target", link.target}, {"holder", taken->second.target}});
+      continue;
+    }
+    wanted[spec.settings.address] = spec;
+  }
+  return wanted;
+}
+
+inline std::unique_ptr<Provider::Listener> Provider::start_listener(const ListenerSpec &spec) {
+  const auto &settings = spec.settings;
   auto address = detail::parse_address(settings.address);
   auto listener = std::make_unique<Listener>();
+  listener->signature = spec.signature();
   if (settings.tls_cert_file.empty()) {
     listener->server = std::make_unique<httplib::Server>();
   } else {
@@ -994,12 +1203,25 @@ inline void Provider::start_listener(const HttpSettings &settings) {
 #endif
   }
   auto &server = *listener->server;
-  server.new_task_queue = [] { return new httplib::ThreadPool(WRPC_HTTP_THREAD_POOL_SIZE); };
+  server.new_task_queue = [] { return new detail::ElasticTaskQueue(WRPC_HTTP_MAX_THREADS); };
+  // Head and body leave in separate writes: with Nagle's algorithm and delayed ACKs every
+  // response would wait ~40 ms for the second one.
+  server.set_tcp_nodelay(true);
   server.set_keep_alive_max_count(WRPC_HTTP_KEEPALIVE_MAX_COUNT);
   server.set_keep_alive_timeout(WRPC_HTTP_KEEPALIVE_TIMEOUT_SECOND);
   server.set_read_timeout(WRPC_HTTP_READ_TIMEOUT_SECOND, 0);
   server.set_payload_max_length(settings.max_content_len);
-  if (routes_) routes_(server);
+  if (routing_mode_.empty()) {
+    if (routes_) routes_(server);
+  } else {
+    // Every path goes to a component: the one this listener's link names, or the one the
+    // route table picks per request.
+    Director director = routing_mode_ == "address" ? single_target(spec.target)
+                                                   : Director([this](const httplib::Request &req) { return route(req); });
+    listener->forwarder = std::make_unique<Forwarder>(nc_, host_.lattice_rpc_prefix, std::move(director),
+                                                      [settings] { return settings; }, logger_, host_.provider_key);
+    listener->forwarder->mount(server, "");
+  }
   // cpp-httplib's defaults are SO_REUSEPORT (a second listener on the same port would
   // silently share it) and a listen backlog of 5 (bursts of connections get dropped).
   int listen_fd = -1;
@@ -1011,44 +1233,119 @@ inline void Provider::start_listener(const HttpSettings &settings) {
   if (!server.bind_to_port(address.first.c_str(), address.second))
     throw std::runtime_error("cannot listen on " + settings.address);
   ::listen(listen_fd, WRPC_HTTP_LISTEN_BACKLOG);
-  listener->thread = std::thread([&server] { server.listen_after_bind(); });
-  listener_ = std::move(listener);
-  listening_address_ = settings.address;
-  logger_.info("listening", {{"address", settings.address}});
+  listener->listen_fd = listen_fd;
+  listener->thread = std::thread([l = listener.get()] {
+    l->server->listen_after_bind();
+    std::lock_guard<std::mutex> lk(l->mu);
+    l->finished = true;
+    l->cv.notify_all();
+  });
+  logger_.info("listening", {{"address", settings.address}, {"target", spec.target}});
+  return listener;
 }
 
-inline void Provider::stop_listener() {
-  std::unique_ptr<Listener> old;
+// Stops accepting at once and gives running requests WRPC_HTTP_DRAIN_TIMEOUT_MS to finish.
+// cpp-httplib's stop() would cut streamed responses short, so the listening socket is shut
+// down first; stop() then only ends what outlives the drain (idle keep-alive connections).
+inline void Provider::stop_listener(Listener &listener) {
+  ::shutdown(listener.listen_fd, SHUT_RDWR);
   {
-    std::lock_guard<std::mutex> lk(listener_mu_);
-    old = std::move(listener_);
+    std::unique_lock<std::mutex> lk(listener.mu);
+    listener.cv.wait_for(lk, std::chrono::milliseconds(WRPC_HTTP_DRAIN_TIMEOUT_MS), [&] { return listener.finished; });
   }
-  if (!old) return;
-  old->server->stop();  // stops accepting; running requests finish
-  old->thread.join();
+  listener.server->stop();
+  listener.thread.join();
 }
 
-// Opens a new listener when the address in force changed (a link or config update).
-inline void Provider::reconcile_listener() {
-  HttpSettings wanted;
+inline void Provider::stop_listeners() {
+  std::lock_guard<std::mutex> lk(listeners_mu_);
+  for (auto &l : listeners_) stop_listener(*l.second);
+  listeners_.clear();
+}
+
+// Brings the open listeners in line with what links and config ask for: closes the ones
+// no longer wanted (their running requests finish), opens the new ones.
+inline void Provider::reconcile_listeners() {
+  std::map<std::string, ListenerSpec> wanted;
   try {
-    wanted = settings();
+    wanted = wanted_listeners();
   } catch (const std::exception &e) {
-    logger_.error(std::string("keeping the current listener: ") + e.what());
+    logger_.error(std::string("keeping the current listeners: ") + e.what());
     return;
   }
+  std::lock_guard<std::mutex> lk(listeners_mu_);
+  for (auto it = listeners_.begin(); it != listeners_.end();) {
+    auto w = wanted.find(it->first);
+    if (w != wanted.end() && w->second.signature() == it->second->signature) {
+      ++it;
+      continue;
+    }
+    logger_.info("closing listener", {{"address", it->first}});
+    stop_listener(*it->second);
+    it = listeners_.erase(it);
+  }
+  for (auto &w : wanted) {
+    if (listeners_.count(w.first)) continue;
+    try {
+      listeners_[w.first] = start_listener(w.second);
+    } catch (const std::exception &e) {
+      logger_.error(e.what());
+    }
+  }
+}
+
+// Routes for routing_mode path/host, rebuilt when links change and swapped whole, so a
+// request in flight keeps the route it started with.
+inline void Provider::rebuild_routes() {
+  if (routing_mode_ != "path" && routing_mode_ != "host") return;
+  auto table = std::make_shared<std::vector<Route>>();
   {
-    std::lock_guard<std::mutex> lk(listener_mu_);
-    if (!listener_ || wanted.address == listening_address_) return;
+    std::lock_guard<std::mutex> lk(links_mu_);
+    for (auto &entry : source_links_) {
+      auto it = entry.second.source_config.find(routing_mode_);
+      if (it == entry.second.source_config.end()) {
+        logger_.error("link has no source_config." + routing_mode_ + " for routing_mode " + routing_mode_,
+                      {{"target", entry.second.target}});
+        continue;
+      }
+      std::string match = it->second;
+      if (routing_mode_ == "host") {
+        match = detail::lower(match.substr(0, match.rfind(':') == std::string::npos || match.back() == ']'
+                                                  ? match.size()
+                                                  : match.rfind(':')));
+      } else {
+        if (match.empty() || match[0] != '/') match = "/" + match;
+        while (match.size() > 1 && match.back() == '/') match.pop_back();
+      }
+      table->push_back({match, entry.second.target});
+    }
   }
-  logger_.info("address changed; moving the listener", {{"from", listening_address_}, {"to", wanted.address}});
-  stop_listener();
-  std::lock_guard<std::mutex> lk(listener_mu_);
-  try {
-    start_listener(wanted);
-  } catch (const std::exception &e) {
-    logger_.error(e.what());
+  // Longest prefix first: the first match is the most specific.
+  std::sort(table->begin(), table->end(),
+            [](const Route &a, const Route &b) { return a.match.size() > b.match.size(); });
+  std::atomic_store(&route_table_, std::shared_ptr<const std::vector<Route>>(std::move(table)));
+}
+
+// The component for a request in routing_mode path/host; "" when no link matches (404).
+inline std::string Provider::route(const httplib::Request &req) const {
+  auto table = std::atomic_load(&route_table_);
+  if (routing_mode_ == "host") {
+    std::string host = req.get_header_value("Host");
+    auto colon = host.rfind(':');
+    if (colon != std::string::npos && host.back() != ']') host.resize(colon);
+    host = detail::lower(host);
+    for (auto &r : *table)
+      if (r.match == host) return r.target;
+    return "";
   }
+  const std::string &path = req.path;
+  for (auto &r : *table) {
+    if (r.match == "/") return r.target;
+    // Segment-aware: `/api` matches `/api` and `/api/...`, not `/apix`.
+    if (path.compare(0, r.match.size(), r.match) == 0 && (path.size() == r.match.size() || path[r.match.size()] == '/'))
+      return r.target;
+  }
+  return "";
 }
 
 inline void Provider::request_shutdown() {
@@ -1091,20 +1388,18 @@ inline int Provider::run() {
       if (on_source_put_) on_source_put_(link);
     for (auto &link : target_links())
       if (on_target_put_) on_target_put_(link);
-    {
-      std::lock_guard<std::mutex> lk(listener_mu_);
-      start_listener(settings());
-    }
+    std::lock_guard<std::mutex> lk(listeners_mu_);
+    for (auto &w : wanted_listeners()) listeners_[w.first] = start_listener(w.second);
   } catch (const std::exception &e) {
     logger_.error(std::string("provider failed to start: ") + e.what());
-    stop_listener();
+    stop_listeners();
     nc_.close();
     return 1;
   }
   logger_.info("provider started", {{"provider_key", host_.provider_key}, {"lattice", host_.lattice_rpc_prefix}});
   wait_for_shutdown();
   logger_.info("shutting down");
-  stop_listener();
+  stop_listeners();
   nc_.close();
   logger_.info("provider stopped");
   return 0;
