@@ -1,10 +1,11 @@
 # wrpc-http-provider: a wasmCloud HTTP server provider in one C++ header.
 #
 #   make            build/http-server, build/demo-component, build/nats_lite, build/make_par
-#   make test       every test (installs missing Debian packages first)
+#   make test       every test, under AddressSanitizer+UBSan (installs missing Debian packages first)
+#   make test-plain the same tests on optimized binaries
 #   make demo       nats-server + demo component + provider on loopback, then two curls
 #   make par        build/http-server.par.gz for `wash app deploy wadm.yaml`
-#   make test-asan / test-tsan   the tests under AddressSanitizer+UBSan / ThreadSanitizer
+#   make test-tsan  the tests under ThreadSanitizer
 #   make bench      the benchmark (bench/results.md)
 
 CXX      ?= g++
@@ -25,10 +26,10 @@ PACKAGES := g++ make pkg-config libcpp-httplib-dev nlohmann-json3-dev doctest-de
             libsodium-dev zlib1g-dev openssl nats-server curl golang-go golang-github-nats-io-go-nats-dev
 
 BINARIES := $(BUILD)/http-server $(BUILD)/demo-component $(BUILD)/nats_lite $(BUILD)/make_par
-TEST_SOURCES := $(wildcard tests/test_*.cpp)
+TEST_SOURCES := $(wildcard tests/test_*.cpp)  # tests/dropin.cpp is compiled on its own
 TEST_OBJECTS := $(patsubst tests/%.cpp,$(BUILD)/tests/%.o,$(TEST_SOURCES))
 
-.PHONY: all deps test test-unit test-go test-asan test-tsan demo par bench fuzz clean
+.PHONY: all deps test test-plain test-unit test-go test-asan test-tsan demo par bench fuzz clean
 
 all: $(BINARIES)
 
@@ -42,56 +43,68 @@ deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-$(BUILD)/http-server: main.cpp $(HEADER) $(wildcard wip/*.hpp)
+$(BUILD)/http-server: main.cpp $(HEADER)
 	@mkdir -p $(@D)
 	$(CXX) $(ALL_CXXFLAGS) $< -o $@ $(LDLIBS)
 
-$(BUILD)/demo-component: demo/demo_component.cpp $(HEADER) $(wildcard wip/*.hpp)
+$(BUILD)/demo-component: demo/demo_component.cpp $(HEADER)
 	@mkdir -p $(@D)
 	$(CXX) $(ALL_CXXFLAGS) $< -o $@ $(LDLIBS)
 
-$(BUILD)/nats_lite: nats_lite/nats_lite.cpp $(HEADER) $(wildcard wip/*.hpp)
+$(BUILD)/nats_lite: nats_lite/nats_lite.cpp $(HEADER)
 	@mkdir -p $(@D)
 	$(CXX) $(ALL_CXXFLAGS) $< -o $@ $(LDLIBS)
 
-$(BUILD)/make_par: par/make_par.cpp $(HEADER) $(wildcard wip/*.hpp)
+$(BUILD)/make_par: par/make_par.cpp $(HEADER)
 	@mkdir -p $(@D)
 	$(CXX) $(ALL_CXXFLAGS) $< -o $@ $(LDLIBS)
 
-$(BUILD)/fault-component: tests/fault_component.cpp $(HEADER) $(wildcard wip/*.hpp)
+$(BUILD)/fault-component: tests/fault_component.cpp $(HEADER)
 	@mkdir -p $(@D)
 	$(CXX) $(ALL_CXXFLAGS) $< -o $@ $(LDLIBS)
 
-$(BUILD)/tests/%.o: tests/%.cpp $(HEADER) $(wildcard wip/*.hpp) tests/support.hpp fuzz/fuzz_checks.hpp
+$(BUILD)/tests/%.o: tests/%.cpp $(HEADER) tests/support.hpp fuzz/fuzz_checks.hpp
 	@mkdir -p $(@D)
 	$(CXX) $(ALL_CXXFLAGS) -c $< -o $@
+
+# The drop-in check: the header alone, plain C++17, no feature macros.
+$(BUILD)/tests/dropin.o: tests/dropin.cpp $(HEADER)
+	@mkdir -p $(@D)
+	$(CXX) -std=c++17 -Wall -Wextra -c $< -o $@
 
 $(BUILD)/tests/run-tests: $(TEST_OBJECTS)
 	$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(LDLIBS)
 
-$(BUILD)/nats_peer: tests/interop/nats_peer.go tests/interop/build.sh
-	tests/interop/build.sh $@
+$(BUILD)/nats_peer: tests/interop/nats_peer.go tests/go_build.sh
+	tests/go_build.sh tests/interop $@
 
-$(BUILD)/go-gateway: $(wildcard bench/go-gateway/*.go) bench/go-gateway/build.sh
-	bench/go-gateway/build.sh $@
+$(BUILD)/go-gateway: $(wildcard bench/go-gateway/*.go) tests/go_build.sh
+	tests/go_build.sh bench/go-gateway $@
 
+# Every test, on binaries built with AddressSanitizer and UBSan (any finding fails the run).
+SANITIZE_ASAN := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 test: deps
-	$(MAKE) test-unit test-go
+	$(MAKE) -j2 test-unit BUILD=build/asan CXXFLAGS="$(SANITIZE_ASAN)"
+	$(MAKE) test-go
 
 # The doctest suite: unit tests and integration tests against real processes.
-test-unit: $(BINARIES) $(BUILD)/fault-component $(BUILD)/tests/run-tests $(BUILD)/nats_peer
+test-unit: $(BINARIES) $(BUILD)/fault-component $(BUILD)/tests/dropin.o $(BUILD)/tests/run-tests $(BUILD)/nats_peer
 	WRPC_HTTP_BUILD=$(BUILD) $(BUILD)/tests/run-tests
 	tests/par_test.sh $(BUILD)/make_par $(BUILD)/http-server
 
 test-go:
-	cd bench/go-gateway && GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS= GOPROXY=off \
-	  GOCACHE=$$(mktemp -d) go test -count=1 .
+	cache=$$(mktemp -d) && cd bench/go-gateway && GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS= \
+	  GOPROXY=off GOCACHE=$$cache go test -count=1 .; status=$$?; rm -rf $$cache; exit $$status
 
-test-asan: deps
-	$(MAKE) test-unit BUILD=build/asan CXXFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer"
+test-asan: test
+
+# The same tests on optimized binaries without sanitizers.
+test-plain: deps
+	$(MAKE) -j2 test-unit
+	$(MAKE) test-go
 
 test-tsan: deps
-	$(MAKE) test-unit BUILD=build/tsan CXXFLAGS="-O1 -g -fsanitize=thread"
+	$(MAKE) -j2 test-unit BUILD=build/tsan CXXFLAGS="-O1 -g -fsanitize=thread"
 
 demo: deps all
 	demo/run.sh $(BUILD)
@@ -112,7 +125,7 @@ FUZZ_TARGETS := wrpc_decoder nats_parser host_data
 FUZZ_SECONDS ?= 300
 FUZZ_CXXFLAGS = $(CXXSTD) $(WARN) -g -O1 -fsanitize=fuzzer,address,undefined $(FEATURES) $(HTTPLIB_CFLAGS) -I.
 
-$(BUILD)/fuzz/fuzz_%: fuzz/fuzz_%.cpp fuzz/fuzz_checks.hpp $(HEADER) $(wildcard wip/*.hpp)
+$(BUILD)/fuzz/fuzz_%: fuzz/fuzz_%.cpp fuzz/fuzz_checks.hpp $(HEADER)
 	@mkdir -p $(@D)
 	clang++ $(FUZZ_CXXFLAGS) $< -o $@
 

@@ -59,6 +59,9 @@
 #ifndef WRPC_HTTP_NATS_MAX_CONTROL_LINE
 #define WRPC_HTTP_NATS_MAX_CONTROL_LINE 4096
 #endif
+// Upper bound for one head value (request params, response result, trailers), and for any
+// single string or list length declared inside one. A hostile length above it is an error at
+// once instead of a wait for bytes that will never come.
 #ifndef WRPC_HTTP_MAX_HEAD_BYTES
 #define WRPC_HTTP_MAX_HEAD_BYTES (1024u * 1024u)
 #endif
@@ -68,7 +71,7 @@
 #endif
 // Body bytes gathered before they leave as one NATS message (fewer, larger messages).
 #ifndef WRPC_HTTP_BODY_FLUSH_BYTES
-#define WRPC_HTTP_BODY_FLUSH_BYTES (64u * 1024u)
+#define WRPC_HTTP_BODY_FLUSH_BYTES (256u * 1024u)
 #endif
 #ifndef WRPC_HTTP_BODY_IDLE_TIMEOUT_MS
 #define WRPC_HTTP_BODY_IDLE_TIMEOUT_MS 30000
@@ -113,8 +116,22 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#endif
+#ifdef WRPC_HTTP_SODIUM_SUPPORT
+#include <sodium.h>
+#endif
+
 #include <algorithm>
 #include <array>
+#include <climits>
+#include <cstddef>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -130,7 +147,6 @@
 #include <mutex>
 #include <optional>
 #include <random>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -149,11 +165,5144 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "wip/util.hpp"
-#include "wip/nkeys.hpp"
-#include "wip/nats.hpp"
-#include "wip/codec.hpp"
-#include "wip/transport.hpp"
-#include "wip/provider.hpp"
+// ---- utilities ----
+
+namespace wrpc_http {
+namespace detail {
+
+// One base64 codec for both alphabets: they differ only in the last two
+// characters and in whether '=' padding is written.
+inline std::string base64_encode_with(const std::string &bytes,
+                                      const char *alphabet, bool pad) {
+  std::string out;
+  out.reserve((bytes.size() + 2) / 3 * 4);
+  std::size_t i = 0;
+  for (; i + 2 < bytes.size(); i += 3) {
+    auto n = (static_cast<unsigned char>(bytes[i]) << 16) |
+             (static_cast<unsigned char>(bytes[i + 1]) << 8) |
+             static_cast<unsigned char>(bytes[i + 2]);
+    out += alphabet[(n >> 18) & 63];
+    out += alphabet[(n >> 12) & 63];
+    out += alphabet[(n >> 6) & 63];
+    out += alphabet[n & 63];
+  }
+  auto rest = bytes.size() - i;
+  if (rest > 0) {
+    auto n = static_cast<unsigned char>(bytes[i]) << 16;
+    if (rest == 2) { n |= static_cast<unsigned char>(bytes[i + 1]) << 8; }
+    out += alphabet[(n >> 18) & 63];
+    out += alphabet[(n >> 12) & 63];
+    if (rest == 2) { out += alphabet[(n >> 6) & 63]; }
+    if (pad) { out.append(rest == 1 ? 2 : 1, '='); }
+  }
+  return out;
+}
+
+// Accepts input with or without '=' padding: peers differ on this and the
+// padding carries no information.
+inline std::string base64_decode_with(const std::string &text,
+                                      const char *alphabet) {
+  std::array<int, 256> value_of;
+  value_of.fill(-1);
+  for (int i = 0; i < 64; i++) {
+    value_of[static_cast<unsigned char>(alphabet[i])] = i;
+  }
+  auto end = text.size();
+  while (end > 0 && text.size() - end < 2 && text[end - 1] == '=') { end--; }
+  if (end % 4 == 1) { throw std::runtime_error("base64: truncated input"); }
+
+  std::string out;
+  out.reserve(end * 3 / 4);
+  unsigned int buffer = 0;
+  int bits = 0;
+  for (std::size_t i = 0; i < end; i++) {
+    auto v = value_of[static_cast<unsigned char>(text[i])];
+    if (v < 0) { throw std::runtime_error("base64: invalid character"); }
+    buffer = (buffer << 6) | static_cast<unsigned int>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out += static_cast<char>((buffer >> bits) & 0xff);
+    }
+  }
+  return out;
+}
+
+constexpr const char *base64_std_alphabet =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+constexpr const char *base64_url_alphabet =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+inline std::string base64_encode(const std::string &bytes) {
+  return base64_encode_with(bytes, base64_std_alphabet, true);
+}
+inline std::string base64_decode(const std::string &text) {
+  return base64_decode_with(text, base64_std_alphabet);
+}
+inline std::string base64url_encode(const std::string &bytes) {
+  return base64_encode_with(bytes, base64_url_alphabet, false);
+}
+inline std::string base64url_decode(const std::string &text) {
+  return base64_decode_with(text, base64_url_alphabet);
+}
+
+}  // namespace detail
+}  // namespace wrpc_http
+
+// ---- nkeys: NATS keys, signatures, JWTs (OpenSSL) ----
+//
+// NATS "nkeys" are ed25519 (or, for xkeys, curve25519) keys written as
+// base32 text with a one-byte type prefix and a CRC16 trailer:
+//   public key: base32( prefix | 32 raw bytes | crc16 little-endian )
+//   seed:       base32( seed-prefix+type spread over 2 bytes | 32 raw bytes | crc16 )
+// The prefix bytes follow nats-io/nkeys (strkey.go) plus the `V` service
+// prefix of wasmCloud's Rust nkeys crate.
+//
+// Byte buffers are std::string (as in cpp-httplib): they travel straight into
+// JSON, NATS payloads and files without conversions.
+//
+// Errors are std::runtime_error. Their messages never quote the input key:
+// a caller may pass a seed where a public key is expected, and a seed must
+// never reach a log.
+
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+
+namespace wrpc_http {
+namespace detail {
+namespace nkeys {
+
+// ---- text encodings -------------------------------------------------------
+
+inline std::string base32_encode(const std::string &bytes) {
+  static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+  std::string out;
+  out.reserve((bytes.size() * 8 + 4) / 5);
+  unsigned int buffer = 0;
+  int bits = 0;
+  for (unsigned char c : bytes) {
+    buffer = (buffer << 8) | c;
+    bits += 8;
+    while (bits >= 5) {
+      bits -= 5;
+      out += alphabet[(buffer >> bits) & 0x1f];
+    }
+  }
+  if (bits > 0) { out += alphabet[(buffer << (5 - bits)) & 0x1f]; }
+  return out;
+}
+
+inline std::string base32_decode(const std::string &text) {
+  std::string out;
+  out.reserve(text.size() * 5 / 8);
+  unsigned int buffer = 0;
+  int bits = 0;
+  for (char c : text) {
+    unsigned int value;
+    if (c >= 'A' && c <= 'Z') {
+      value = static_cast<unsigned int>(c - 'A');
+    } else if (c >= '2' && c <= '7') {
+      value = static_cast<unsigned int>(c - '2') + 26;
+    } else {
+      throw std::runtime_error("base32: invalid character");
+    }
+    buffer = (buffer << 5) | value;
+    bits += 5;
+    if (bits >= 8) {
+      bits -= 8;
+      out += static_cast<char>((buffer >> bits) & 0xff);
+    }
+  }
+  // A well-formed unpadded encoding leaves fewer than 5 unused bits; a whole
+  // extra character means the text was truncated.
+  if (bits >= 5) { throw std::runtime_error("base32: truncated input"); }
+  return out;
+}
+
+// CRC-16/XMODEM (poly 0x1021, init 0), the checksum nkeys appends.
+inline std::uint16_t crc16(const std::string &bytes) {
+  std::uint16_t crc = 0;
+  for (unsigned char c : bytes) {
+    crc = static_cast<std::uint16_t>(crc ^ (c << 8));
+    for (int i = 0; i < 8; i++) {
+      crc = static_cast<std::uint16_t>((crc & 0x8000) ? (crc << 1) ^ 0x1021
+                                                       : (crc << 1));
+    }
+  }
+  return crc;
+}
+
+// ---- key encoding ---------------------------------------------------------
+
+// The value of each enumerator is its nkeys prefix byte (a multiple of 8, so
+// the first base32 character of the key is the letter in the comment).
+enum class key_type : unsigned char {
+  account = 0,         // A
+  server = 13 << 3,    // N (also used for wasmCloud host ids)
+  operator_ = 14 << 3, // O
+  user = 20 << 3,      // U
+  service = 21 << 3,   // V (wasmCloud capability providers)
+  curve = 23 << 3,     // X (curve25519 "xkeys": encryption, not signing)
+};
+
+constexpr unsigned char seed_prefix_byte = 18 << 3; // S
+constexpr std::size_t raw_key_size = 32;
+
+inline bool is_known_key_type(unsigned char prefix) {
+  switch (static_cast<key_type>(prefix)) {
+  case key_type::account:
+  case key_type::server:
+  case key_type::operator_:
+  case key_type::user:
+  case key_type::service:
+  case key_type::curve: return true;
+  }
+  return false;
+}
+
+inline std::string random_bytes(std::size_t count) {
+  std::string out(count, '\0');
+  if (RAND_bytes(reinterpret_cast<unsigned char *>(&out[0]),
+                 static_cast<int>(count)) != 1) {
+    throw std::runtime_error("nkeys: the OpenSSL random generator failed");
+  }
+  return out;
+}
+
+// Overwrites secret bytes before the memory is released.
+inline void wipe(std::string &secret) {
+  if (!secret.empty()) { OPENSSL_cleanse(&secret[0], secret.size()); }
+  secret.clear();
+}
+
+inline std::string append_crc_and_encode(std::string raw) {
+  auto crc = crc16(raw);
+  raw += static_cast<char>(crc & 0xff); // little-endian, as nkeys writes it
+  raw += static_cast<char>(crc >> 8);
+  auto text = base32_encode(raw);
+  wipe(raw);
+  return text;
+}
+
+// Decodes the base32 text and returns it without the checked CRC trailer.
+inline std::string decode_and_check_crc(const std::string &text,
+                                        const char *what) {
+  std::string raw;
+  try {
+    raw = base32_decode(text);
+  } catch (const std::runtime_error &) {
+    throw std::runtime_error(std::string("nkeys: ") + what +
+                             " is not valid base32");
+  }
+  if (raw.size() != raw_key_size + 3 && raw.size() != raw_key_size + 4) {
+    wipe(raw);
+    throw std::runtime_error(std::string("nkeys: ") + what +
+                             " has the wrong length");
+  }
+  auto body = raw.substr(0, raw.size() - 2);
+  auto expected = static_cast<std::uint16_t>(
+      static_cast<unsigned char>(raw[raw.size() - 2]) |
+      (static_cast<unsigned char>(raw[raw.size() - 1]) << 8));
+  wipe(raw);
+  if (crc16(body) != expected) {
+    wipe(body);
+    throw std::runtime_error(std::string("nkeys: ") + what +
+                             " has a bad checksum");
+  }
+  return body;
+}
+
+inline std::string encode_public_key(key_type type, const std::string &raw) {
+  if (raw.size() != raw_key_size) {
+    throw std::runtime_error("nkeys: a public key must be 32 bytes");
+  }
+  return append_crc_and_encode(static_cast<char>(type) + raw);
+}
+
+// Returns the raw 32 bytes of an encoded public key of the expected type.
+inline std::string decode_public_key(const std::string &public_key,
+                                     key_type expected) {
+  auto body = decode_and_check_crc(public_key, "public key");
+  if (body.size() != 1 + raw_key_size ||
+      static_cast<unsigned char>(body[0]) != static_cast<unsigned char>(expected)) {
+    throw std::runtime_error("nkeys: public key is not of the expected type");
+  }
+  return body.substr(1);
+}
+
+// The type of an encoded public key, after checking its CRC.
+inline key_type public_key_type(const std::string &public_key) {
+  auto body = decode_and_check_crc(public_key, "public key");
+  auto prefix = static_cast<unsigned char>(body[0]);
+  if (body.size() != 1 + raw_key_size || !is_known_key_type(prefix)) {
+    throw std::runtime_error("nkeys: not a public key of a known type");
+  }
+  return static_cast<key_type>(prefix);
+}
+
+// The seed prefix (5 bits) and the key type (a multiple of 8, so its low 3
+// bits are free) are packed into two bytes so that both letters of "SA",
+// "SU", "SV"... are readable in the base32 text.
+inline std::string encode_seed(key_type type, const std::string &raw_seed) {
+  if (raw_seed.size() != raw_key_size) {
+    throw std::runtime_error("nkeys: a seed must be 32 bytes");
+  }
+  auto type_byte = static_cast<unsigned char>(type);
+  std::string raw;
+  raw += static_cast<char>(seed_prefix_byte | (type_byte >> 5));
+  raw += static_cast<char>((type_byte & 31) << 3);
+  raw += raw_seed;
+  return append_crc_and_encode(std::move(raw));
+}
+
+// A decoded seed. The raw bytes are wiped when it goes out of scope.
+struct decoded_seed {
+  key_type type = key_type::user;
+  std::string raw; // 32 bytes: ed25519 private key or curve25519 scalar
+
+  decoded_seed() = default;
+  decoded_seed(const decoded_seed &) = default;
+  decoded_seed &operator=(const decoded_seed &) = default;
+  ~decoded_seed() { wipe(raw); }
+};
+
+inline decoded_seed decode_seed(const std::string &seed) {
+  auto body = decode_and_check_crc(seed, "seed");
+  if (body.size() != 2 + raw_key_size) {
+    wipe(body);
+    throw std::runtime_error("nkeys: seed has the wrong length");
+  }
+  auto b0 = static_cast<unsigned char>(body[0]);
+  auto b1 = static_cast<unsigned char>(body[1]);
+  auto type_byte = static_cast<unsigned char>(((b0 & 7) << 5) | ((b1 & 248) >> 3));
+  if ((b0 & 248) != seed_prefix_byte || !is_known_key_type(type_byte)) {
+    wipe(body);
+    throw std::runtime_error("nkeys: not a seed of a known type");
+  }
+  decoded_seed out;
+  out.type = static_cast<key_type>(type_byte);
+  out.raw = body.substr(2);
+  wipe(body);
+  return out;
+}
+
+// ---- OpenSSL glue ---------------------------------------------------------
+
+struct evp_pkey_deleter {
+  void operator()(EVP_PKEY *key) const { EVP_PKEY_free(key); }
+};
+struct evp_md_ctx_deleter {
+  void operator()(EVP_MD_CTX *ctx) const { EVP_MD_CTX_free(ctx); }
+};
+using evp_pkey_ptr = std::unique_ptr<EVP_PKEY, evp_pkey_deleter>;
+using evp_md_ctx_ptr = std::unique_ptr<EVP_MD_CTX, evp_md_ctx_deleter>;
+
+inline evp_pkey_ptr private_key_from_seed(const decoded_seed &seed) {
+  auto algorithm = seed.type == key_type::curve ? EVP_PKEY_X25519 : EVP_PKEY_ED25519;
+  evp_pkey_ptr key(EVP_PKEY_new_raw_private_key(
+      algorithm, nullptr,
+      reinterpret_cast<const unsigned char *>(seed.raw.data()), seed.raw.size()));
+  if (!key) { throw std::runtime_error("nkeys: OpenSSL rejected the seed"); }
+  return key;
+}
+
+inline std::string raw_public_key(const decoded_seed &seed) {
+  auto key = private_key_from_seed(seed);
+  std::string raw(raw_key_size, '\0');
+  auto size = raw.size();
+  if (EVP_PKEY_get_raw_public_key(
+          key.get(), reinterpret_cast<unsigned char *>(&raw[0]), &size) != 1 ||
+      size != raw_key_size) {
+    throw std::runtime_error("nkeys: could not derive the public key");
+  }
+  return raw;
+}
+
+// ---- keys and signatures --------------------------------------------------
+
+// ed25519 public key for A/N/O/U/V seeds; X25519 base-point multiple for SX.
+inline std::string public_key_from_seed(const std::string &seed) {
+  auto decoded = decode_seed(seed);
+  return encode_public_key(decoded.type, raw_public_key(decoded));
+}
+
+struct key_pair {
+  std::string seed; // secret: store with mode 0600, never log
+  std::string public_key;
+};
+
+inline key_pair create_key_pair(key_type type) {
+  auto raw = random_bytes(raw_key_size);
+  key_pair pair;
+  pair.seed = encode_seed(type, raw);
+  wipe(raw);
+  pair.public_key = public_key_from_seed(pair.seed);
+  return pair;
+}
+
+inline decoded_seed decode_signing_seed(const std::string &seed) {
+  auto decoded = decode_seed(seed);
+  if (decoded.type == key_type::curve) {
+    throw std::runtime_error("nkeys: curve (X) keys cannot sign");
+  }
+  return decoded;
+}
+
+// Raw 64-byte ed25519 signature of `message`.
+inline std::string sign(const std::string &seed, const std::string &message) {
+  auto key = private_key_from_seed(decode_signing_seed(seed));
+  evp_md_ctx_ptr ctx(EVP_MD_CTX_new());
+  std::string signature(64, '\0');
+  auto size = signature.size();
+  // ed25519 hashes internally: no digest is given to DigestSignInit.
+  if (!ctx ||
+      EVP_DigestSignInit(ctx.get(), nullptr, nullptr, nullptr, key.get()) != 1 ||
+      EVP_DigestSign(ctx.get(), reinterpret_cast<unsigned char *>(&signature[0]),
+                     &size,
+                     reinterpret_cast<const unsigned char *>(message.data()),
+                     message.size()) != 1 ||
+      size != signature.size()) {
+    throw std::runtime_error("nkeys: ed25519 signing failed");
+  }
+  return signature;
+}
+
+// Checks a raw ed25519 signature against an encoded public key of any
+// signing type (A, N, O, U, V).
+inline bool verify(const std::string &public_key, const std::string &message,
+                   const std::string &signature) {
+  auto type = public_key_type(public_key);
+  if (type == key_type::curve) {
+    throw std::runtime_error("nkeys: curve (X) keys cannot verify signatures");
+  }
+  auto raw = decode_public_key(public_key, type);
+  evp_pkey_ptr key(EVP_PKEY_new_raw_public_key(
+      EVP_PKEY_ED25519, nullptr,
+      reinterpret_cast<const unsigned char *>(raw.data()), raw.size()));
+  evp_md_ctx_ptr ctx(EVP_MD_CTX_new());
+  if (!key || !ctx ||
+      EVP_DigestVerifyInit(ctx.get(), nullptr, nullptr, nullptr, key.get()) != 1) {
+    throw std::runtime_error("nkeys: could not set up ed25519 verification");
+  }
+  return EVP_DigestVerify(
+             ctx.get(), reinterpret_cast<const unsigned char *>(signature.data()),
+             signature.size(),
+             reinterpret_cast<const unsigned char *>(message.data()),
+             message.size()) == 1;
+}
+
+// The `sig` field of a NATS CONNECT: the server's INFO nonce signed with the
+// user seed, base64url without padding (nats.go: base64.RawURLEncoding).
+inline std::string sign_nonce(const std::string &user_seed,
+                              const std::string &nonce) {
+  return base64url_encode(sign(user_seed, nonce));
+}
+
+// ---- JWTs -----------------------------------------------------------------
+
+// wascap (wasmCloud claims, e.g. a provider archive's claims.jwt).
+constexpr const char *wascap_jwt_header = R"({"typ":"jwt","alg":"Ed25519"})";
+// nats-io/jwt v2 (user/account JWTs).
+constexpr const char *nats_jwt_header = R"({"typ":"JWT","alg":"ed25519-nkey"})";
+
+// Both formats sign the text "base64url(header).base64url(claims)" with the
+// issuer's ed25519 seed. `claims_json` is serialized by the caller.
+inline std::string encode_jwt(const std::string &claims_json,
+                              const std::string &issuer_seed,
+                              const std::string &header_json = wascap_jwt_header) {
+  auto signing_input =
+      base64url_encode(header_json) + "." + base64url_encode(claims_json);
+  return signing_input + "." + base64url_encode(sign(issuer_seed, signing_input));
+}
+
+struct jwt_parts {
+  std::string header_json;
+  std::string claims_json;
+  std::string signing_input; // "header.claims" as it appeared in the token
+  std::string signature;     // raw bytes
+};
+
+// Splits and decodes a JWT WITHOUT checking its signature: use it to read
+// the issuer, then call verify_jwt with that issuer's public key.
+inline jwt_parts decode_jwt(const std::string &token) {
+  auto first = token.find('.');
+  auto second = first == std::string::npos ? first : token.find('.', first + 1);
+  if (second == std::string::npos || token.find('.', second + 1) != std::string::npos) {
+    throw std::runtime_error("jwt: expected three dot-separated parts");
+  }
+  jwt_parts parts;
+  parts.header_json = base64url_decode(token.substr(0, first));
+  parts.claims_json = base64url_decode(token.substr(first + 1, second - first - 1));
+  parts.signing_input = token.substr(0, second);
+  parts.signature = base64url_decode(token.substr(second + 1));
+  return parts;
+}
+
+// Returns the claims JSON when `issuer_public_key` signed the token; throws
+// otherwise. The signature is always checked as ed25519 whatever the header
+// says, so a forged "alg" cannot downgrade the check. (Legacy nats v1 tokens,
+// alg "ed25519", signed only the claims part and are not accepted.)
+inline std::string verify_jwt(const std::string &token,
+                              const std::string &issuer_public_key) {
+  auto parts = decode_jwt(token);
+  if (!verify(issuer_public_key, parts.signing_input, parts.signature)) {
+    throw std::runtime_error("jwt: signature does not match the issuer key");
+  }
+  return parts.claims_json;
+}
+
+#ifdef WRPC_HTTP_SODIUM_SUPPORT
+// ---- xkeys: curve25519 sealed boxes (nats-io/nkeys xkeys.go) --------------
+// Sealed format: "xkv1" | 24-byte nonce | crypto_box (NaCl box: X25519 +
+// XSalsa20-Poly1305). wasmCloud hosts seal link secrets for the provider
+// with the host's xkey; the provider opens them with its own SX seed.
+
+constexpr const char *xkey_version = "xkv1";
+constexpr std::size_t xkey_version_size = 4;
+
+inline decoded_seed decode_curve_seed(const std::string &seed) {
+  auto decoded = decode_seed(seed);
+  if (decoded.type != key_type::curve) {
+    throw std::runtime_error("xkeys: not a curve (SX) seed");
+  }
+  return decoded;
+}
+
+inline void require_sodium() {
+  if (sodium_init() < 0) { throw std::runtime_error("xkeys: libsodium init failed"); }
+}
+
+inline std::string xkey_seal(const std::string &message,
+                             const std::string &recipient_public_xkey,
+                             const std::string &sender_seed) {
+  require_sodium();
+  auto sender = decode_curve_seed(sender_seed);
+  auto recipient = decode_public_key(recipient_public_xkey, key_type::curve);
+  auto nonce = random_bytes(crypto_box_NONCEBYTES);
+  std::string box(crypto_box_MACBYTES + message.size(), '\0');
+  if (crypto_box_easy(reinterpret_cast<unsigned char *>(&box[0]),
+                      reinterpret_cast<const unsigned char *>(message.data()),
+                      message.size(),
+                      reinterpret_cast<const unsigned char *>(nonce.data()),
+                      reinterpret_cast<const unsigned char *>(recipient.data()),
+                      reinterpret_cast<const unsigned char *>(sender.raw.data())) != 0) {
+    throw std::runtime_error("xkeys: sealing failed");
+  }
+  return std::string(xkey_version) + nonce + box;
+}
+
+inline std::string xkey_open(const std::string &sealed,
+                             const std::string &sender_public_xkey,
+                             const std::string &recipient_seed) {
+  require_sodium();
+  constexpr auto header_size = xkey_version_size + crypto_box_NONCEBYTES;
+  if (sealed.size() < header_size + crypto_box_MACBYTES) {
+    throw std::runtime_error("xkeys: sealed message is too short");
+  }
+  if (sealed.compare(0, xkey_version_size, xkey_version) != 0) {
+    throw std::runtime_error("xkeys: unknown sealed message version");
+  }
+  auto recipient = decode_curve_seed(recipient_seed);
+  auto sender = decode_public_key(sender_public_xkey, key_type::curve);
+  auto box_size = sealed.size() - header_size;
+  std::string message(box_size - crypto_box_MACBYTES, '\0');
+  auto bytes = reinterpret_cast<const unsigned char *>(sealed.data());
+  // message.data() stays valid for an empty message: crypto_box writes 0 bytes.
+  if (crypto_box_open_easy(reinterpret_cast<unsigned char *>(&message[0]),
+                           bytes + header_size, box_size,
+                           bytes + xkey_version_size,
+                           reinterpret_cast<const unsigned char *>(sender.data()),
+                           reinterpret_cast<const unsigned char *>(recipient.raw.data())) != 0) {
+    throw std::runtime_error("xkeys: could not open the sealed message");
+  }
+  return message;
+}
+#endif // WRPC_HTTP_SODIUM_SUPPORT
+
+} // namespace nkeys
+} // namespace detail
+} // namespace wrpc_http
+
+#endif // WRPC_HTTP_OPENSSL_SUPPORT
+
+// ---- NATS client ----
+//
+// A minimal, production-minded NATS client: text protocol, one reader thread
+// (parses and dispatches), one writer thread (coalesces everything published
+// since its last write into one send), one wildcard inbox subscription for
+// all request/reply traffic, reconnect with jittered backoff. TLS (tls:// URLs or
+// servers that require it) with WRPC_HTTP_OPENSSL_SUPPORT.
+
+namespace wrpc_http {
+namespace detail {
+class NatsSocket;
+}
+namespace nats {
+
+// Thrown for every NATS failure at the API edge; `kind` lets callers map it.
+class Error : public std::runtime_error {
+public:
+  enum class Kind { connect, disconnected, timeout, no_responders, protocol, payload_too_large, closed };
+  Error(Kind kind, const std::string &what) : std::runtime_error(what), kind_(kind) {}
+  Kind kind() const { return kind_; }
+
+private:
+  Kind kind_;
+};
+
+using Headers = std::vector<std::pair<std::string, std::string>>;
+
+struct Message {
+  std::string subject;
+  std::string reply;
+  std::string data;
+  Headers headers;
+  int status = 0;  // from an HMSG status line such as `NATS/1.0 503`; 0 when absent
+  std::string status_text;
+  bool no_responders() const { return status == 503; }
+  // Value of the first header named `name` (case-insensitive), or "".
+  std::string header(const std::string &name) const;
+};
+
+using MessageHandler = std::function<void(Message &)>;
+
+enum class LogLevel { trace, debug, info, warn, error };
+using LogSink = std::function<void(LogLevel, const std::string &)>;
+
+struct Options {
+  // One URL or a comma-separated list, tried in order: nats://[user:pass@|token@]host[:port];
+  // tls://... asks for TLS (needs WRPC_HTTP_OPENSSL_SUPPORT).
+  std::string url = "nats://127.0.0.1:4222";
+  std::string name = "wrpc-http-provider";
+  // JWT/nkey auth: with a seed, the server's nonce is signed (needs WRPC_HTTP_OPENSSL_SUPPORT);
+  // with a JWT too, the JWT is sent, otherwise the seed's public nkey.
+  std::string user_jwt;
+  std::string user_seed;
+  // TLS is used for tls:// URLs and whenever the server's INFO says tls_required (a
+  // nats:// URL is then upgraded). The server certificate and host name are always
+  // verified: against the system's CAs, or only against the PEM CAs in `tls_ca_file`.
+  std::string tls_ca_file;
+  // A client certificate (PEM chain) and its key, for servers that verify clients.
+  std::string tls_cert_file, tls_key_file;
+  std::chrono::milliseconds connect_timeout{2000};
+  std::chrono::milliseconds reconnect_wait_min{WRPC_HTTP_NATS_RECONNECT_MIN_MS};
+  std::chrono::milliseconds reconnect_wait_max{WRPC_HTTP_NATS_RECONNECT_MAX_MS};
+  int max_reconnect_attempts = -1;  // -1: keep trying until close()
+  std::chrono::milliseconds ping_interval{WRPC_HTTP_NATS_PING_INTERVAL_MS};
+  int max_pings_out = 2;
+  // Bound on bytes waiting for the writer thread; publishers block (then fail) past it.
+  size_t max_pending_bytes = WRPC_HTTP_NATS_MAX_PENDING_BYTES;
+  std::chrono::milliseconds pending_wait{5000};
+  LogSink log;
+  std::function<void()> on_disconnected;  // from the reader thread
+  std::function<void()> on_reconnected;   // from the reader thread
+};
+
+// Builds several messages into one buffer so that they reach the socket in one write.
+class Batch {
+public:
+  explicit Batch(size_t max_payload) : max_payload_(max_payload) {}
+  void publish(const std::string &subject, const char *data, size_t size, const std::string &reply = "",
+               const Headers *headers = nullptr);
+  void publish(const std::string &subject, const std::string &data, const std::string &reply = "",
+               const Headers *headers = nullptr) {
+    publish(subject, data.data(), data.size(), reply, headers);
+  }
+  bool empty() const { return wire_.empty(); }
+  size_t size() const { return wire_.size(); }
+  std::string take() { return std::move(wire_); }
+  size_t max_payload() const { return max_payload_; }
+
+private:
+  size_t max_payload_;
+  std::string wire_;
+};
+
+// Receives every message sent to one inbox token (`<inbox>.<token>` and below it).
+struct InboxHandler {
+  // `suffix` is the part of the subject after the token ("" or ".results.0.0" ...).
+  std::function<void(const std::string &suffix, Message &)> on_message;
+  // The connection was lost: nothing more will arrive for this token.
+  std::function<void()> on_disconnected;
+};
+
+class Client {
+public:
+  explicit Client(Options options);
+  ~Client();
+  Client(const Client &) = delete;
+  Client &operator=(const Client &) = delete;
+
+  // Connects (throws Error on failure) and starts the reader and writer threads.
+  void connect();
+  // Unsubscribes everything, flushes what was published, closes, joins the threads.
+  void close();
+
+  bool connected() const { return connected_.load(); }
+  size_t max_payload() const { return max_payload_.load(); }
+  Batch batch() const { return Batch(max_payload()); }
+
+  void publish(const std::string &subject, const std::string &data, const std::string &reply = "",
+               const Headers *headers = nullptr);
+  void send(Batch &batch);
+
+  uint64_t subscribe(const std::string &subject, MessageHandler handler, const std::string &queue = "");
+  void unsubscribe(uint64_t sid, unsigned max_messages = 0);
+
+  // Request/reply over the connection's single wildcard inbox subscription.
+  Message request(const std::string &subject, const std::string &data, std::chrono::milliseconds timeout,
+                  const Headers *headers = nullptr);
+
+  // Routes everything under `<inbox>.<token>` to `handler` until release_inbox(token).
+  // Returns the full reply subject `<inbox>.<token>`.
+  std::string register_inbox(const std::string &token, InboxHandler handler);
+  void release_inbox(const std::string &token);
+  std::string next_inbox_token();
+
+  // Round trip to the server: everything published before has been processed by it.
+  void flush(std::chrono::milliseconds timeout);
+
+private:
+  struct Subscription {
+    std::string subject, queue;
+    MessageHandler handler;
+    unsigned max_messages = 0, received = 0;
+  };
+
+  // Socket (TLS when asked for) + INFO/CONNECT handshake; returns the connection or throws.
+  std::unique_ptr<detail::NatsSocket> open_connection();
+  void reader_loop();
+  void writer_loop();
+  bool reconnect();
+  void lost_connection(const std::string &why);
+  // Applies an INFO (max_payload, nonce) and returns it parsed.
+  nlohmann::json handle_info(const std::string &json);
+  void dispatch(Message &msg, uint64_t sid);
+  void dispatch_inbox(Message &msg);
+  void enqueue(std::string &&wire);
+  void write_pending(std::unique_lock<std::mutex> &lk);
+  void log(LogLevel level, const std::string &text) const {
+    if (opts_.log) opts_.log(level, text);
+  }
+
+  Options opts_;
+  std::vector<std::string> urls_;
+  size_t url_index_ = 0;
+  std::string inbox_prefix_;  // `_INBOX.<random>`
+
+  // Owned by the reader thread (replaced on reconnect under out_mu_); the writer uses it
+  // while connected_, and lost_connection() waits for the writer before destroying it.
+  std::unique_ptr<detail::NatsSocket> socket_;
+  std::atomic<bool> connected_{false};
+  std::atomic<bool> closing_{false};
+  std::mutex close_mu_;
+  std::atomic<size_t> max_payload_{1024 * 1024};
+  std::string nonce_;
+
+  std::thread reader_, writer_;
+
+  std::mutex out_mu_;
+  std::condition_variable out_cv_;      // writer waits for data
+  std::condition_variable space_cv_;    // publishers wait for room
+  std::string out_buf_;
+  bool writer_busy_ = false;
+
+  std::mutex subs_mu_;
+  std::map<uint64_t, std::shared_ptr<Subscription>> subs_;
+  uint64_t next_sid_ = 1;
+  uint64_t inbox_sid_ = 0;
+
+  std::mutex inbox_mu_;
+  std::unordered_map<std::string, std::shared_ptr<InboxHandler>> inboxes_;
+  std::atomic<uint64_t> next_token_{1};
+
+  std::mutex pong_mu_;
+  std::condition_variable pong_cv_;
+  uint64_t pings_sent_ = 0, pongs_received_ = 0;
+  std::atomic<int> pings_out_{0};
+};
+
+}  // namespace nats
+
+namespace detail {
+
+// Splits `url` into host, port and credentials. Accepts nats://, tls:// or no scheme.
+struct NatsUrl {
+  std::string host = "127.0.0.1";
+  std::string port = "4222";
+  std::string user, password, token;
+  bool tls = false;  // tls://: the connection must be TLS
+};
+
+inline NatsUrl parse_nats_url(const std::string &url) {
+  NatsUrl out;
+  std::string rest = url;
+  auto scheme_end = rest.find("://");
+  if (scheme_end != std::string::npos) {
+    std::string scheme = rest.substr(0, scheme_end);
+    if (scheme != "nats" && scheme != "tls")
+      throw nats::Error(nats::Error::Kind::connect, "unsupported NATS URL scheme '" + scheme + "' in " + url);
+    out.tls = scheme == "tls";
+    rest = rest.substr(scheme_end + 3);
+  }
+  auto slash = rest.find('/');
+  if (slash != std::string::npos) rest = rest.substr(0, slash);
+  auto at = rest.rfind('@');
+  if (at != std::string::npos) {
+    std::string userinfo = rest.substr(0, at);
+    rest = rest.substr(at + 1);
+    auto colon = userinfo.find(':');
+    if (colon == std::string::npos) {
+      out.token = userinfo;
+    } else {
+      out.user = userinfo.substr(0, colon);
+      out.password = userinfo.substr(colon + 1);
+    }
+  }
+  if (!rest.empty() && rest[0] == '[') {  // [v6]:port
+    auto close = rest.find(']');
+    if (close == std::string::npos) throw nats::Error(nats::Error::Kind::connect, "bad NATS URL " + url);
+    out.host = rest.substr(1, close - 1);
+    if (close + 1 < rest.size() && rest[close + 1] == ':') out.port = rest.substr(close + 2);
+  } else {
+    auto colon = rest.rfind(':');
+    if (colon != std::string::npos) {
+      out.host = rest.substr(0, colon);
+      out.port = rest.substr(colon + 1);
+    } else if (!rest.empty()) {
+      out.host = rest;
+    }
+  }
+  if (out.host.empty()) out.host = "127.0.0.1";
+  if (out.port.empty() || out.port.find_first_not_of("0123456789") != std::string::npos)
+    throw nats::Error(nats::Error::Kind::connect, "bad port in NATS URL " + url);
+  return out;
+}
+
+inline std::vector<std::string> split(const std::string &s, char sep) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  while (true) {
+    auto pos = s.find(sep, start);
+    parts.push_back(s.substr(start, pos - start));
+    if (pos == std::string::npos) break;
+    start = pos + 1;
+  }
+  return parts;
+}
+
+inline std::string random_token(size_t length) {
+  static const char alphabet[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  std::uniform_int_distribution<int> pick(0, 61);
+  std::string out(length, '0');
+  for (auto &c : out) c = alphabet[pick(rng)];
+  return out;
+}
+
+// A NATS subject (for publishing) must be non-empty tokens separated by dots, without
+// whitespace; wildcards are only for subscriptions.
+inline bool valid_subject(const std::string &subject, bool allow_wildcards) {
+  if (subject.empty()) return false;
+  for (auto &token : split(subject, '.')) {
+    if (token.empty()) return false;
+    for (unsigned char c : token) {
+      if (c <= ' ' || c == 0x7f) return false;
+    }
+    if (!allow_wildcards && (token == "*" || token == ">")) return false;
+  }
+  return true;
+}
+
+inline bool iequals(const std::string &a, const std::string &b) {
+  return a.size() == b.size() &&
+         std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) { return std::tolower(x) == std::tolower(y); });
+}
+
+// Connects a TCP socket with a deadline. Returns the fd or throws.
+inline int tcp_connect(const std::string &host, const std::string &port, std::chrono::milliseconds timeout) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo *res = nullptr;
+  int rc = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &res);
+  if (rc != 0)
+    throw nats::Error(nats::Error::Kind::connect, "cannot resolve " + host + ": " + gai_strerror(rc));
+  std::unique_ptr<addrinfo, decltype(&freeaddrinfo)> guard(res, freeaddrinfo);
+  std::string last_error = "no address";
+  for (auto *ai = res; ai; ai = ai->ai_next) {
+    int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);
+    if (fd < 0) continue;
+    if (::connect(fd, ai->ai_addr, ai->ai_addrlen) != 0 && errno != EINPROGRESS) {
+      last_error = std::strerror(errno);
+      ::close(fd);
+      continue;
+    }
+    pollfd pfd{fd, POLLOUT, 0};
+    int ready = ::poll(&pfd, 1, static_cast<int>(timeout.count()));
+    int so_error = 0;
+    socklen_t len = sizeof(so_error);
+    if (ready == 1) ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &so_error, &len);
+    if (ready != 1 || so_error != 0) {
+      last_error = ready == 1 ? std::strerror(so_error) : "connect timed out";
+      ::close(fd);
+      continue;
+    }
+    int flags = ::fcntl(fd, F_GETFL, 0);
+    ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+    int one = 1;
+    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    return fd;
+  }
+  throw nats::Error(nats::Error::Kind::connect, "cannot connect to " + host + ":" + port + ": " + last_error);
+}
+
+inline bool write_all(int fd, const char *data, size_t size) {
+  while (size > 0) {
+    ssize_t n = ::send(fd, data, size, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    data += n;
+    size -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+
+// OpenSSL's socket BIO writes with write(2), which raises SIGPIPE once the server has
+// closed the connection; this one uses send(MSG_NOSIGNAL), as the plain path does.
+// Its data is a pointer to the socket's fd.
+inline BIO_METHOD *nosigpipe_socket_bio() {
+  static BIO_METHOD *method = [] {
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "nats socket");
+    BIO_meth_set_create(m, [](BIO *bio) {
+      BIO_set_init(bio, 1);
+      return 1;
+    });
+    BIO_meth_set_write(m, [](BIO *bio, const char *data, int size) {
+      BIO_clear_retry_flags(bio);
+      ssize_t n = ::send(*static_cast<int *>(BIO_get_data(bio)), data, static_cast<size_t>(size), MSG_NOSIGNAL);
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) BIO_set_retry_write(bio);
+      return static_cast<int>(n);
+    });
+    BIO_meth_set_read(m, [](BIO *bio, char *data, int size) {
+      BIO_clear_retry_flags(bio);
+      ssize_t n = ::recv(*static_cast<int *>(BIO_get_data(bio)), data, static_cast<size_t>(size), 0);
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) BIO_set_retry_read(bio);
+      return static_cast<int>(n);
+    });
+    // TLS needs only flush (nothing to do on a socket); every other control is unsupported.
+    BIO_meth_set_ctrl(m, [](BIO *, int cmd, long, void *) -> long { return cmd == BIO_CTRL_FLUSH ? 1 : 0; });
+    return m;
+  }();
+  return method;
+}
+
+// OpenSSL's reason for the failure on this thread, for error messages: the first error
+// queued is the cause (later ones only say which layer passed it on).
+inline std::string openssl_reason() {
+  unsigned long error = ERR_peek_error();
+#ifdef ERR_SYSTEM_ERROR  // OpenSSL 3: errno packed into the error code
+  if (ERR_SYSTEM_ERROR(error)) return std::strerror(ERR_GET_REASON(error));
+#endif
+  const char *reason = ERR_reason_error_string(error);
+  return reason ? reason : "unknown OpenSSL error";
+}
+
+// Why a TLS read or write failed (`ssl_error` from SSL_get_error, `sys_errno` saved after the call).
+inline std::string tls_failure(int ssl_error, int sys_errno) {
+  if (ssl_error == SSL_ERROR_SSL) return "TLS error: " + openssl_reason();
+  if (ssl_error == SSL_ERROR_SYSCALL && sys_errno != 0) return std::strerror(sys_errno);
+  return "connection closed by server";
+}
+
+// A client TLS context from the options: verification of the server is always on.
+inline std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> new_tls_context(const nats::Options &opts) {
+  auto fail = [](const std::string &what) {
+    throw nats::Error(nats::Error::Kind::connect, what + ": " + openssl_reason());
+  };
+  ERR_clear_error();  // so that openssl_reason() finds this failure's cause
+  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ctx(SSL_CTX_new(TLS_client_method()), SSL_CTX_free);
+  if (!ctx) fail("cannot create a TLS context");
+  SSL_CTX_set_min_proto_version(ctx.get(), TLS1_2_VERSION);
+  // With renegotiation SSL_write could have to read; NatsSocket lets only the reader wait for input.
+  SSL_CTX_set_options(ctx.get(), SSL_OP_NO_RENEGOTIATION);
+  // A long write returns after each record, so the reader gets its turns in between.
+  SSL_CTX_set_mode(ctx.get(), SSL_MODE_ENABLE_PARTIAL_WRITE);
+  SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
+  if (!opts.tls_ca_file.empty()) {
+    if (SSL_CTX_load_verify_locations(ctx.get(), opts.tls_ca_file.c_str(), nullptr) != 1)
+      fail("cannot load tls_ca_file '" + opts.tls_ca_file + "'");
+  } else if (SSL_CTX_set_default_verify_paths(ctx.get()) != 1) {
+    fail("cannot load the system's CA certificates");
+  }
+  if (opts.tls_cert_file.empty() != opts.tls_key_file.empty())
+    throw nats::Error(nats::Error::Kind::connect, "tls_cert_file and tls_key_file must be given together");
+  if (!opts.tls_cert_file.empty()) {
+    if (SSL_CTX_use_certificate_chain_file(ctx.get(), opts.tls_cert_file.c_str()) != 1)
+      fail("cannot load tls_cert_file '" + opts.tls_cert_file + "'");
+    if (SSL_CTX_use_PrivateKey_file(ctx.get(), opts.tls_key_file.c_str(), SSL_FILETYPE_PEM) != 1)
+      fail("cannot load tls_key_file '" + opts.tls_key_file + "'");
+    if (SSL_CTX_check_private_key(ctx.get()) != 1) fail("tls_key_file does not match tls_cert_file");
+  }
+  return ctx;
+}
+
+#endif  // WRPC_HTTP_OPENSSL_SUPPORT
+
+// The connection's byte stream: a TCP socket, or TLS over it after start_tls().
+//
+// The reader thread reads while the writer thread writes. A plain socket allows that as
+// is, without locking. One SSL object does not: its calls are serialized by tls_mu_, on a
+// non-blocking socket so that the mutex is never held while waiting in the kernel; a
+// thread that has to wait releases it and polls, then tries again.
+class NatsSocket {
+public:
+  explicit NatsSocket(int fd) : fd_(fd) {}
+  ~NatsSocket() {
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+    // No close_notify: NATS frames its own messages, so a cut cannot pass for a complete one.
+    if (ssl_) SSL_free(ssl_);
+#endif
+    ::close(fd_);
+  }
+  NatsSocket(const NatsSocket &) = delete;
+  NatsSocket &operator=(const NatsSocket &) = delete;
+
+  // Wakes both threads from any thread: reads then see the end, writes fail.
+  void shutdown() { ::shutdown(fd_, SHUT_RDWR); }
+
+  // Waits at most `timeout` until read_some() may have bytes.
+  bool wait_readable(std::chrono::milliseconds timeout) {
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+    // Decrypted bytes left over from the last record are not visible to poll().
+    if (ssl_) {
+      std::lock_guard<std::mutex> lk(tls_mu_);
+      if (SSL_pending(ssl_) > 0) return true;
+    }
+#endif
+    return wait_for(POLLIN, timeout);
+  }
+
+  // Returns the number of bytes read, 0 when none are there yet; throws
+  // nats::Error(disconnected) with the reason once the connection has ended.
+  size_t read_some(char *buf, size_t size) {
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+    if (ssl_) return tls_read_some(buf, size);
+#endif
+    ssize_t n = ::recv(fd_, buf, size, 0);
+    if (n > 0) return static_cast<size_t>(n);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) return 0;
+    throw nats::Error(nats::Error::Kind::disconnected,
+                      n == 0 ? "connection closed by server" : std::strerror(errno));
+  }
+
+  // False when the connection is broken.
+  bool write_all(const char *data, size_t size) {
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+    if (ssl_) return tls_write_all(data, size);
+#endif
+    return detail::write_all(fd_, data, size);
+  }
+
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+  // Client handshake (before the reader and writer threads use the socket), verifying the
+  // certificate chain and that it names `host` (a DNS name, also sent as SNI, or an IP
+  // address). Throws nats::Error(connect) with the reason.
+  void start_tls(const nats::Options &opts, const std::string &host, std::chrono::steady_clock::time_point deadline);
+#endif
+
+private:
+  bool wait_for(short events, std::chrono::milliseconds timeout) {
+    pollfd pfd{fd_, events, 0};
+    return ::poll(&pfd, 1, static_cast<int>(std::max<long long>(0, timeout.count()))) > 0;
+  }
+
+  int fd_;
+
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+  // Bounds a wait for the socket during TLS I/O; the call is then simply tried again.
+  static constexpr std::chrono::milliseconds kTlsRetryWait{100};
+
+  size_t tls_read_some(char *buf, size_t size) {
+    int n, error, sys_errno;
+    {
+      std::lock_guard<std::mutex> lk(tls_mu_);
+      ERR_clear_error();
+      n = SSL_read(ssl_, buf, static_cast<int>(std::min<size_t>(size, INT_MAX)));
+      error = n > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl_, n);
+      sys_errno = errno;
+    }
+    if (n > 0) return static_cast<size_t>(n);
+    if (error == SSL_ERROR_WANT_READ) return 0;
+    if (error == SSL_ERROR_WANT_WRITE) {  // TLS has to send something first (a key update)
+      wait_for(POLLOUT, kTlsRetryWait);
+      return 0;
+    }
+    throw nats::Error(nats::Error::Kind::disconnected, tls_failure(error, sys_errno));
+  }
+
+  bool tls_write_all(const char *data, size_t size) {
+    while (size > 0) {
+      int n, error;
+      {
+        std::lock_guard<std::mutex> lk(tls_mu_);
+        ERR_clear_error();
+        n = SSL_write(ssl_, data, static_cast<int>(std::min<size_t>(size, INT_MAX)));
+        error = n > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl_, n);
+      }
+      if (n > 0) {
+        data += n;
+        size -= static_cast<size_t>(n);
+      } else if (error == SSL_ERROR_WANT_WRITE) {
+        wait_for(POLLOUT, kTlsRetryWait);
+      } else if (error == SSL_ERROR_WANT_READ) {
+        wait_for(POLLIN, kTlsRetryWait);
+      } else {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  SSL *ssl_ = nullptr;
+  std::mutex tls_mu_;
+#endif
+};
+
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+inline void NatsSocket::start_tls(const nats::Options &opts, const std::string &host,
+                                  std::chrono::steady_clock::time_point deadline) {
+  auto fail = [](const std::string &why) { throw nats::Error(nats::Error::Kind::connect, why); };
+  auto ctx = new_tls_context(opts);
+  ERR_clear_error();
+  ssl_ = SSL_new(ctx.get());  // holds its own reference to the context
+  BIO *bio = ssl_ ? BIO_new(nosigpipe_socket_bio()) : nullptr;
+  if (!bio) fail("cannot create a TLS connection: " + openssl_reason());
+  BIO_set_data(bio, &fd_);
+  SSL_set_bio(ssl_, bio, bio);
+  in6_addr ip;
+  bool is_ip = ::inet_pton(AF_INET, host.c_str(), &ip) == 1 || ::inet_pton(AF_INET6, host.c_str(), &ip) == 1;
+  if (is_ip) {
+    X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl_), host.c_str());
+  } else {
+    SSL_set_tlsext_host_name(ssl_, host.c_str());  // SNI is for names only (RFC 6066)
+    SSL_set1_host(ssl_, host.c_str());
+  }
+  ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL, 0) | O_NONBLOCK);
+  while (true) {
+    ERR_clear_error();
+    int rc = SSL_connect(ssl_);
+    if (rc == 1) return;
+    int error = SSL_get_error(ssl_, rc);
+    int sys_errno = errno;
+    if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) fail("TLS handshake timed out");
+      wait_for(error == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, left);
+      continue;
+    }
+    long verify = SSL_get_verify_result(ssl_);
+    if (verify != X509_V_OK)
+      fail(std::string("server certificate verification failed: ") + X509_verify_cert_error_string(verify));
+    fail("TLS handshake failed: " + tls_failure(error, sys_errno));
+  }
+}
+#endif
+
+// Incremental parser of the server-to-client protocol. Never assumes that one read is
+// one message: bytes are appended and complete operations are taken off the front.
+class NatsParser {
+public:
+  struct Events {
+    std::function<void(nats::Message &, uint64_t sid)> msg;
+    std::function<void(const std::string &)> info;
+    std::function<void()> ping, pong, ok;
+    std::function<void(const std::string &)> err;
+  };
+
+  explicit NatsParser(Events events) : ev_(std::move(events)) {}
+
+  // Throws nats::Error(protocol) on bytes that are not the NATS protocol.
+  void feed(const char *data, size_t size) {
+    buf_.append(data, size);
+    while (step()) {
+    }
+    if (pos_ > 0 && (pos_ == buf_.size() || pos_ > 64 * 1024)) {
+      buf_.erase(0, pos_);
+      pos_ = 0;
+    }
+  }
+
+  void reset() {
+    buf_.clear();
+    pos_ = 0;
+    pending_ = false;
+  }
+
+private:
+  static constexpr size_t kMaxControlLine = WRPC_HTTP_NATS_MAX_CONTROL_LINE;
+
+  [[noreturn]] static void fail(const std::string &why) {
+    throw nats::Error(nats::Error::Kind::protocol, "NATS protocol error: " + why);
+  }
+
+  static uint64_t parse_size(const std::string &s) {
+    if (s.empty() || s.size() > 12 || s.find_first_not_of("0123456789") != std::string::npos)
+      fail("bad size '" + s + "'");
+    return std::stoull(s);
+  }
+
+  // Returns true when an operation was consumed and another may follow.
+  bool step() {
+    if (pending_) return take_payload();
+    auto eol = buf_.find("\r\n", pos_);
+    if (eol == std::string::npos) {
+      if (buf_.size() - pos_ > kMaxControlLine) fail("control line too long");
+      return false;
+    }
+    std::string line = buf_.substr(pos_, eol - pos_);
+    pos_ = eol + 2;
+    auto space = line.find_first_of(" \t");
+    std::string op = line.substr(0, space);
+    for (auto &c : op) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    // Blanks may also trail the operation ("PING \r\n"): then there are no arguments.
+    auto args_start = line.find_first_not_of(" \t", space);
+    std::string args = args_start == std::string::npos ? "" : line.substr(args_start);
+    if (op == "MSG" || op == "HMSG") {
+      start_message(op == "HMSG", args);
+      return take_payload();
+    }
+    if (op == "PING") {
+      ev_.ping();
+    } else if (op == "PONG") {
+      ev_.pong();
+    } else if (op == "+OK") {
+      ev_.ok();
+    } else if (op == "-ERR") {
+      ev_.err(args);
+    } else if (op == "INFO") {
+      ev_.info(args);
+    } else {
+      fail("unknown operation '" + op.substr(0, 16) + "'");
+    }
+    return true;
+  }
+
+  void start_message(bool with_headers, const std::string &args) {
+    std::vector<std::string> fields;
+    for (size_t at = 0; (at = args.find_first_not_of(" \t", at)) != std::string::npos;) {
+      size_t end = args.find_first_of(" \t", at);
+      fields.push_back(args.substr(at, end - at));
+      at = end;
+    }
+    size_t need = with_headers ? 4 : 3;
+    if (fields.size() != need && fields.size() != need + 1) fail("bad MSG arguments");
+    msg_ = nats::Message{};
+    msg_.subject = fields[0];
+    sid_ = parse_size(fields[1]);
+    if (fields.size() == need + 1) msg_.reply = fields[2];
+    total_ = parse_size(fields.back());
+    // A server never sends more than its max_payload; a hostile one must not make us buffer GiBs.
+    if (total_ > WRPC_HTTP_NATS_MAX_MESSAGE_BYTES) fail("message larger than WRPC_HTTP_NATS_MAX_MESSAGE_BYTES");
+    header_size_ = with_headers ? parse_size(fields[fields.size() - 2]) : 0;
+    if (header_size_ > total_) fail("header size larger than message");
+    pending_ = true;
+  }
+
+  bool take_payload() {
+    if (buf_.size() - pos_ < total_ + 2) return false;
+    if (buf_.compare(pos_ + total_, 2, "\r\n") != 0) fail("message not terminated by CRLF");
+    if (header_size_ > 0) parse_headers(buf_.data() + pos_, header_size_);
+    msg_.data.assign(buf_, pos_ + header_size_, total_ - header_size_);
+    pos_ += total_ + 2;
+    pending_ = false;
+    ev_.msg(msg_, sid_);
+    return true;
+  }
+
+  // `NATS/1.0[ status[ text]]\r\n(Name: value\r\n)*\r\n`
+  void parse_headers(const char *data, size_t size) {
+    std::string block(data, size);
+    if (block.compare(0, 8, "NATS/1.0") != 0) fail("header block without NATS/1.0");
+    auto eol = block.find("\r\n");
+    if (eol == std::string::npos) fail("header block without CRLF");
+    std::string status_line = block.substr(8, eol - 8);
+    auto first = status_line.find_first_not_of(' ');
+    if (first != std::string::npos) {
+      status_line = status_line.substr(first);
+      auto sp = status_line.find(' ');
+      std::string code = status_line.substr(0, sp);
+      if (code.size() != 3 || code.find_first_not_of("0123456789") != std::string::npos) fail("bad status");
+      msg_.status = std::stoi(code);
+      if (sp != std::string::npos) msg_.status_text = status_line.substr(sp + 1);
+    }
+    size_t pos = eol + 2;
+    while (pos < block.size()) {
+      auto line_end = block.find("\r\n", pos);
+      if (line_end == std::string::npos) line_end = block.size();
+      if (line_end == pos) break;  // blank line ends the block
+      std::string line = block.substr(pos, line_end - pos);
+      auto colon = line.find(':');
+      if (colon == std::string::npos) fail("header line without ':'");
+      auto value_start = line.find_first_not_of(' ', colon + 1);
+      msg_.headers.emplace_back(line.substr(0, colon),
+                                value_start == std::string::npos ? "" : line.substr(value_start));
+      pos = line_end + 2;
+    }
+  }
+
+  Events ev_;
+  std::string buf_;
+  size_t pos_ = 0;
+  bool pending_ = false;
+  nats::Message msg_;
+  uint64_t sid_ = 0;
+  size_t total_ = 0, header_size_ = 0;
+};
+
+inline std::string nats_header_block(const nats::Headers &headers) {
+  std::string block = "NATS/1.0\r\n";
+  for (auto &h : headers) block += h.first + ": " + h.second + "\r\n";
+  block += "\r\n";
+  return block;
+}
+
+}  // namespace detail
+
+namespace nats {
+
+inline std::string Message::header(const std::string &name) const {
+  for (auto &h : headers)
+    if (detail::iequals(h.first, name)) return h.second;
+  return "";
+}
+
+inline void Batch::publish(const std::string &subject, const char *data, size_t size, const std::string &reply,
+                           const Headers *headers) {
+  if (!detail::valid_subject(subject, false)) throw Error(Error::Kind::protocol, "invalid subject '" + subject + "'");
+  std::string header_block = headers && !headers->empty() ? detail::nats_header_block(*headers) : "";
+  size_t total = header_block.size() + size;
+  if (total > max_payload_)
+    throw Error(Error::Kind::payload_too_large, "message of " + std::to_string(total) +
+                                                    " bytes exceeds the server's max_payload of " +
+                                                    std::to_string(max_payload_));
+  if (header_block.empty()) {
+    wire_ += "PUB " + subject + " ";
+    if (!reply.empty()) wire_ += reply + " ";
+    wire_ += std::to_string(size) + "\r\n";
+  } else {
+    wire_ += "HPUB " + subject + " ";
+    if (!reply.empty()) wire_ += reply + " ";
+    wire_ += std::to_string(header_block.size()) + " " + std::to_string(total) + "\r\n";
+    wire_ += header_block;
+  }
+  wire_.append(data, size);
+  wire_ += "\r\n";
+}
+
+inline Client::Client(Options options) : opts_(std::move(options)) {
+  for (auto &u : detail::split(opts_.url.empty() ? "nats://127.0.0.1:4222" : opts_.url, ',')) {
+    if (!u.empty()) urls_.push_back(u);
+  }
+  for (auto &u : urls_) detail::parse_nats_url(u);  // reject bad URLs up front
+  inbox_prefix_ = "_INBOX." + detail::random_token(22);
+}
+
+inline Client::~Client() { close(); }
+
+inline void Client::connect() {
+  if (reader_.joinable()) throw Error(Error::Kind::connect, "already connected");
+  std::string errors;
+  for (size_t i = 0; i < urls_.size(); ++i) {
+    url_index_ = i;
+    try {
+      socket_ = open_connection();
+      errors.clear();
+      break;
+    } catch (const Error &e) {
+      errors += (errors.empty() ? "" : "; ") + std::string(e.what());
+    }
+  }
+  if (!errors.empty()) throw Error(Error::Kind::connect, errors);
+  {
+    std::lock_guard<std::mutex> lk(subs_mu_);
+    inbox_sid_ = next_sid_++;
+    auto sub = std::make_shared<Subscription>();
+    sub->subject = inbox_prefix_ + ".>";
+    sub->handler = [this](Message &m) { dispatch_inbox(m); };
+    subs_[inbox_sid_] = sub;
+    std::string wire = "SUB " + sub->subject + " " + std::to_string(inbox_sid_) + "\r\n";
+    if (!socket_->write_all(wire.data(), wire.size()))
+      throw Error(Error::Kind::connect, "connection lost while subscribing");
+  }
+  connected_ = true;
+  writer_ = std::thread([this] { writer_loop(); });
+  reader_ = std::thread([this] { reader_loop(); });
+}
+
+// Opens the socket to urls_[url_index_], reads INFO (always in plain text), switches to
+// TLS when the URL or the server asks for it, sends CONNECT and waits for the server to
+// accept it (PONG) or refuse it (-ERR). Returns the handshaken connection.
+inline std::unique_ptr<detail::NatsSocket> Client::open_connection() {
+  auto url = detail::parse_nats_url(urls_[url_index_]);
+  auto socket = std::make_unique<detail::NatsSocket>(detail::tcp_connect(url.host, url.port, opts_.connect_timeout));
+  auto fail = [&](const std::string &why) {
+    throw Error(Error::Kind::connect, "NATS handshake with " + url.host + ":" + url.port + " failed: " + why);
+  };
+  auto deadline = std::chrono::steady_clock::now() + opts_.connect_timeout;
+  std::string info_json, err_text;
+  bool got_pong = false;
+  detail::NatsParser parser({[](Message &, uint64_t) {}, [&](const std::string &j) { info_json = j; },
+                             [&] { socket->write_all("PONG\r\n", 6); }, [&] { got_pong = true; }, [] {},
+                             [&](const std::string &e) { err_text = e; }});
+  auto read_until = [&](const std::function<bool()> &done) {
+    char buf[4096];
+    while (!done()) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) fail("timed out");
+      if (!socket->wait_readable(left)) continue;
+      try {
+        parser.feed(buf, socket->read_some(buf, sizeof(buf)));
+      } catch (const Error &e) {
+        fail(err_text.empty() ? e.what() : err_text);  // a server's -ERR says more than the close after it
+      }
+    }
+  };
+  read_until([&] { return !info_json.empty() || !err_text.empty(); });
+  if (!err_text.empty()) fail(err_text);
+  auto info = handle_info(info_json);
+
+  // As in the Go client: a server that requires TLS upgrades a nats:// URL (verifying it
+  // as always, so without its CA in tls_ca_file or the system store this fails); a tls://
+  // URL insists on TLS.
+  auto info_flag = [&](const char *key) { return info.contains(key) && info[key] == true; };
+  bool server_requires_tls = info_flag("tls_required");
+  if (url.tls && !server_requires_tls && !info_flag("tls_available"))
+    fail("the URL asks for TLS (tls://) but the server does not offer it");
+  bool use_tls = url.tls || server_requires_tls;
+  if (use_tls) {
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+    try {
+      socket->start_tls(opts_, url.host, deadline);
+    } catch (const Error &e) {
+      fail(e.what());
+    }
+#else
+    fail(std::string(url.tls ? "a tls:// URL" : "this server requires TLS, which") +
+         " needs WRPC_HTTP_OPENSSL_SUPPORT");
+#endif
+  }
+
+  nlohmann::json connect_json = {{"verbose", false},   {"pedantic", false},      {"headers", true},
+                                 {"no_responders", true}, {"name", opts_.name}, {"lang", "cpp"},
+                                 {"version", WRPC_HTTP_VERSION}, {"protocol", 1},   {"tls_required", use_tls}};
+  if (!url.user.empty()) {
+    connect_json["user"] = url.user;
+    connect_json["pass"] = url.password;
+  }
+  if (!url.token.empty()) connect_json["auth_token"] = url.token;
+  if (!opts_.user_seed.empty()) {
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+    connect_json["sig"] = detail::nkeys::sign_nonce(opts_.user_seed, nonce_);
+    if (!opts_.user_jwt.empty()) {
+      connect_json["jwt"] = opts_.user_jwt;
+    } else {
+      connect_json["nkey"] = detail::nkeys::public_key_from_seed(opts_.user_seed);
+    }
+#else
+    fail("nkey/JWT authentication needs WRPC_HTTP_OPENSSL_SUPPORT");
+#endif
+  }
+  std::string hello = "CONNECT " + connect_json.dump() + "\r\nPING\r\n";
+  if (!socket->write_all(hello.data(), hello.size())) fail("write failed");
+  read_until([&] { return got_pong || !err_text.empty(); });
+  if (!err_text.empty()) fail(err_text);
+  return socket;
+}
+
+inline nlohmann::json Client::handle_info(const std::string &json) {
+  try {
+    auto info = nlohmann::json::parse(json);
+    if (info.contains("max_payload") && info["max_payload"].is_number_unsigned())
+      max_payload_ = info["max_payload"].get<size_t>();
+    nonce_ = info.value("nonce", std::string());
+    return info;
+  } catch (const nlohmann::json::exception &e) {
+    throw Error(Error::Kind::protocol, std::string("bad INFO from server: ") + e.what());
+  }
+}
+
+inline void Client::close() {
+  std::lock_guard<std::mutex> close_lock(close_mu_);
+  if (closing_) return;
+  if (connected_) {
+    // Drain: unsubscribe everything, then a PING whose PONG proves the server has seen all
+    // that was published before.
+    std::string wire;
+    {
+      std::lock_guard<std::mutex> lk(subs_mu_);
+      for (auto &s : subs_) wire += "UNSUB " + std::to_string(s.first) + "\r\n";
+    }
+    try {
+      if (!wire.empty()) enqueue(std::move(wire));
+      flush(std::chrono::milliseconds(2000));
+    } catch (const Error &e) {
+      log(LogLevel::debug, std::string("drain on close: ") + e.what());
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lk(out_mu_);
+    closing_ = true;
+    connected_ = false;
+    if (socket_) socket_->shutdown();
+  }
+  out_cv_.notify_all();
+  space_cv_.notify_all();
+  pong_cv_.notify_all();
+  if (reader_.joinable()) reader_.join();
+  if (writer_.joinable()) writer_.join();
+  {
+    // A publisher may still be in write_pending() with the socket: let it fail out first.
+    std::unique_lock<std::mutex> lk(out_mu_);
+    out_cv_.wait(lk, [&] { return !writer_busy_; });
+  }
+  socket_.reset();
+  std::unordered_map<std::string, std::shared_ptr<InboxHandler>> orphans;
+  {
+    std::lock_guard<std::mutex> lk(inbox_mu_);
+    orphans.swap(inboxes_);
+  }
+  for (auto &o : orphans)
+    if (o.second->on_disconnected) o.second->on_disconnected();
+}
+
+inline void Client::enqueue(std::string &&wire) {
+  std::unique_lock<std::mutex> lk(out_mu_);
+  if (!connected_) throw Error(Error::Kind::disconnected, "not connected to NATS");
+  if (out_buf_.size() + wire.size() > opts_.max_pending_bytes && !out_buf_.empty()) {
+    bool room = space_cv_.wait_for(lk, opts_.pending_wait, [&] {
+      return !connected_ || out_buf_.size() + wire.size() <= opts_.max_pending_bytes || out_buf_.empty();
+    });
+    if (!connected_) throw Error(Error::Kind::disconnected, "not connected to NATS");
+    if (!room) throw Error(Error::Kind::timeout, "NATS write buffer full (server not reading)");
+  }
+  if (out_buf_.empty()) {
+    out_buf_ = std::move(wire);
+  } else {
+    out_buf_ += wire;
+  }
+  // Nobody writing: write now, on this thread, saving a hand-off to the writer thread. While
+  // a write is under way, what others publish gathers in out_buf_ and leaves in one send.
+  if (!writer_busy_) write_pending(lk);
+}
+
+// With out_mu_ held and no write under way: sends out_buf_, releasing the lock meanwhile.
+inline void Client::write_pending(std::unique_lock<std::mutex> &lk) {
+  std::string chunk;
+  chunk.swap(out_buf_);
+  writer_busy_ = true;
+  detail::NatsSocket *socket = socket_.get();
+  lk.unlock();
+  space_cv_.notify_all();
+  bool ok = socket->write_all(chunk.data(), chunk.size());
+  lk.lock();
+  writer_busy_ = false;
+  // A failed write means the connection is gone; the reader sees it too and reconnects.
+  if (!ok && socket_.get() == socket) socket->shutdown();
+  out_cv_.notify_all();  // the writer thread takes what gathered meanwhile
+}
+
+inline void Client::writer_loop() {
+  std::unique_lock<std::mutex> lk(out_mu_);
+  while (!closing_ || (connected_ && !out_buf_.empty())) {
+    out_cv_.wait(lk, [&] { return !writer_busy_ && (closing_ || (connected_ && !out_buf_.empty())); });
+    if (!connected_ || out_buf_.empty()) {
+      if (closing_) break;
+      continue;
+    }
+    write_pending(lk);
+  }
+}
+
+inline void Client::publish(const std::string &subject, const std::string &data, const std::string &reply,
+                            const Headers *headers) {
+  Batch b = batch();
+  b.publish(subject, data, reply, headers);
+  send(b);
+}
+
+inline void Client::send(Batch &batch) {
+  if (closing_) throw Error(Error::Kind::closed, "NATS client is closed");
+  if (!batch.empty()) enqueue(batch.take());
+}
+
+inline uint64_t Client::subscribe(const std::string &subject, MessageHandler handler, const std::string &queue) {
+  if (!detail::valid_subject(subject, true)) throw Error(Error::Kind::protocol, "invalid subject '" + subject + "'");
+  std::lock_guard<std::mutex> lk(subs_mu_);
+  uint64_t sid = next_sid_++;
+  auto sub = std::make_shared<Subscription>();
+  sub->subject = subject;
+  sub->queue = queue;
+  sub->handler = std::move(handler);
+  subs_[sid] = sub;
+  std::string wire = "SUB " + subject + (queue.empty() ? "" : " " + queue) + " " + std::to_string(sid) + "\r\n";
+  // While disconnected the subscription is only recorded; reconnect() sends it.
+  try {
+    enqueue(std::move(wire));
+  } catch (const Error &e) {
+    if (e.kind() != Error::Kind::disconnected) throw;
+  }
+  return sid;
+}
+
+inline void Client::unsubscribe(uint64_t sid, unsigned max_messages) {
+  {
+    std::lock_guard<std::mutex> lk(subs_mu_);
+    auto it = subs_.find(sid);
+    if (it == subs_.end()) return;
+    if (max_messages == 0 || it->second->received >= max_messages) {
+      subs_.erase(it);
+    } else {
+      it->second->max_messages = max_messages;
+    }
+  }
+  try {
+    enqueue("UNSUB " + std::to_string(sid) + (max_messages ? " " + std::to_string(max_messages) : "") + "\r\n");
+  } catch (const Error &e) {
+    if (e.kind() != Error::Kind::disconnected) throw;
+  }
+}
+
+inline std::string Client::next_inbox_token() {
+  // Counter-based tokens are unique per connection and cheap; the prefix is random.
+  return std::to_string(next_token_.fetch_add(1));
+}
+
+inline std::string Client::register_inbox(const std::string &token, InboxHandler handler) {
+  std::lock_guard<std::mutex> lk(inbox_mu_);
+  inboxes_[token] = std::make_shared<InboxHandler>(std::move(handler));
+  return inbox_prefix_ + "." + token;
+}
+
+inline void Client::release_inbox(const std::string &token) {
+  std::lock_guard<std::mutex> lk(inbox_mu_);
+  inboxes_.erase(token);
+}
+
+inline Message Client::request(const std::string &subject, const std::string &data,
+                               std::chrono::milliseconds timeout, const Headers *headers) {
+  struct State {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false, lost = false;
+    Message reply;
+  };
+  auto state = std::make_shared<State>();
+  std::string token = next_inbox_token();
+  InboxHandler handler;
+  handler.on_message = [state](const std::string &suffix, Message &m) {
+    if (!suffix.empty()) return;
+    std::lock_guard<std::mutex> lk(state->mu);
+    if (state->done) return;
+    state->reply = std::move(m);
+    state->done = true;
+    state->cv.notify_all();
+  };
+  handler.on_disconnected = [state] {
+    std::lock_guard<std::mutex> lk(state->mu);
+    state->lost = true;
+    state->cv.notify_all();
+  };
+  std::string reply_to = register_inbox(token, std::move(handler));
+  struct Release {
+    Client *c;
+    std::string t;
+    ~Release() { c->release_inbox(t); }
+  } release{this, token};
+  Batch b = batch();
+  b.publish(subject, data, reply_to, headers);
+  send(b);
+  std::unique_lock<std::mutex> lk(state->mu);
+  if (!state->cv.wait_for(lk, timeout, [&] { return state->done || state->lost; }))
+    throw Error(Error::Kind::timeout, "request on '" + subject + "' timed out");
+  if (!state->done) throw Error(Error::Kind::disconnected, "connection lost while waiting for a reply");
+  if (state->reply.no_responders()) throw Error(Error::Kind::no_responders, "no responders on '" + subject + "'");
+  return std::move(state->reply);
+}
+
+inline void Client::flush(std::chrono::milliseconds timeout) {
+  uint64_t target;
+  {
+    std::lock_guard<std::mutex> lk(pong_mu_);
+    target = ++pings_sent_;
+  }
+  enqueue("PING\r\n");
+  std::unique_lock<std::mutex> lk(pong_mu_);
+  if (!pong_cv_.wait_for(lk, timeout, [&] { return pongs_received_ >= target || !connected_; }))
+    throw Error(Error::Kind::timeout, "flush timed out");
+  if (pongs_received_ < target) throw Error(Error::Kind::disconnected, "connection lost during flush");
+}
+
+inline void Client::dispatch(Message &msg, uint64_t sid) {
+  std::shared_ptr<Subscription> sub;
+  {
+    std::lock_guard<std::mutex> lk(subs_mu_);
+    auto it = subs_.find(sid);
+    if (it == subs_.end()) return;  // unsubscribed while in flight
+    sub = it->second;
+    if (sub->max_messages && ++sub->received >= sub->max_messages) subs_.erase(it);
+  }
+  try {
+    sub->handler(msg);
+  } catch (const std::exception &e) {
+    log(LogLevel::error, "handler for '" + sub->subject + "' threw: " + e.what());
+  }
+}
+
+inline void Client::dispatch_inbox(Message &msg) {
+  // `_INBOX.<random>.<token>[.<suffix>]`
+  size_t token_start = inbox_prefix_.size() + 1;
+  if (msg.subject.size() <= token_start) return;
+  size_t token_end = msg.subject.find('.', token_start);
+  std::string token = msg.subject.substr(token_start, token_end - token_start);
+  std::string suffix = token_end == std::string::npos ? "" : msg.subject.substr(token_end);
+  std::shared_ptr<InboxHandler> handler;
+  {
+    std::lock_guard<std::mutex> lk(inbox_mu_);
+    auto it = inboxes_.find(token);
+    if (it == inboxes_.end()) return;  // late reply for a finished call: dropped
+    handler = it->second;
+  }
+  handler->on_message(suffix, msg);
+}
+
+inline void Client::reader_loop() {
+  detail::NatsParser parser({[this](Message &m, uint64_t sid) { dispatch(m, sid); },
+                             [this](const std::string &j) { handle_info(j); },
+                             [this] {
+                               try {
+                                 enqueue("PONG\r\n");
+                               } catch (const Error &) {
+                               }
+                             },
+                             [this] {
+                               pings_out_ = 0;
+                               std::lock_guard<std::mutex> lk(pong_mu_);
+                               ++pongs_received_;
+                               pong_cv_.notify_all();
+                             },
+                             [] {},
+                             [this](const std::string &e) { log(LogLevel::warn, "NATS server error: " + e); }});
+  std::vector<char> buf(64 * 1024);
+  auto last_ping = std::chrono::steady_clock::now();
+  while (!closing_) {
+    std::string lost_reason;
+    if (socket_->wait_readable(std::chrono::milliseconds(250))) {
+      try {
+        size_t n = socket_->read_some(buf.data(), buf.size());
+        if (n > 0) parser.feed(buf.data(), n);
+      } catch (const Error &e) {
+        lost_reason = e.what();
+      }
+    }
+    auto now = std::chrono::steady_clock::now();
+    if (lost_reason.empty() && now - last_ping >= opts_.ping_interval) {
+      last_ping = now;
+      if (pings_out_ >= opts_.max_pings_out) {
+        lost_reason = "server did not answer pings (stale connection)";
+      } else {
+        ++pings_out_;
+        try {
+          enqueue("PING\r\n");
+        } catch (const Error &) {
+        }
+      }
+    }
+    if (lost_reason.empty()) continue;
+    if (closing_) break;
+    lost_connection(lost_reason);
+    parser.reset();
+    if (!reconnect()) break;
+    last_ping = std::chrono::steady_clock::now();
+  }
+}
+
+// Marks the connection down, drops unsent bytes (they belonged to calls that now fail) and
+// tells every waiting inbox, so that no caller waits for a reply that cannot come.
+inline void Client::lost_connection(const std::string &why) {
+  log(LogLevel::warn, "NATS connection lost: " + why);
+  {
+    std::unique_lock<std::mutex> lk(out_mu_);
+    connected_ = false;
+    socket_->shutdown();
+    out_cv_.wait(lk, [&] { return !writer_busy_; });
+    socket_.reset();
+    out_buf_.clear();
+  }
+  space_cv_.notify_all();
+  pong_cv_.notify_all();
+  pings_out_ = 0;
+  std::vector<std::shared_ptr<InboxHandler>> waiting;
+  {
+    std::lock_guard<std::mutex> lk(inbox_mu_);
+    for (auto &i : inboxes_) waiting.push_back(i.second);
+  }
+  for (auto &w : waiting)
+    if (w->on_disconnected) w->on_disconnected();
+  if (opts_.on_disconnected) opts_.on_disconnected();
+}
+
+// Retries with exponential backoff and jitter until connected, close() or the attempt
+// limit. Restores every subscription before publishers may write again.
+inline bool Client::reconnect() {
+  std::mt19937_64 rng{std::random_device{}()};
+  auto wait = opts_.reconnect_wait_min;
+  for (int attempt = 1; !closing_; ++attempt) {
+    if (opts_.max_reconnect_attempts >= 0 && attempt > opts_.max_reconnect_attempts) {
+      log(LogLevel::error, "giving up reconnecting to NATS");
+      return false;
+    }
+    std::uniform_int_distribution<long> jitter(0, wait.count() / 2 + 1);
+    auto sleep_for = wait + std::chrono::milliseconds(jitter(rng));
+    for (auto slept = std::chrono::milliseconds(0); slept < sleep_for && !closing_;
+         slept += std::chrono::milliseconds(10))
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (closing_) return false;
+    wait = std::min(wait * 2, opts_.reconnect_wait_max);
+    url_index_ = (url_index_ + (attempt > 1 ? 1 : 0)) % urls_.size();
+    std::unique_ptr<detail::NatsSocket> socket;
+    try {
+      socket = open_connection();
+    } catch (const Error &e) {
+      log(LogLevel::debug, std::string("reconnect attempt ") + std::to_string(attempt) + ": " + e.what());
+      continue;
+    }
+    {
+      // Holding subs_mu_ until connected_ is set: a concurrent subscribe() either is in
+      // this list or waits and then sends its own SUB on the new connection.
+      std::lock_guard<std::mutex> subs_lock(subs_mu_);
+      std::string wire;
+      for (auto &s : subs_)
+        wire += "SUB " + s.second->subject + (s.second->queue.empty() ? "" : " " + s.second->queue) + " " +
+                std::to_string(s.first) + "\r\n";
+      if (!socket->write_all(wire.data(), wire.size())) continue;
+      std::lock_guard<std::mutex> lk(out_mu_);
+      socket_ = std::move(socket);
+      connected_ = true;
+    }
+    log(LogLevel::info, "NATS reconnected after " + std::to_string(attempt) + " attempt(s)");
+    if (opts_.on_reconnected) opts_.on_reconnected();
+    return true;
+  }
+  return false;
+}
+
+}  // namespace nats
+}  // namespace wrpc_http
+
+// ---- wRPC codec ----
+//
+// Values of wrpc:http/incoming-handler@0.1.0.handle in the component-model value encoding
+// that wRPC puts on the wire (LEB128 integers, length-prefixed strings and lists, one-byte
+// option/result/bool tags, LEB128 variant discriminants, fields of records in order).
+//
+// Encoders append to a std::string. Decoders never throw and never read past their input:
+// they report ok / need_more / error, because a value arrives split across NATS messages at
+// arbitrary byte offsets and a peer may send garbage.
+
+namespace wrpc_http {
+
+// ---------------------------------------------------------------------------------------
+// wasi:http@0.2.0 types as carried by wrpc:http@0.1.0
+// ---------------------------------------------------------------------------------------
+
+// Discriminants 0..9 of wasi:http `method`, in order.
+enum class MethodKind { get, head, post, put, delete_, connect, options, trace, patch, other };
+
+struct Method {
+  MethodKind kind = MethodKind::get;
+  std::string other;  // the method text when kind == other
+};
+
+// Discriminants 0..2 of wasi:http `scheme`, in order.
+enum class SchemeKind { http, https, other };
+
+struct Scheme {
+  SchemeKind kind = SchemeKind::http;
+  std::string other;  // the scheme text when kind == other
+};
+
+// A header or trailer section: each name once, with all of its values in order. Values are
+// raw bytes (wire type list<u8>) held in std::string.
+using Fields = std::vector<std::pair<std::string, std::vector<std::string>>>;
+
+struct RequestHead {
+  Method method;
+  std::optional<std::string> path_with_query;
+  std::optional<Scheme> scheme;
+  std::optional<std::string> authority;
+  Fields headers;
+};
+
+struct ResponseHead {
+  uint16_t status = 200;
+  Fields headers;
+};
+
+// The 39 cases of wasi:http@0.2.0 `error-code`; the value of each is its wire discriminant.
+enum class ErrorCase : uint32_t {
+  dns_timeout,
+  dns_error,
+  destination_not_found,
+  destination_unavailable,
+  destination_ip_prohibited,
+  destination_ip_unroutable,
+  connection_refused,
+  connection_terminated,
+  connection_timeout,
+  connection_read_timeout,
+  connection_write_timeout,
+  connection_limit_reached,
+  tls_protocol_error,
+  tls_certificate_error,
+  tls_alert_received,
+  http_request_denied,
+  http_request_length_required,
+  http_request_body_size,
+  http_request_method_invalid,
+  http_request_uri_invalid,
+  http_request_uri_too_long,
+  http_request_header_section_size,
+  http_request_header_size,
+  http_request_trailer_section_size,
+  http_request_trailer_size,
+  http_response_incomplete,
+  http_response_header_section_size,
+  http_response_header_size,
+  http_response_body_size,
+  http_response_trailer_section_size,
+  http_response_trailer_size,
+  http_response_transfer_coding,
+  http_response_content_coding,
+  http_response_timeout,
+  http_upgrade_failed,
+  http_protocol_error,
+  loop_detected,
+  configuration_error,
+  internal_error,
+};
+
+struct DnsErrorPayload {
+  std::optional<std::string> rcode;
+  std::optional<uint16_t> info_code;
+};
+
+struct TlsAlertReceivedPayload {
+  std::optional<uint8_t> alert_id;
+  std::optional<std::string> alert_message;
+};
+
+struct FieldSizePayload {
+  std::optional<std::string> field_name;
+  std::optional<uint32_t> field_size;
+};
+
+// A wasi:http `error-code` value. The payload is kept structured so that every case encodes
+// back to exactly the bytes it was decoded from. Only the member that matches the case's
+// payload type is meaningful:
+//   DNS-error                                     -> dns_error
+//   TLS-alert-received                            -> tls_alert
+//   HTTP-request-header-size (option<...>), HTTP-request-trailer-size, HTTP-response-header-size,
+//   HTTP-response-trailer-size                    -> field_size (for the three non-optional cases
+//                                                    an empty field_size encodes as both fields none)
+//   HTTP-request/response-body-size (option<u64>), the four *-section-size cases (option<u32>,
+//                                                    larger values are clamped) -> size
+//   HTTP-response-transfer/content-coding, internal-error (option<string>) -> text
+// An index outside 0..38 behaves as internal-error everywhere, so the value stays encodable.
+struct ErrorCode {
+  uint32_t index = static_cast<uint32_t>(ErrorCase::internal_error);
+  DnsErrorPayload dns_error;
+  TlsAlertReceivedPayload tls_alert;
+  std::optional<FieldSizePayload> field_size;
+  std::optional<uint64_t> size;
+  std::optional<std::string> text;
+
+  ErrorCode() = default;
+  explicit ErrorCode(ErrorCase error_case) : index(static_cast<uint32_t>(error_case)) {}
+
+  static ErrorCode internal_error(std::string message) {
+    ErrorCode error(ErrorCase::internal_error);
+    error.text = std::move(message);
+    return error;
+  }
+
+  ErrorCase kind() const;
+  const char* name() const;   // the WIT case name, e.g. "internal-error", "HTTP-request-body-size"
+  int http_status() const;    // the status a gateway answers with (see the case table)
+  std::string message() const;  // name plus the payload parts that are present, for a text body
+};
+
+inline bool operator==(const Method& a, const Method& b) {
+  return a.kind == b.kind && a.other == b.other;
+}
+inline bool operator==(const Scheme& a, const Scheme& b) {
+  return a.kind == b.kind && a.other == b.other;
+}
+inline bool operator==(const RequestHead& a, const RequestHead& b) {
+  return a.method == b.method && a.path_with_query == b.path_with_query && a.scheme == b.scheme &&
+         a.authority == b.authority && a.headers == b.headers;
+}
+inline bool operator==(const ResponseHead& a, const ResponseHead& b) {
+  return a.status == b.status && a.headers == b.headers;
+}
+inline bool operator==(const DnsErrorPayload& a, const DnsErrorPayload& b) {
+  return a.rcode == b.rcode && a.info_code == b.info_code;
+}
+inline bool operator==(const TlsAlertReceivedPayload& a, const TlsAlertReceivedPayload& b) {
+  return a.alert_id == b.alert_id && a.alert_message == b.alert_message;
+}
+inline bool operator==(const FieldSizePayload& a, const FieldSizePayload& b) {
+  return a.field_name == b.field_name && a.field_size == b.field_size;
+}
+inline bool operator==(const ErrorCode& a, const ErrorCode& b) {
+  return a.index == b.index && a.dns_error == b.dns_error && a.tls_alert == b.tls_alert &&
+         a.field_size == b.field_size && a.size == b.size && a.text == b.text;
+}
+
+namespace detail {
+
+struct MethodName {
+  MethodKind kind;
+  const char* name;
+};
+
+inline constexpr MethodName method_names[] = {
+    {MethodKind::get, "GET"},         {MethodKind::head, "HEAD"},
+    {MethodKind::post, "POST"},       {MethodKind::put, "PUT"},
+    {MethodKind::delete_, "DELETE"},  {MethodKind::connect, "CONNECT"},
+    {MethodKind::options, "OPTIONS"}, {MethodKind::trace, "TRACE"},
+    {MethodKind::patch, "PATCH"},
+};
+
+// The wire type of each error-code case's payload.
+enum class ErrorPayload {
+  none,
+  dns_error,            // DNS-error-payload record
+  tls_alert,            // TLS-alert-received-payload record
+  optional_field_size,  // option<field-size-payload>
+  field_size,           // field-size-payload
+  optional_u32,
+  optional_u64,
+  optional_string,
+};
+
+struct ErrorCaseInfo {
+  const char* name;
+  ErrorPayload payload;
+  // Chosen for a gateway that reports the component's failure to its HTTP client:
+  // 502 when the upstream side (DNS, connection, TLS, a bad response) failed, 504 for
+  // timeouts, 503 when a connection limit is hit, 4xx when the error blames the request,
+  // 500 for the provider's own configuration or an internal error.
+  int http_status;
+};
+
+constexpr uint32_t error_case_count = 39;
+
+// Indexed by discriminant.
+inline constexpr ErrorCaseInfo error_cases[error_case_count] = {
+    {"DNS-timeout", ErrorPayload::none, 504},
+    {"DNS-error", ErrorPayload::dns_error, 502},
+    {"destination-not-found", ErrorPayload::none, 502},
+    {"destination-unavailable", ErrorPayload::none, 502},
+    {"destination-IP-prohibited", ErrorPayload::none, 502},
+    {"destination-IP-unroutable", ErrorPayload::none, 502},
+    {"connection-refused", ErrorPayload::none, 502},
+    {"connection-terminated", ErrorPayload::none, 502},
+    {"connection-timeout", ErrorPayload::none, 504},
+    {"connection-read-timeout", ErrorPayload::none, 504},
+    {"connection-write-timeout", ErrorPayload::none, 504},
+    {"connection-limit-reached", ErrorPayload::none, 503},
+    {"TLS-protocol-error", ErrorPayload::none, 502},
+    {"TLS-certificate-error", ErrorPayload::none, 502},
+    {"TLS-alert-received", ErrorPayload::tls_alert, 502},
+    {"HTTP-request-denied", ErrorPayload::none, 403},
+    {"HTTP-request-length-required", ErrorPayload::none, 411},
+    {"HTTP-request-body-size", ErrorPayload::optional_u64, 413},
+    // 400, not 405: "invalid" says the method is malformed, and a 405 would owe the client
+    // an Allow header that we cannot know.
+    {"HTTP-request-method-invalid", ErrorPayload::none, 400},
+    {"HTTP-request-URI-invalid", ErrorPayload::none, 400},
+    {"HTTP-request-URI-too-long", ErrorPayload::none, 414},
+    {"HTTP-request-header-section-size", ErrorPayload::optional_u32, 431},
+    {"HTTP-request-header-size", ErrorPayload::optional_field_size, 431},
+    // Trailers are header fields sent late, so they get the header-fields status too.
+    {"HTTP-request-trailer-section-size", ErrorPayload::optional_u32, 431},
+    {"HTTP-request-trailer-size", ErrorPayload::field_size, 431},
+    {"HTTP-response-incomplete", ErrorPayload::none, 502},
+    {"HTTP-response-header-section-size", ErrorPayload::optional_u32, 502},
+    {"HTTP-response-header-size", ErrorPayload::field_size, 502},
+    {"HTTP-response-body-size", ErrorPayload::optional_u64, 502},
+    {"HTTP-response-trailer-section-size", ErrorPayload::optional_u32, 502},
+    {"HTTP-response-trailer-size", ErrorPayload::field_size, 502},
+    {"HTTP-response-transfer-coding", ErrorPayload::optional_string, 502},
+    {"HTTP-response-content-coding", ErrorPayload::optional_string, 502},
+    {"HTTP-response-timeout", ErrorPayload::none, 504},
+    {"HTTP-upgrade-failed", ErrorPayload::none, 502},
+    {"HTTP-protocol-error", ErrorPayload::none, 502},
+    {"loop-detected", ErrorPayload::none, 508},
+    {"configuration-error", ErrorPayload::none, 500},
+    {"internal-error", ErrorPayload::optional_string, 500},
+};
+
+inline const ErrorCaseInfo& error_case_info(uint32_t index) {
+  return error_cases[index < error_case_count ? index
+                                              : static_cast<uint32_t>(ErrorCase::internal_error)];
+}
+
+}  // namespace detail
+
+inline Method method_from_string(const std::string& http_method) {
+  // Method names are case-sensitive (RFC 9110 9.1): "get" is an extension method, not GET.
+  for (const auto& known : detail::method_names) {
+    if (http_method == known.name) return Method{known.kind, std::string()};
+  }
+  return Method{MethodKind::other, http_method};
+}
+
+inline std::string to_string(const Method& method) {
+  for (const auto& known : detail::method_names) {
+    if (method.kind == known.kind) return known.name;
+  }
+  return method.other;
+}
+
+inline ErrorCase ErrorCode::kind() const {
+  return index < detail::error_case_count ? static_cast<ErrorCase>(index)
+                                          : ErrorCase::internal_error;
+}
+
+inline const char* ErrorCode::name() const { return detail::error_case_info(index).name; }
+
+inline int ErrorCode::http_status() const { return detail::error_case_info(index).http_status; }
+
+inline std::string ErrorCode::message() const {
+  std::string parts;
+  auto add = [&parts](const char* label, const std::string& value) {
+    parts += parts.empty() ? ": " : ", ";
+    if (label) parts += std::string(label) + "=";
+    parts += value;
+  };
+  auto add_field_size = [&add](const FieldSizePayload& payload) {
+    if (payload.field_name) add("field-name", *payload.field_name);
+    if (payload.field_size) add("field-size", std::to_string(*payload.field_size));
+  };
+  switch (detail::error_case_info(index).payload) {
+    case detail::ErrorPayload::none:
+      break;
+    case detail::ErrorPayload::dns_error:
+      if (dns_error.rcode) add("rcode", *dns_error.rcode);
+      if (dns_error.info_code) add("info-code", std::to_string(*dns_error.info_code));
+      break;
+    case detail::ErrorPayload::tls_alert:
+      if (tls_alert.alert_id) add("alert-id", std::to_string(*tls_alert.alert_id));
+      if (tls_alert.alert_message) add("alert-message", *tls_alert.alert_message);
+      break;
+    case detail::ErrorPayload::optional_field_size:
+    case detail::ErrorPayload::field_size:
+      if (field_size) add_field_size(*field_size);
+      break;
+    case detail::ErrorPayload::optional_u32:
+    case detail::ErrorPayload::optional_u64:
+      if (size) add(nullptr, std::to_string(*size));
+      break;
+    case detail::ErrorPayload::optional_string:
+      if (text) add(nullptr, *text);
+      break;
+  }
+  return name() + parts;
+}
+
+namespace detail {
+
+// ---------------------------------------------------------------------------------------
+// Encoding: every function appends one value to `out`.
+// ---------------------------------------------------------------------------------------
+
+inline void write_u8(std::string& out, uint8_t value) { out.push_back(static_cast<char>(value)); }
+
+inline void write_s8(std::string& out, int8_t value) { write_u8(out, static_cast<uint8_t>(value)); }
+
+inline void write_bool(std::string& out, bool value) { write_u8(out, value ? 1 : 0); }
+
+// Unsigned LEB128; serves u16, u32 and u64 (and list/string lengths and discriminants).
+inline void write_uleb(std::string& out, uint64_t value) {
+  do {
+    uint8_t byte = static_cast<uint8_t>(value & 0x7f);
+    value >>= 7;
+    if (value != 0) byte |= 0x80;
+    write_u8(out, byte);
+  } while (value != 0);
+}
+
+// Signed LEB128; serves s16, s32 and s64.
+inline void write_sleb(std::string& out, int64_t value) {
+  for (;;) {
+    uint8_t byte = static_cast<uint8_t>(value & 0x7f);
+    value >>= 7;  // arithmetic shift: keeps the sign
+    // Stop once the rest is pure sign extension that bit 6 of this byte already implies.
+    bool sign_bit = (byte & 0x40) != 0;
+    if ((value == 0 && !sign_bit) || (value == -1 && sign_bit)) {
+      write_u8(out, byte);
+      return;
+    }
+    write_u8(out, byte | 0x80);
+  }
+}
+
+template <class UnsignedInt>
+inline void write_little_endian(std::string& out, UnsignedInt value) {
+  for (size_t i = 0; i < sizeof(UnsignedInt); ++i) {
+    write_u8(out, static_cast<uint8_t>(value >> (8 * i)));
+  }
+}
+
+inline void write_f32(std::string& out, float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  write_little_endian(out, bits);
+}
+
+inline void write_f64(std::string& out, double value) {
+  uint64_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  write_little_endian(out, bits);
+}
+
+inline bool is_unicode_scalar(char32_t c) { return c <= 0x10FFFF && (c < 0xD800 || c > 0xDFFF); }
+
+// A `char` is one Unicode scalar value in UTF-8. A surrogate or out-of-range code point has no
+// encoding, so it is sent as U+FFFD rather than as bytes every peer would reject.
+inline void write_char(std::string& out, char32_t c) {
+  if (!is_unicode_scalar(c)) c = 0xFFFD;
+  if (c < 0x80) {
+    write_u8(out, static_cast<uint8_t>(c));
+  } else if (c < 0x800) {
+    write_u8(out, static_cast<uint8_t>(0xC0 | (c >> 6)));
+    write_u8(out, static_cast<uint8_t>(0x80 | (c & 0x3F)));
+  } else if (c < 0x10000) {
+    write_u8(out, static_cast<uint8_t>(0xE0 | (c >> 12)));
+    write_u8(out, static_cast<uint8_t>(0x80 | ((c >> 6) & 0x3F)));
+    write_u8(out, static_cast<uint8_t>(0x80 | (c & 0x3F)));
+  } else {
+    write_u8(out, static_cast<uint8_t>(0xF0 | (c >> 18)));
+    write_u8(out, static_cast<uint8_t>(0x80 | ((c >> 12) & 0x3F)));
+    write_u8(out, static_cast<uint8_t>(0x80 | ((c >> 6) & 0x3F)));
+    write_u8(out, static_cast<uint8_t>(0x80 | (c & 0x3F)));
+  }
+}
+
+// list<u8>: count + raw bytes.
+inline void write_bytes(std::string& out, const char* data, size_t size) {
+  write_uleb(out, size);
+  out.append(data, size);
+}
+
+inline void write_bytes(std::string& out, const std::string& bytes) {
+  write_bytes(out, bytes.data(), bytes.size());
+}
+
+// string: byte length + UTF-8 (the same layout as list<u8>; the caller vouches for UTF-8).
+inline void write_string(std::string& out, const std::string& text) { write_bytes(out, text); }
+
+// list<T>: count, then each element written by write_element(out, element).
+template <class T, class WriteElement>
+inline void write_list(std::string& out, const std::vector<T>& items, WriteElement write_element) {
+  write_uleb(out, items.size());
+  for (const auto& item : items) write_element(out, item);
+}
+
+// option<T>: 0 for none, 1 then the value for some.
+template <class T, class WriteValue>
+inline void write_option(std::string& out, const std::optional<T>& value, WriteValue write_value) {
+  write_bool(out, value.has_value());
+  if (value) write_value(out, *value);
+}
+
+// result<T, E>: the tag (0 ok, 1 err); the caller then writes the T or E payload, if any.
+inline void write_result_tag(std::string& out, bool is_err) { write_bool(out, is_err); }
+
+// variant / enum: the case discriminant; the caller then writes the case payload, if any.
+// Records and tuples need no helper: their fields are written in order with no framing.
+inline void write_discriminant(std::string& out, uint32_t discriminant) {
+  write_uleb(out, discriminant);
+}
+
+// A future or stream whose contents follow later on the value's index path.
+inline void write_async_pending(std::string& out) { write_u8(out, 0); }
+
+// future<T> sent ready: 1 then the value, written by write_value(out, value).
+template <class T, class WriteValue>
+inline void write_future_ready(std::string& out, const T& value, WriteValue write_value) {
+  write_u8(out, 1);
+  write_value(out, value);
+}
+
+inline void write_fields(std::string& out, const Fields& fields) {
+  write_list(out, fields, [](std::string& o, const Fields::value_type& field) {
+    write_string(o, field.first);
+    write_list(o, field.second, [](std::string& o2, const std::string& value) {
+      write_bytes(o2, value);
+    });
+  });
+}
+
+inline void write_method(std::string& out, const Method& method) {
+  write_discriminant(out, static_cast<uint32_t>(method.kind));
+  if (method.kind == MethodKind::other) write_string(out, method.other);
+}
+
+inline void write_scheme(std::string& out, const Scheme& scheme) {
+  write_discriminant(out, static_cast<uint32_t>(scheme.kind));
+  if (scheme.kind == SchemeKind::other) write_string(out, scheme.other);
+}
+
+inline void write_optional_string(std::string& out, const std::optional<std::string>& text) {
+  write_option(out, text, write_string);
+}
+
+inline void write_field_size_payload(std::string& out, const FieldSizePayload& payload) {
+  write_optional_string(out, payload.field_name);
+  write_option(out, payload.field_size, [](std::string& o, uint32_t v) { write_uleb(o, v); });
+}
+
+inline void write_optional_fields(std::string& out, const std::optional<Fields>& fields) {
+  write_option(out, fields, write_fields);
+}
+
+inline void write_error_code(std::string& out, const ErrorCode& error) {
+  const ErrorPayload payload = error_case_info(error.index).payload;
+  write_discriminant(out, static_cast<uint32_t>(error.kind()));
+  switch (payload) {
+    case ErrorPayload::none:
+      break;
+    case ErrorPayload::dns_error:
+      write_optional_string(out, error.dns_error.rcode);
+      write_option(out, error.dns_error.info_code,
+                   [](std::string& o, uint16_t v) { write_uleb(o, v); });
+      break;
+    case ErrorPayload::tls_alert:
+      write_option(out, error.tls_alert.alert_id, write_u8);
+      write_optional_string(out, error.tls_alert.alert_message);
+      break;
+    case ErrorPayload::optional_field_size:
+      write_option(out, error.field_size, write_field_size_payload);
+      break;
+    case ErrorPayload::field_size:
+      write_field_size_payload(out, error.field_size.value_or(FieldSizePayload{}));
+      break;
+    case ErrorPayload::optional_u32:
+      write_option(out, error.size, [](std::string& o, uint64_t v) {
+        write_uleb(o, v > UINT32_MAX ? UINT32_MAX : v);
+      });
+      break;
+    case ErrorPayload::optional_u64:
+      write_option(out, error.size, write_uleb);
+      break;
+    case ErrorPayload::optional_string:
+      write_optional_string(out, error.text);
+      break;
+  }
+}
+
+// ---- wrpc:http/incoming-handler.handle ----
+
+// The root params: the `request` record. The body stream is always sent pending (Go and Rust
+// peers disagree on the inline form). The trailers future is pending, or, when the request is
+// known to carry no trailers, ready + none, which saves the caller a message on params.0.1.
+inline void encode_handle_params(const RequestHead& request, std::string& out,
+                                 bool trailers_ready_none = false) {
+  write_async_pending(out);
+  if (trailers_ready_none) {
+    write_future_ready(out, std::optional<Fields>(), write_optional_fields);
+  } else {
+    write_async_pending(out);
+  }
+  write_method(out, request.method);
+  write_optional_string(out, request.path_with_query);
+  write_option(out, request.scheme, write_scheme);
+  write_optional_string(out, request.authority);
+  write_fields(out, request.headers);
+}
+
+// The option<fields> value sent on a pending trailers future's path.
+inline void encode_trailers(const std::optional<Fields>& trailers, std::string& out) {
+  write_optional_fields(out, trailers);
+}
+
+// result::ok(response) with body and trailers pending.
+// With `ready_trailers`, the trailers future goes ready (`01` + value) instead of pending:
+// a responder that knows them when it sends the head saves the trailers' channel.
+inline void encode_handle_result_ok(const ResponseHead& response, std::string& out,
+                                    const std::optional<Fields>* ready_trailers = nullptr) {
+  write_result_tag(out, false);
+  write_async_pending(out);
+  if (ready_trailers) {
+    write_future_ready(out, *ready_trailers, write_optional_fields);
+  } else {
+    write_async_pending(out);
+  }
+  write_uleb(out, response.status);
+  write_fields(out, response.headers);
+}
+
+inline void encode_handle_result_err(const ErrorCode& error, std::string& out) {
+  write_result_tag(out, true);
+  write_error_code(out, error);
+}
+
+// One chunk of a pending stream<u8>: length + bytes. An empty chunk would read as the end,
+// so it is not written at all.
+inline void encode_stream_chunk(const char* data, size_t size, std::string& out) {
+  if (size != 0) write_bytes(out, data, size);
+}
+
+// The end of a pending stream<u8>: a chunk of length 0.
+inline void encode_stream_end(std::string& out) { write_uleb(out, 0); }
+
+// ---------------------------------------------------------------------------------------
+// Decoding
+// ---------------------------------------------------------------------------------------
+
+enum class DecodeStatus { ok, need_more, error };
+
+// Unsigned LEB128 fed one byte at a time, so the same rules serve a contiguous buffer and a
+// stream chunk length split across NATS messages. Rejects any bit beyond `bit_width` and any
+// continuation past the last byte the width allows (3 bytes for u16, 5 for u32, 10 for u64).
+class UlebAccumulator {
+ public:
+  enum class Step { need_more, done, overflow };
+
+  explicit UlebAccumulator(unsigned bit_width) : bit_width_(bit_width) {}
+
+  Step push(uint8_t byte) {
+    const uint64_t bits = byte & 0x7f;
+    const bool continues = (byte & 0x80) != 0;
+    if (shift_ + 7 > bit_width_ && (bits >> (bit_width_ - shift_)) != 0) return Step::overflow;
+    if (continues && shift_ + 7 >= bit_width_) return Step::overflow;
+    value_ |= bits << shift_;
+    if (!continues) return Step::done;
+    shift_ += 7;
+    return Step::need_more;
+  }
+
+  uint64_t value() const { return value_; }
+
+  void reset() {
+    value_ = 0;
+    shift_ = 0;
+  }
+
+ private:
+  unsigned bit_width_;
+  unsigned shift_ = 0;
+  uint64_t value_ = 0;
+};
+
+enum class Utf8Decode { complete, truncated, invalid };
+
+// Decodes the UTF-8 sequence at the start of [data, data + size) into `scalar`, setting
+// `length` to its byte count. Rejects overlong forms, surrogates and code points > U+10FFFF.
+inline Utf8Decode decode_utf8(const unsigned char* data, size_t size, char32_t& scalar,
+                              size_t& length) {
+  if (size == 0) return Utf8Decode::truncated;
+  const unsigned char lead = data[0];
+  char32_t smallest;  // below this the sequence is overlong
+  if (lead < 0x80) {
+    scalar = lead;
+    length = 1;
+    return Utf8Decode::complete;
+  } else if ((lead & 0xE0) == 0xC0) {
+    length = 2;
+    scalar = lead & 0x1F;
+    smallest = 0x80;
+  } else if ((lead & 0xF0) == 0xE0) {
+    length = 3;
+    scalar = lead & 0x0F;
+    smallest = 0x800;
+  } else if ((lead & 0xF8) == 0xF0) {
+    length = 4;
+    scalar = lead & 0x07;
+    smallest = 0x10000;
+  } else {
+    return Utf8Decode::invalid;
+  }
+  for (size_t i = 1; i < length; ++i) {
+    if (i >= size) return Utf8Decode::truncated;
+    if ((data[i] & 0xC0) != 0x80) return Utf8Decode::invalid;
+    scalar = (scalar << 6) | (data[i] & 0x3F);
+  }
+  if (scalar < smallest || !is_unicode_scalar(scalar)) return Utf8Decode::invalid;
+  return Utf8Decode::complete;
+}
+
+inline bool is_valid_utf8(const char* text, size_t size) {
+  const auto* bytes = reinterpret_cast<const unsigned char*>(text);
+  for (size_t at = 0; at < size;) {
+    char32_t scalar;
+    size_t length;
+    if (decode_utf8(bytes + at, size - at, scalar, length) != Utf8Decode::complete) return false;
+    at += length;
+  }
+  return true;
+}
+
+// Reads component-model values from one contiguous buffer.
+//
+// The first failure sticks: afterwards every read returns a default value and consumes
+// nothing, so a composite decoder reads its fields in sequence and checks status() once.
+// need_more means the buffer ended inside a value (append bytes and decode again from the
+// start); error means the bytes can never form a valid value.
+//
+// Every declared string or list length is checked before anything is allocated: a length
+// above `max_length` is an error, and a length longer than the bytes present is need_more.
+class ValueReader {
+ public:
+  ValueReader(const char* data, size_t size, size_t max_length = WRPC_HTTP_MAX_HEAD_BYTES)
+      : data_(reinterpret_cast<const unsigned char*>(data)), size_(size), max_length_(max_length) {}
+
+  DecodeStatus status() const { return status_; }
+  bool ok() const { return status_ == DecodeStatus::ok; }
+  const std::string& error_message() const { return error_; }
+  size_t position() const { return position_; }
+  size_t remaining() const { return size_ - position_; }
+
+  // Marks the value invalid; for composite decoders that find a semantic error.
+  void fail(std::string message) {
+    if (!ok()) return;
+    status_ = DecodeStatus::error;
+    error_ = std::move(message);
+  }
+
+  uint8_t read_u8() {
+    if (!ok()) return 0;
+    if (remaining() == 0) return need_more();
+    return data_[position_++];
+  }
+
+  int8_t read_s8() { return static_cast<int8_t>(read_u8()); }
+
+  bool read_bool() { return read_flag("bool"); }
+
+  uint16_t read_u16() { return static_cast<uint16_t>(read_uleb(16, "u16")); }
+  uint32_t read_u32() { return static_cast<uint32_t>(read_uleb(32, "u32")); }
+  uint64_t read_u64() { return read_uleb(64, "u64"); }
+
+  int16_t read_s16() { return static_cast<int16_t>(read_sleb(16, "s16")); }
+  int32_t read_s32() { return static_cast<int32_t>(read_sleb(32, "s32")); }
+  int64_t read_s64() { return read_sleb(64, "s64"); }
+
+  float read_f32() {
+    const uint32_t bits = read_little_endian<uint32_t>();
+    float value;
+    std::memcpy(&value, &bits, sizeof value);
+    return value;
+  }
+
+  double read_f64() {
+    const uint64_t bits = read_little_endian<uint64_t>();
+    double value;
+    std::memcpy(&value, &bits, sizeof value);
+    return value;
+  }
+
+  char32_t read_char() {
+    if (!ok()) return 0;
+    char32_t scalar = 0;
+    size_t length = 0;
+    switch (decode_utf8(data_ + position_, remaining(), scalar, length)) {
+      case Utf8Decode::truncated:
+        return need_more();
+      case Utf8Decode::invalid:
+        fail("char is not a UTF-8 encoded Unicode scalar value");
+        return 0;
+      case Utf8Decode::complete:
+        break;
+    }
+    position_ += length;
+    return scalar;
+  }
+
+  // list<u8> into a byte string.
+  std::string read_bytes() {
+    const size_t length = read_length("list<u8>");
+    if (!ok()) return std::string();
+    std::string bytes(reinterpret_cast<const char*>(data_ + position_), length);
+    position_ += length;
+    return bytes;
+  }
+
+  std::string read_string() {
+    std::string text = read_bytes();
+    if (ok() && !is_valid_utf8(text.data(), text.size())) fail("string is not valid UTF-8");
+    return text;
+  }
+
+  // list<T>: read_element() reads one T. Every element type used here encodes to at least one
+  // byte, which is what lets a count above the bytes present be answered with need_more.
+  template <class ReadElement>
+  auto read_list(ReadElement read_element) -> std::vector<decltype(read_element())> {
+    std::vector<decltype(read_element())> items;
+    const size_t count = read_length("list");
+    for (size_t i = 0; i < count && ok(); ++i) items.push_back(read_element());
+    return items;
+  }
+
+  // option<T>: read_value() reads the T of a `some`.
+  template <class ReadValue>
+  auto read_option(ReadValue read_value) -> std::optional<decltype(read_value())> {
+    if (!read_flag("option")) return std::nullopt;
+    auto value = read_value();
+    if (!ok()) return std::nullopt;
+    return value;
+  }
+
+  // result<T, E>: true for err; the caller then reads the T or E payload.
+  bool read_result_is_err() { return read_flag("result"); }
+
+  // future<T> / stream<T> status byte: true when the contents follow inline (ready), false
+  // when they follow on the value's index path (pending).
+  bool read_async_is_ready() { return read_flag("future/stream status"); }
+
+  // variant / enum discriminant, which must name one of `case_count` cases.
+  uint32_t read_discriminant(uint32_t case_count, const char* type_name) {
+    const uint32_t discriminant = read_u32();
+    if (ok() && discriminant >= case_count) {
+      fail(std::string("invalid ") + type_name + " discriminant " + std::to_string(discriminant));
+      return 0;
+    }
+    return discriminant;
+  }
+
+ private:
+  uint8_t need_more() {
+    if (ok()) status_ = DecodeStatus::need_more;
+    return 0;
+  }
+
+  // A one-byte 0/1 tag (bool, option, result, async status); anything else is an error.
+  bool read_flag(const char* what) {
+    const uint8_t byte = read_u8();
+    if (byte > 1) fail(std::string("invalid ") + what + " byte " + std::to_string(byte));
+    return ok() && byte == 1;
+  }
+
+  uint64_t read_uleb(unsigned bit_width, const char* type_name) {
+    UlebAccumulator accumulator(bit_width);
+    while (ok()) {
+      if (remaining() == 0) return need_more();
+      switch (accumulator.push(data_[position_++])) {
+        case UlebAccumulator::Step::need_more:
+          break;
+        case UlebAccumulator::Step::done:
+          return accumulator.value();
+        case UlebAccumulator::Step::overflow:
+          fail(std::string("LEB128 value overflows ") + type_name);
+          break;
+      }
+    }
+    return 0;
+  }
+
+  int64_t read_sleb(unsigned bit_width, const char* type_name) {
+    if (!ok()) return 0;
+    uint64_t value = 0;
+    unsigned shift = 0;
+    for (;;) {
+      if (remaining() == 0) return static_cast<int64_t>(need_more());
+      const uint8_t byte = data_[position_++];
+      const uint64_t bits = byte & 0x7f;
+      const bool continues = (byte & 0x80) != 0;
+      if (shift + 7 > bit_width) {
+        // Only the low (bit_width - shift) bits carry value; the rest must repeat the sign.
+        const unsigned value_bits = bit_width - shift;
+        const uint64_t extension_mask = 0x7f & ~((uint64_t{1} << value_bits) - 1);
+        const bool negative = ((bits >> (value_bits - 1)) & 1) != 0;
+        if ((bits & extension_mask) != (negative ? extension_mask : 0)) break;
+      }
+      if (continues && shift + 7 >= bit_width) break;
+      value |= bits << shift;
+      shift += 7;
+      if (!continues) {
+        if (shift < 64 && (bits & 0x40) != 0) value |= ~uint64_t{0} << shift;
+        return static_cast<int64_t>(value);
+      }
+    }
+    fail(std::string("LEB128 value overflows ") + type_name);
+    return 0;
+  }
+
+  template <class UnsignedInt>
+  UnsignedInt read_little_endian() {
+    if (!ok()) return 0;
+    if (remaining() < sizeof(UnsignedInt)) return need_more();
+    UnsignedInt value = 0;
+    for (size_t i = 0; i < sizeof(UnsignedInt); ++i) {
+      value |= static_cast<UnsignedInt>(static_cast<UnsignedInt>(data_[position_ + i]) << (8 * i));
+    }
+    position_ += sizeof(UnsignedInt);
+    return value;
+  }
+
+  // A string or list length: an error above the limit, need_more beyond the bytes present.
+  size_t read_length(const char* what) {
+    const uint32_t length = read_u32();
+    if (!ok()) return 0;
+    if (length > max_length_) {
+      fail(std::string(what) + " length " + std::to_string(length) + " exceeds the limit of " +
+           std::to_string(max_length_) + " bytes");
+      return 0;
+    }
+    if (length > remaining()) return need_more();
+    return length;
+  }
+
+  const unsigned char* data_;
+  size_t size_;
+  size_t max_length_;
+  size_t position_ = 0;
+  DecodeStatus status_ = DecodeStatus::ok;
+  std::string error_;
+};
+
+inline Fields read_fields(ValueReader& reader) {
+  return reader.read_list([&reader] {
+    Fields::value_type field;
+    field.first = reader.read_string();
+    field.second = reader.read_list([&reader] { return reader.read_bytes(); });
+    return field;
+  });
+}
+
+inline std::optional<std::string> read_optional_string(ValueReader& reader) {
+  return reader.read_option([&reader] { return reader.read_string(); });
+}
+
+inline Method read_method(ValueReader& reader) {
+  Method method;
+  method.kind = static_cast<MethodKind>(reader.read_discriminant(10, "method"));
+  if (method.kind == MethodKind::other) method.other = reader.read_string();
+  return method;
+}
+
+inline Scheme read_scheme(ValueReader& reader) {
+  Scheme scheme;
+  scheme.kind = static_cast<SchemeKind>(reader.read_discriminant(3, "scheme"));
+  if (scheme.kind == SchemeKind::other) scheme.other = reader.read_string();
+  return scheme;
+}
+
+inline FieldSizePayload read_field_size_payload(ValueReader& reader) {
+  FieldSizePayload payload;
+  payload.field_name = read_optional_string(reader);
+  payload.field_size = reader.read_option([&reader] { return reader.read_u32(); });
+  return payload;
+}
+
+inline ErrorCode read_error_code(ValueReader& reader) {
+  ErrorCode error;
+  error.index = reader.read_discriminant(error_case_count, "error-code");
+  switch (error_case_info(error.index).payload) {
+    case ErrorPayload::none:
+      break;
+    case ErrorPayload::dns_error:
+      error.dns_error.rcode = read_optional_string(reader);
+      error.dns_error.info_code = reader.read_option([&reader] { return reader.read_u16(); });
+      break;
+    case ErrorPayload::tls_alert:
+      error.tls_alert.alert_id = reader.read_option([&reader] { return reader.read_u8(); });
+      error.tls_alert.alert_message = read_optional_string(reader);
+      break;
+    case ErrorPayload::optional_field_size:
+      error.field_size = reader.read_option([&reader] { return read_field_size_payload(reader); });
+      break;
+    case ErrorPayload::field_size:
+      error.field_size = read_field_size_payload(reader);
+      break;
+    case ErrorPayload::optional_u32:
+      error.size = reader.read_option([&reader] { return uint64_t{reader.read_u32()}; });
+      break;
+    case ErrorPayload::optional_u64:
+      error.size = reader.read_option([&reader] { return reader.read_u64(); });
+      break;
+    case ErrorPayload::optional_string:
+      error.text = read_optional_string(reader);
+      break;
+  }
+  return error;
+}
+
+// How a stream<u8> body was sent: pending (chunks follow on its index path) or ready inline.
+// Ready is accepted only in the form `1` + list<u8> (Go's). Rust's inline form, a bare
+// non-empty list, cannot be told apart from a status byte (a one-byte list starts with 01),
+// and no real peer sends it.
+struct AsyncBody {
+  bool pending = true;
+  std::string ready_bytes;
+};
+
+// How a future<option<fields>> of trailers was sent: pending (decode_trailers on its index
+// path) or ready inline with its value.
+struct AsyncTrailers {
+  bool pending = true;
+  std::optional<Fields> ready_value;
+};
+
+struct HandleParams {
+  RequestHead request;
+  AsyncBody body;
+  AsyncTrailers trailers;
+};
+
+// result<response, error-code>: `error` is set for err; otherwise response, body, trailers.
+struct HandleResult {
+  std::optional<ErrorCode> error;
+  ResponseHead response;
+  AsyncBody body;
+  AsyncTrailers trailers;
+};
+
+template <class T>
+struct DecodeResult {
+  DecodeStatus status = DecodeStatus::need_more;
+  size_t consumed = 0;  // bytes of the value, when status is ok
+  std::string error;    // what was wrong, when status is error
+  T value{};
+};
+
+inline AsyncBody read_async_body(ValueReader& reader) {
+  AsyncBody body;
+  body.pending = !reader.read_async_is_ready();
+  if (!body.pending) body.ready_bytes = reader.read_bytes();
+  return body;
+}
+
+inline std::optional<Fields> read_optional_fields(ValueReader& reader) {
+  return reader.read_option([&reader] { return read_fields(reader); });
+}
+
+inline AsyncTrailers read_async_trailers(ValueReader& reader) {
+  AsyncTrailers trailers;
+  trailers.pending = !reader.read_async_is_ready();
+  if (!trailers.pending) trailers.ready_value = read_optional_fields(reader);
+  return trailers;
+}
+
+// Runs read_value over [data, data + size). A value still incomplete once `max_bytes` are
+// buffered is an error: the caller can stop buffering there and fail the call.
+template <class T, class ReadValue>
+inline DecodeResult<T> decode_value(const char* data, size_t size, size_t max_bytes,
+                                    ReadValue read_value) {
+  ValueReader reader(data, size, max_bytes);
+  DecodeResult<T> result;
+  result.value = read_value(reader);
+  result.status = reader.status();
+  if (result.status == DecodeStatus::need_more && size >= max_bytes) {
+    result.status = DecodeStatus::error;
+    result.error = "value exceeds the limit of " + std::to_string(max_bytes) + " bytes";
+  } else if (result.status == DecodeStatus::error) {
+    result.error = reader.error_message();
+  }
+  if (result.status == DecodeStatus::ok) {
+    result.consumed = reader.position();
+  } else {
+    result.value = T{};
+  }
+  return result;
+}
+
+inline DecodeResult<HandleParams> decode_handle_params(
+    const char* data, size_t size, size_t max_bytes = WRPC_HTTP_MAX_HEAD_BYTES) {
+  return decode_value<HandleParams>(data, size, max_bytes, [](ValueReader& reader) {
+    HandleParams params;
+    params.body = read_async_body(reader);
+    params.trailers = read_async_trailers(reader);
+    params.request.method = read_method(reader);
+    params.request.path_with_query = read_optional_string(reader);
+    params.request.scheme = reader.read_option([&reader] { return read_scheme(reader); });
+    params.request.authority = read_optional_string(reader);
+    params.request.headers = read_fields(reader);
+    return params;
+  });
+}
+
+inline DecodeResult<HandleResult> decode_handle_result(
+    const char* data, size_t size, size_t max_bytes = WRPC_HTTP_MAX_HEAD_BYTES) {
+  return decode_value<HandleResult>(data, size, max_bytes, [](ValueReader& reader) {
+    HandleResult result;
+    if (reader.read_result_is_err()) {
+      result.error = read_error_code(reader);
+      return result;
+    }
+    result.body = read_async_body(reader);
+    result.trailers = read_async_trailers(reader);
+    result.response.status = reader.read_u16();
+    result.response.headers = read_fields(reader);
+    return result;
+  });
+}
+
+// The option<fields> value that arrives on a pending trailers future's path.
+inline DecodeResult<std::optional<Fields>> decode_trailers(
+    const char* data, size_t size, size_t max_bytes = WRPC_HTTP_MAX_HEAD_BYTES) {
+  return decode_value<std::optional<Fields>>(data, size, max_bytes, read_optional_fields);
+}
+
+// Decodes the chunks of a pending stream<u8> as they arrive, in pieces of any size. Payload
+// bytes go to the sink as soon as they are fed, so a chunk is never buffered whole; chunk
+// lengths are therefore not limited. feed() returns need_more until the end chunk (length 0),
+// ok from then on, and error for a malformed length or any byte after the end chunk.
+class StreamChunkDecoder {
+ public:
+  using Sink = std::function<void(const char* data, size_t size)>;
+
+  DecodeStatus feed(const char* data, size_t size, const Sink& sink) {
+    size_t at = 0;
+    while (at < size && state_ != State::failed) {
+      if (state_ == State::finished) {
+        fail("bytes after the end of the stream");
+      } else if (state_ == State::length) {
+        push_length_byte(static_cast<uint8_t>(data[at++]));
+      } else {
+        // Pass on whatever part of the chunk's payload this piece holds.
+        const size_t available = size - at;
+        const size_t take =
+            payload_left_ < available ? static_cast<size_t>(payload_left_) : available;
+        sink(data + at, take);
+        at += take;
+        payload_left_ -= take;
+        if (payload_left_ == 0) state_ = State::length;
+      }
+    }
+    return status();
+  }
+
+  DecodeStatus status() const {
+    switch (state_) {
+      case State::finished:
+        return DecodeStatus::ok;
+      case State::failed:
+        return DecodeStatus::error;
+      default:
+        return DecodeStatus::need_more;
+    }
+  }
+
+  bool finished() const { return state_ == State::finished; }
+  const std::string& error_message() const { return error_; }
+
+ private:
+  enum class State { length, payload, finished, failed };
+
+  void push_length_byte(uint8_t byte) {
+    switch (length_.push(byte)) {
+      case UlebAccumulator::Step::need_more:
+        break;
+      case UlebAccumulator::Step::done:
+        payload_left_ = length_.value();
+        length_.reset();
+        state_ = payload_left_ == 0 ? State::finished : State::payload;
+        break;
+      case UlebAccumulator::Step::overflow:
+        fail("stream chunk length is not a valid LEB128 u64");
+        break;
+    }
+  }
+
+  void fail(std::string message) {
+    state_ = State::failed;
+    error_ = std::move(message);
+  }
+
+  State state_ = State::length;
+  UlebAccumulator length_{64};
+  uint64_t payload_left_ = 0;
+  std::string error_;
+};
+
+}  // namespace detail
+}  // namespace wrpc_http
+
+// ---- wRPC transport over NATS ----
+//
+// One `handle` call, both sides. The client side publishes the invocation with a reply
+// inbox R_c, waits for the server's handshake (an empty message whose reply subject is the
+// server's inbox R_s), streams the request body to R_s.params.0.0 and reads the result from
+// R_c.results, the response body from R_c.results.0.0 and the trailers from R_c.results.0.1.
+// All of R_c lives under the client connection's single wildcard inbox subscription.
+
+namespace wrpc_http {
+namespace wrpc {
+
+constexpr const char *kHttpInstance = "wrpc:http/incoming-handler@0.1.0";
+constexpr const char *kHandleFunction = "handle";
+
+// `<lattice>.<component>.wrpc.0.0.1.wrpc:http/incoming-handler@0.1.0.handle`
+inline std::string handle_subject(const std::string &lattice, const std::string &component) {
+  return lattice + "." + component + ".wrpc.0.0.1." + kHttpInstance + "." + kHandleFunction;
+}
+
+// Why a call failed, and the HTTP status a gateway answers with.
+class CallError : public std::runtime_error {
+public:
+  enum class Kind { no_responders, timeout, disconnected, bad_reply, component_error, too_large };
+  CallError(Kind kind, const std::string &what, std::optional<ErrorCode> code = std::nullopt)
+      : std::runtime_error(what), kind_(kind), code_(std::move(code)) {}
+  Kind kind() const { return kind_; }
+  const std::optional<ErrorCode> &error_code() const { return code_; }
+  int http_status() const {
+    switch (kind_) {
+    case Kind::no_responders:
+    case Kind::disconnected: return 503;
+    case Kind::timeout: return 504;
+    case Kind::too_large: return 413;
+    case Kind::component_error: return code_ ? code_->http_status() : 500;
+    case Kind::bad_reply: return 502;
+    }
+    return 500;
+  }
+
+private:
+  Kind kind_;
+  std::optional<ErrorCode> code_;
+};
+
+}  // namespace wrpc
+
+namespace detail {
+
+using Clock = std::chrono::steady_clock;
+
+// Bytes of a pending stream<u8> as they arrive from NATS, waiting for a consumer. Bounded:
+// NATS has no flow control, so a producer that outruns the consumer fails the stream
+// instead of growing memory without limit.
+class ChunkQueue {
+public:
+  explicit ChunkQueue(size_t max_bytes) : max_bytes_(max_bytes) {}
+
+  // Called with the owner's mutex held. Returns false when the bound is exceeded.
+  bool push(const char *data, size_t size) {
+    if (buffered_ + size > max_bytes_) return false;
+    if (!chunks_.empty() && chunks_.back().size() + size <= kCoalesce) {
+      chunks_.back().append(data, size);
+    } else {
+      chunks_.emplace_back(data, size);
+    }
+    buffered_ += size;
+    return true;
+  }
+  bool empty() const { return chunks_.empty(); }
+  std::string pop() {
+    std::string out = std::move(chunks_.front());
+    chunks_.pop_front();
+    buffered_ -= out.size();
+    return out;
+  }
+
+private:
+  static constexpr size_t kCoalesce = 64 * 1024;
+  size_t max_bytes_;
+  size_t buffered_ = 0;
+  std::deque<std::string> chunks_;
+};
+
+// The receiving half of a channel that carries a pending stream<u8> followed by the
+// channel's close (an empty NATS message). Shared by both sides of a call.
+struct StreamInbox {
+  explicit StreamInbox(size_t max_bytes) : queue(max_bytes) {}
+  StreamChunkDecoder decoder;
+  ChunkQueue queue;
+  bool ended = false;  // the end chunk arrived
+  std::string error;
+
+  // Called with the owner's mutex held.
+  void on_message(const std::string &data) {
+    if (!error.empty() || ended) return;
+    if (data.empty()) {  // the channel closed before the end chunk: the sender gave up
+      error = "stream closed before its end";
+      return;
+    }
+    auto status = decoder.feed(data.data(), data.size(), [&](const char *d, size_t n) {
+      if (!queue.push(d, n) && error.empty()) error = "stream outran its consumer (buffer bound reached)";
+    });
+    if (status == DecodeStatus::error) error = "malformed stream: " + decoder.error_message();
+    if (status == DecodeStatus::ok) ended = true;
+  }
+  void set_ready(std::string bytes) {
+    if (!bytes.empty()) queue.push(bytes.data(), bytes.size());
+    ended = true;
+  }
+};
+
+// What both sides of a call receive asynchronously: a body stream and a trailers future,
+// filled by the NATS reader thread and read by the call's own thread.
+struct AsyncChannels {
+  AsyncChannels(size_t max_body, size_t max_trailers) : body(max_body), max_trailer_bytes(max_trailers) {}
+  std::mutex mu;
+  std::condition_variable cv;
+  bool lost = false;  // the NATS connection dropped
+  StreamInbox body;
+  std::string trailer_bytes;
+  size_t max_trailer_bytes;
+  bool trailers_closed = false;
+
+  // With mu held.
+  void on_trailer_message(const std::string &data) {
+    if (data.empty()) {
+      trailers_closed = true;
+    } else if (trailer_bytes.size() + data.size() <= max_trailer_bytes) {
+      trailer_bytes += data;
+    }
+  }
+
+  // Next piece of the body; false at its end. Throws CallError when the stream breaks
+  // (malformed, connection lost, nothing for `idle_timeout`).
+  bool read_body(std::string &out, std::chrono::milliseconds idle_timeout) {
+    std::unique_lock<std::mutex> lk(mu);
+    if (!cv.wait_for(lk, idle_timeout, [&] { return !body.queue.empty() || body.ended || !body.error.empty() || lost; }))
+      throw wrpc::CallError(wrpc::CallError::Kind::timeout, "body stalled");
+    if (!body.error.empty()) throw wrpc::CallError(wrpc::CallError::Kind::bad_reply, body.error);
+    if (!body.queue.empty()) {
+      out = body.queue.pop();
+      return true;
+    }
+    if (body.ended) return false;
+    throw wrpc::CallError(wrpc::CallError::Kind::disconnected, "NATS connection lost mid-body");
+  }
+
+  // The pending trailers' value, once their channel closed.
+  std::optional<Fields> read_trailers(std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lk(mu);
+    if (!cv.wait_for(lk, timeout, [&] { return trailers_closed || lost; }))
+      throw wrpc::CallError(wrpc::CallError::Kind::timeout, "trailers did not arrive");
+    if (!trailers_closed) throw wrpc::CallError(wrpc::CallError::Kind::disconnected, "NATS connection lost");
+    auto decoded = decode_trailers(trailer_bytes.data(), trailer_bytes.size(), max_trailer_bytes);
+    if (decoded.status != DecodeStatus::ok)
+      throw wrpc::CallError(wrpc::CallError::Kind::bad_reply, "malformed trailers: " + decoded.error);
+    return decoded.value;
+  }
+};
+
+// Splits `data` into stream chunks of at most `max_payload` bytes per NATS message.
+// With `last`, the end chunk rides in the final message (a channel is a byte stream: where
+// messages split it does not matter), so a short stream is one message.
+inline void publish_stream_chunks(nats::Batch &batch, const std::string &subject, const char *data, size_t size,
+                                  bool last = false) {
+  const size_t max_chunk = batch.max_payload() > 16 ? batch.max_payload() - 11 : 1;
+  std::string msg;
+  do {
+    size_t n = std::min(size, max_chunk);
+    msg.clear();
+    encode_stream_chunk(data, n, msg);
+    data += n;
+    size -= n;
+    if (last && size == 0) encode_stream_end(msg);
+    if (!msg.empty()) batch.publish(subject, msg);
+  } while (size > 0);
+}
+
+// Publishes a value encoded on a channel and then the channel's close.
+inline void publish_and_close(nats::Batch &batch, const std::string &subject, const std::string &value) {
+  for (size_t at = 0; at < value.size(); at += batch.max_payload())
+    batch.publish(subject, value.data() + at, std::min(batch.max_payload(), value.size() - at));
+  batch.publish(subject, "");
+}
+
+inline wrpc::CallError nats_failure(const nats::Error &e) {
+  return wrpc::CallError(e.kind() == nats::Error::Kind::timeout ? wrpc::CallError::Kind::timeout
+                                                                 : wrpc::CallError::Kind::disconnected,
+                         std::string("NATS: ") + e.what());
+}
+
+}  // namespace detail
+
+namespace detail {
+
+// A task queue that starts a thread whenever none is idle, up to `max_threads`, and keeps it
+// for reuse. Both the HTTP listener and the wRPC server run work that blocks for as long as
+// a client or caller takes (cpp-httplib keeps a thread per open connection), so a fixed pool
+// would let slow peers starve everyone else.
+class ElasticTaskQueue : public httplib::TaskQueue {
+public:
+  explicit ElasticTaskQueue(size_t max_threads) : max_threads_(max_threads) {}
+  ~ElasticTaskQueue() override { shutdown(); }
+
+  // After shutdown() a job is dropped: nothing would be left to join its thread.
+  void enqueue(std::function<void()> fn) override {
+    std::unique_lock<std::mutex> lk(mu_);
+    if (stopping_) return;
+    jobs_.push_back(std::move(fn));
+    // Idle threads may already be spoken for by jobs queued just before this one.
+    if (jobs_.size() > idle_ && threads_.size() < max_threads_) {
+      threads_.emplace_back([this] { work(); });
+    } else {
+      cv_.notify_one();  // past the cap, jobs wait for a thread to come free
+    }
+  }
+
+  void shutdown() override {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (stopping_) return;
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    for (auto &t : threads_) t.join();
+  }
+
+private:
+  void work() {
+    std::unique_lock<std::mutex> lk(mu_);
+    while (true) {
+      ++idle_;
+      cv_.wait(lk, [&] { return stopping_ || !jobs_.empty(); });
+      --idle_;
+      if (jobs_.empty()) return;  // stopping, and every job is done
+      auto job = std::move(jobs_.front());
+      jobs_.pop_front();
+      lk.unlock();
+      job();
+      lk.lock();
+    }
+  }
+
+  size_t max_threads_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  std::vector<std::thread> threads_;
+  size_t idle_ = 0;
+  bool stopping_ = false;
+};
+
+}  // namespace detail
+
+namespace wrpc {
+
+struct CallLimits {
+  size_t max_head_bytes = WRPC_HTTP_MAX_HEAD_BYTES;
+  size_t max_buffered_body = WRPC_HTTP_MAX_BUFFERED_BODY;
+  // Request body bytes gathered before they go out as one NATS message.
+  size_t body_flush_bytes = WRPC_HTTP_BODY_FLUSH_BYTES;
+};
+
+// The client side of one `handle` invocation. Not thread-safe: one thread drives a call.
+class OutgoingCall {
+public:
+  OutgoingCall(nats::Client &nc, const std::string &subject, const RequestHead &head,
+               const nats::Headers *nats_headers = nullptr, CallLimits limits = {})
+      : nc_(nc), limits_(limits), state_(std::make_shared<State>(limits)) {
+    token_ = nc_.next_inbox_token();
+    std::weak_ptr<State> weak = state_;
+    nats::InboxHandler handler;
+    handler.on_message = [weak](const std::string &suffix, nats::Message &m) {
+      if (auto s = weak.lock()) s->on_message(suffix, m);
+    };
+    handler.on_disconnected = [weak] {
+      if (auto s = weak.lock()) s->on_disconnected();
+    };
+    reply_inbox_ = nc_.register_inbox(token_, std::move(handler));
+    std::string params;
+    // Request trailers: cpp-httplib reads and drops them, so they are known to be absent
+    // and go as a ready future (`01 00`), saving two messages per call.
+    detail::encode_handle_params(head, params, true);
+    try {
+      auto batch = nc_.batch();
+      batch.publish(subject, params, reply_inbox_, nats_headers);
+      nc_.send(batch);
+    } catch (const nats::Error &e) {
+      nc_.release_inbox(token_);
+      throw detail::nats_failure(e);
+    }
+  }
+  ~OutgoingCall() { nc_.release_inbox(token_); }
+  OutgoingCall(const OutgoingCall &) = delete;
+  OutgoingCall &operator=(const OutgoingCall &) = delete;
+
+  // Waits for the server's handshake; throws CallError (no responders, timeout, lost).
+  void await_handshake(detail::Clock::time_point deadline) {
+    std::unique_lock<std::mutex> lk(state_->mu);
+    if (!state_->cv.wait_until(lk, deadline, [&] { return state_->handshaken() || state_->lost; }))
+      throw CallError(CallError::Kind::timeout, "no answer from the component in time");
+    if (state_->no_responders) throw CallError(CallError::Kind::no_responders, "no component is serving this target");
+    if (state_->server_inbox.empty()) throw CallError(CallError::Kind::disconnected, "NATS connection lost");
+    server_inbox_ = state_->server_inbox;
+  }
+
+  // Streams request body bytes; they leave in messages of body_flush_bytes.
+  void write_body(const char *data, size_t size) {
+    body_buf_.append(data, size);
+    if (body_buf_.size() >= limits_.body_flush_bytes) flush_body(false);
+  }
+
+  // Sends the rest of the body, its end, and closes the parameter channels.
+  void finish_request() { flush_body(true); }
+
+  // The request body broke: close its channel without the end chunk, so the component
+  // sees a cut-off stream at once instead of waiting out its own timeout.
+  void abort_request() {
+    body_buf_.clear();
+    try {
+      nc_.publish(server_inbox_ + ".params.0.0", "");
+    } catch (const nats::Error &) {
+      // Lost connection: the component's idle timeout ends its side.
+    }
+  }
+
+  // Waits for the result head; throws CallError for every failure, including the
+  // component's own error-code.
+  ResponseHead await_response(detail::Clock::time_point deadline) {
+    std::unique_lock<std::mutex> lk(state_->mu);
+    if (!state_->cv.wait_until(lk, deadline, [&] { return state_->result_known() || state_->lost; }))
+      throw CallError(CallError::Kind::timeout, "the component did not answer in time");
+    if (!state_->failure.empty()) throw CallError(CallError::Kind::bad_reply, state_->failure);
+    if (!state_->result) throw CallError(CallError::Kind::disconnected, "NATS connection lost");
+    if (state_->result->error)
+      throw CallError(CallError::Kind::component_error, "component error: " + state_->result->error->message(),
+                      state_->result->error);
+    return state_->result->response;
+  }
+
+  // Next piece of the response body; false at its end. Throws CallError when the stream
+  // breaks (malformed, connection lost, nothing for `idle_timeout`).
+  bool read_body(std::string &out, std::chrono::milliseconds idle_timeout) {
+    return state_->read_body(out, idle_timeout);
+  }
+
+  // True once every body byte has been read and the body's end has arrived.
+  bool body_complete() {
+    std::lock_guard<std::mutex> lk(state_->mu);
+    return state_->body.ended && state_->body.queue.empty();
+  }
+
+  // The response trailers, once the body has ended.
+  std::optional<Fields> read_trailers(std::chrono::milliseconds timeout) {
+    {
+      std::lock_guard<std::mutex> lk(state_->mu);
+      if (state_->result && !state_->result->trailers.pending) return state_->result->trailers.ready_value;
+    }
+    return state_->read_trailers(timeout);
+  }
+
+private:
+  struct State : detail::AsyncChannels {
+    explicit State(const CallLimits &l) : AsyncChannels(l.max_buffered_body, l.max_head_bytes), limits(l) {}
+    CallLimits limits;
+    std::string server_inbox;
+    bool no_responders = false;
+    std::string head_bytes;
+    std::optional<detail::HandleResult> result;
+    std::string failure;
+
+    bool handshaken() const { return !server_inbox.empty() || no_responders; }
+    bool result_known() const { return result.has_value() || !failure.empty(); }
+
+    void on_message(const std::string &suffix, nats::Message &m) {
+      std::lock_guard<std::mutex> lk(mu);
+      if (suffix.empty()) {
+        if (m.no_responders()) {
+          no_responders = true;
+        } else if (!m.reply.empty()) {
+          server_inbox = m.reply;
+        }
+      } else if (suffix == ".results") {
+        on_result_bytes(m.data);
+      } else if (suffix == ".results.0.0") {
+        body.on_message(m.data);
+      } else if (suffix == ".results.0.1") {
+        on_trailer_message(m.data);
+      }
+      cv.notify_all();
+    }
+
+    void on_result_bytes(const std::string &data) {
+      if (result_known()) return;
+      if (data.empty()) {  // the results channel closed before a whole value arrived
+        failure = head_bytes.empty() ? "the component failed (empty result)" : "truncated result from the component";
+        return;
+      }
+      head_bytes += data;
+      auto decoded = detail::decode_handle_result(head_bytes.data(), head_bytes.size(), limits.max_head_bytes);
+      if (decoded.status == detail::DecodeStatus::error) {
+        failure = "malformed result from the component: " + decoded.error;
+      } else if (decoded.status == detail::DecodeStatus::ok) {
+        result = std::move(decoded.value);
+        if (!result->error && !result->body.pending) body.set_ready(std::move(result->body.ready_bytes));
+      }
+    }
+
+    void on_disconnected() {
+      std::lock_guard<std::mutex> lk(mu);
+      lost = true;
+      cv.notify_all();
+    }
+  };
+
+  void flush_body(bool last) {
+    std::string subject = server_inbox_ + ".params.0.0";
+    try {
+      auto batch = nc_.batch();
+      detail::publish_stream_chunks(batch, subject, body_buf_.data(), body_buf_.size(), last);
+      body_buf_.clear();
+      if (last) {
+        batch.publish(subject, "");                    // close the body channel
+        batch.publish(server_inbox_ + ".params", "");  // close the root parameters
+      }
+      nc_.send(batch);
+    } catch (const nats::Error &e) {
+      throw detail::nats_failure(e);
+    }
+  }
+
+  nats::Client &nc_;
+  CallLimits limits_;
+  std::shared_ptr<State> state_;
+  std::string token_, reply_inbox_, server_inbox_;
+  std::string body_buf_;
+};
+
+// ---- server side ----
+
+// What a served call receives: the request head and its streamed body.
+class IncomingRequest {
+public:
+  RequestHead head;
+  // Next piece of the request body; false at its end. Throws CallError.
+  bool read_body(std::string &out, std::chrono::milliseconds idle_timeout);
+  // The request trailers (after the body).
+  std::optional<Fields> read_trailers(std::chrono::milliseconds timeout);
+
+private:
+  friend class Server;
+  struct State;
+  std::shared_ptr<State> state_;
+};
+
+// Writes one call's result. Small responses leave in one write: the head waits in the
+// batch until the body fills a message or the response finishes.
+class ResponseWriter {
+public:
+  void send_head(const ResponseHead &head);
+  void write_body(const char *data, size_t size);
+  void write_body(const std::string &data) { write_body(data.data(), data.size()); }
+  void finish(const std::optional<Fields> &trailers = std::nullopt);
+  // Answers with an error-code instead of a response; only before send_head.
+  void fail(const ErrorCode &code);
+  // Ends the call after a failure: an error-code before the head, else a cut-off body.
+  void abort(const std::string &why);
+  bool finished() const { return finished_; }
+
+private:
+  friend class Server;
+  ResponseWriter(nats::Client &nc, std::string reply, size_t flush_bytes)
+      : nc_(nc), reply_(std::move(reply)), flush_bytes_(flush_bytes), batch_(nc.batch()) {}
+  void flush_body();
+  void emit_head(const std::optional<Fields> *ready_trailers);
+  nats::Client &nc_;
+  std::string reply_;
+  size_t flush_bytes_;
+  nats::Batch batch_;
+  std::string body_buf_;
+  std::optional<ResponseHead> head_;  // sent, but not yet encoded into the batch
+  bool head_sent_ = false, finished_ = false;
+};
+
+using Handler = std::function<void(IncomingRequest &, ResponseWriter &)>;
+
+// Serves `wrpc:http/incoming-handler@0.1.0.handle` for one component id on a lattice.
+// Each call runs on a worker thread (started on demand, up to `workers`); the NATS reader
+// thread only routes bytes.
+class Server {
+public:
+  Server(nats::Client &nc, std::string lattice, std::string component, Handler handler,
+         size_t workers = WRPC_HTTP_SERVER_WORKERS, CallLimits limits = {})
+      : nc_(nc), lattice_(std::move(lattice)), component_(std::move(component)), handler_(std::move(handler)),
+        worker_count_(workers), limits_(limits) {}
+  ~Server() { stop(); }
+
+  void start();
+  // Stops taking calls, lets running ones finish, joins the workers.
+  void stop();
+  std::chrono::milliseconds body_timeout{WRPC_HTTP_BODY_IDLE_TIMEOUT_MS};
+
+private:
+  void on_invocation(nats::Message &m);
+  void run(std::shared_ptr<IncomingRequest::State> state, std::string reply);
+
+  nats::Client &nc_;
+  std::string lattice_, component_;
+  Handler handler_;
+  size_t worker_count_;
+  CallLimits limits_;
+  uint64_t sid_ = 0;
+  std::mutex workers_mu_;
+  std::unique_ptr<detail::ElasticTaskQueue> workers_;
+  // Calls still waiting for their parameters; stop() ends them instead of waiting.
+  std::mutex calls_mu_;
+  std::unordered_map<std::string, std::weak_ptr<IncomingRequest::State>> calls_;
+};
+
+struct IncomingRequest::State : detail::AsyncChannels {
+  explicit State(const CallLimits &l) : AsyncChannels(l.max_buffered_body, l.max_head_bytes), limits(l) {}
+  CallLimits limits;
+  std::string token;
+  std::string param_bytes;
+  std::optional<detail::HandleParams> params;
+  std::string failure;
+
+  // With mu held.
+  void on_param_bytes(const std::string &data) {
+    if (params || !failure.empty() || data.empty()) return;
+    param_bytes += data;
+    auto decoded = detail::decode_handle_params(param_bytes.data(), param_bytes.size(), limits.max_head_bytes);
+    if (decoded.status == detail::DecodeStatus::error) {
+      failure = "malformed parameters: " + decoded.error;
+    } else if (decoded.status == detail::DecodeStatus::ok) {
+      params = std::move(decoded.value);
+      if (!params->body.pending) body.set_ready(std::move(params->body.ready_bytes));
+      if (!params->trailers.pending) trailers_closed = true;
+    }
+  }
+
+  void on_message(const std::string &suffix, nats::Message &m) {
+    std::lock_guard<std::mutex> lk(mu);
+    if (suffix == ".params") {
+      on_param_bytes(m.data);
+    } else if (suffix == ".params.0.0") {
+      body.on_message(m.data);
+    } else if (suffix == ".params.0.1") {
+      on_trailer_message(m.data);
+    }
+    cv.notify_all();
+  }
+};
+
+inline bool IncomingRequest::read_body(std::string &out, std::chrono::milliseconds idle_timeout) {
+  return state_->read_body(out, idle_timeout);
+}
+
+inline std::optional<Fields> IncomingRequest::read_trailers(std::chrono::milliseconds timeout) {
+  {
+    std::lock_guard<std::mutex> lk(state_->mu);
+    if (!state_->params->trailers.pending) return state_->params->trailers.ready_value;
+  }
+  return state_->read_trailers(timeout);
+}
+
+// The head waits until the first body flush or finish(): a response finished by then goes
+// out whole, trailers included, in one write.
+inline void ResponseWriter::send_head(const ResponseHead &head) {
+  head_ = head;
+  head_sent_ = true;
+}
+
+inline void ResponseWriter::emit_head(const std::optional<Fields> *ready_trailers) {
+  if (!head_) return;
+  std::string value;
+  detail::encode_handle_result_ok(*head_, value, ready_trailers);
+  detail::publish_and_close(batch_, reply_ + ".results", value);
+  head_.reset();
+}
+
+inline void ResponseWriter::fail(const ErrorCode &code) {
+  std::string value;
+  detail::encode_handle_result_err(code, value);
+  detail::publish_and_close(batch_, reply_ + ".results", value);
+  head_sent_ = finished_ = true;
+  nc_.send(batch_);
+}
+
+inline void ResponseWriter::abort(const std::string &why) {
+  if (finished_) return;
+  if (!head_sent_) return fail(ErrorCode::internal_error(why));
+  emit_head(nullptr);
+  body_buf_.clear();
+  batch_.publish(reply_ + ".results.0.0", "");  // close without the end chunk
+  finished_ = true;
+  nc_.send(batch_);
+}
+
+inline void ResponseWriter::write_body(const char *data, size_t size) {
+  body_buf_.append(data, size);
+  if (body_buf_.size() >= flush_bytes_) flush_body();
+}
+
+inline void ResponseWriter::flush_body() {
+  emit_head(nullptr);
+  detail::publish_stream_chunks(batch_, reply_ + ".results.0.0", body_buf_.data(), body_buf_.size());
+  body_buf_.clear();
+  nc_.send(batch_);
+}
+
+inline void ResponseWriter::finish(const std::optional<Fields> &trailers) {
+  if (finished_) return;
+  if (!head_sent_) send_head(ResponseHead{});
+  bool trailers_in_head = head_.has_value();
+  emit_head(trailers_in_head ? &trailers : nullptr);
+  std::string body_subject = reply_ + ".results.0.0";
+  detail::publish_stream_chunks(batch_, body_subject, body_buf_.data(), body_buf_.size(), true);
+  body_buf_.clear();
+  batch_.publish(body_subject, "");
+  if (!trailers_in_head) {
+    std::string trailer_value;
+    detail::encode_trailers(trailers, trailer_value);
+    detail::publish_and_close(batch_, reply_ + ".results.0.1", trailer_value);
+  }
+  finished_ = true;
+  nc_.send(batch_);
+}
+
+inline void Server::start() {
+  {
+    std::lock_guard<std::mutex> lk(workers_mu_);
+    workers_ = std::make_unique<detail::ElasticTaskQueue>(worker_count_);
+  }
+  // The queue group spreads calls over every instance of the component.
+  sid_ = nc_.subscribe(
+      handle_subject(lattice_, component_), [this](nats::Message &m) { on_invocation(m); },
+      lattice_ + "." + component_);
+}
+
+inline void Server::stop() {
+  {
+    std::lock_guard<std::mutex> lk(workers_mu_);
+    if (!workers_) return;
+  }
+  if (sid_) {
+    try {
+      nc_.unsubscribe(sid_);
+    } catch (const nats::Error &) {
+    }
+    sid_ = 0;
+  }
+  {
+    std::lock_guard<std::mutex> lk(calls_mu_);
+    for (auto &call : calls_) {
+      if (auto state = call.second.lock()) {
+        std::lock_guard<std::mutex> state_lock(state->mu);
+        if (!state->params) state->failure = "server stopping";
+        state->cv.notify_all();
+      }
+    }
+  }
+  std::unique_ptr<detail::ElasticTaskQueue> workers;
+  {
+    std::lock_guard<std::mutex> lk(workers_mu_);
+    workers = std::move(workers_);
+  }
+  workers->shutdown();  // running calls finish first
+}
+
+// Runs on the NATS reader thread: set up the call's inbox, answer the handshake, and
+// queue the call for a worker.
+inline void Server::on_invocation(nats::Message &m) {
+  if (m.reply.empty()) return;  // not a wRPC invocation
+  auto state = std::make_shared<IncomingRequest::State>(limits_);
+  state->token = nc_.next_inbox_token();
+  std::weak_ptr<IncomingRequest::State> weak = state;
+  nats::InboxHandler handler;
+  handler.on_message = [weak](const std::string &suffix, nats::Message &msg) {
+    if (auto s = weak.lock()) s->on_message(suffix, msg);
+  };
+  handler.on_disconnected = [weak] {
+    if (auto s = weak.lock()) {
+      std::lock_guard<std::mutex> lk(s->mu);
+      s->lost = true;
+      s->cv.notify_all();
+    }
+  };
+  std::string server_inbox = nc_.register_inbox(state->token, std::move(handler));
+  {
+    std::lock_guard<std::mutex> lk(state->mu);
+    state->on_param_bytes(m.data);
+  }
+  try {
+    auto batch = nc_.batch();
+    batch.publish(m.reply, "", server_inbox);
+    nc_.send(batch);
+  } catch (const nats::Error &) {
+    nc_.release_inbox(state->token);
+    return;
+  }
+  std::string reply = m.reply;
+  {
+    std::lock_guard<std::mutex> lk(calls_mu_);
+    calls_[state->token] = state;
+  }
+  std::lock_guard<std::mutex> lk(workers_mu_);
+  if (workers_) return workers_->enqueue([this, state, reply] { run(state, reply); });
+  nc_.release_inbox(state->token);  // stopped meanwhile: the caller times out
+  std::lock_guard<std::mutex> calls_lock(calls_mu_);
+  calls_.erase(state->token);
+}
+
+inline void Server::run(std::shared_ptr<IncomingRequest::State> state, std::string reply) {
+  struct Release {
+    Server &server;
+    std::string token;
+    ~Release() {
+      server.nc_.release_inbox(token);
+      std::lock_guard<std::mutex> lk(server.calls_mu_);
+      server.calls_.erase(token);
+    }
+  } release{*this, state->token};
+  ResponseWriter writer(nc_, reply, limits_.body_flush_bytes);
+  try {
+    {
+      std::unique_lock<std::mutex> lk(state->mu);
+      if (!state->cv.wait_for(lk, body_timeout,
+                              [&] { return state->params.has_value() || !state->failure.empty() || state->lost; }))
+        return;  // the caller never sent its parameters
+      if (!state->params) return;
+    }
+    IncomingRequest request;
+    request.head = state->params->request;
+    request.state_ = state;
+    handler_(request, writer);
+    writer.finish();
+  } catch (const std::exception &e) {
+    try {
+      writer.abort(e.what());
+    } catch (const std::exception &) {
+      // The connection is gone too: the caller's own timeout or disconnect handling ends it.
+    }
+  }
+}
+
+}  // namespace wrpc
+}  // namespace wrpc_http
+
+// ---- provider runtime ----
+//
+// What a wasmCloud 1.x host expects of a capability provider: host data on stdin, the
+// lattice's health/link/shutdown/config subjects, and logs on stderr.
+
+namespace wrpc_http {
+
+using StringMap = std::map<std::string, std::string>;
+
+// Logs to stderr: plain lines, or JSON lines when the host asks for structured logging.
+class Logger {
+public:
+  enum class Level { trace, debug, info, warn, error, critical, off };
+
+  static Level parse_level(const std::string &name) {
+    static const std::pair<const char *, Level> names[] = {
+        {"trace", Level::trace}, {"debug", Level::debug}, {"info", Level::info},
+        {"warn", Level::warn},   {"warning", Level::warn}, {"error", Level::error},
+        {"critical", Level::critical}};
+    std::string lower = name;
+    for (auto &c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    for (auto &n : names)
+      if (lower == n.first) return n.second;
+    return Level::info;
+  }
+  static const char *level_name(Level level) {
+    static const char *names[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
+    return names[static_cast<int>(level)];
+  }
+
+  void configure(Level level, bool structured) {
+    level_ = level;
+    structured_ = structured;
+  }
+  bool enabled(Level level) const { return level >= level_; }
+
+  void log(Level level, const std::string &message, const StringMap &fields = {}) const {
+    if (!enabled(level)) return;
+    std::string line;
+    if (structured_) {
+      nlohmann::json j = {{"timestamp", timestamp()}, {"level", level_name(level)}, {"message", message}};
+      for (auto &f : fields) j[f.first] = f.second;
+      line = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    } else {
+      line = timestamp() + " " + level_name(level) + " " + message;
+      for (auto &f : fields) line += " " + f.first + "=" + f.second;
+    }
+    line += "\n";
+    std::lock_guard<std::mutex> lk(mu_);
+    std::fwrite(line.data(), 1, line.size(), stderr);
+  }
+  void trace(const std::string &m, const StringMap &f = {}) const { log(Level::trace, m, f); }
+  void debug(const std::string &m, const StringMap &f = {}) const { log(Level::debug, m, f); }
+  void info(const std::string &m, const StringMap &f = {}) const { log(Level::info, m, f); }
+  void warn(const std::string &m, const StringMap &f = {}) const { log(Level::warn, m, f); }
+  void error(const std::string &m, const StringMap &f = {}) const { log(Level::error, m, f); }
+
+  // Adapts this logger for the NATS client.
+  nats::LogSink nats_sink() const {
+    return [this](nats::LogLevel level, const std::string &text) {
+      static const Level map[] = {Level::trace, Level::debug, Level::info, Level::warn, Level::error};
+      log(map[static_cast<int>(level)], text);
+    };
+  }
+
+private:
+  static std::string timestamp() {
+    auto now = std::chrono::system_clock::now();
+    auto secs = std::chrono::system_clock::to_time_t(now);
+    auto millis = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+    std::tm tm{};
+    gmtime_r(&secs, &tm);
+    char buf[64];  // roomy: the compiler cannot see that the fields are small
+    std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+                  tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(millis));
+    return buf;
+  }
+
+  std::atomic<Level> level_{Level::info};
+  std::atomic<bool> structured_{false};
+  mutable std::mutex mu_;
+};
+
+// A secret from the host: text or bytes. Never logged.
+struct SecretValue {
+  bool is_bytes = false;
+  std::string value;
+};
+using Secrets = std::map<std::string, SecretValue>;
+
+// An `InterfaceLinkDefinition` as the host sends it.
+struct LinkDefinition {
+  std::string source_id, target, name = "default", wit_namespace, wit_package;
+  std::vector<std::string> interfaces;
+  StringMap source_config, target_config;
+  std::string source_secrets, target_secrets;  // sealed bytes, as received
+  // This provider's side of the link's secrets, opened with its xkey (see Provider).
+  Secrets secrets;
+
+  // Throws std::invalid_argument naming the bad field.
+  static LinkDefinition from_json(const nlohmann::json &j);
+  // Links repeat (the host re-sends them): this identifies one.
+  std::string key(const std::string &peer) const {
+    return peer + "\n" + name + "\n" + wit_namespace + "\n" + wit_package;
+  }
+};
+
+// The one line a wasmCloud host writes on the provider's stdin (base64 JSON).
+struct HostData {
+  std::string host_id, lattice_rpc_prefix = "default", lattice_rpc_url = "nats://127.0.0.1:4222";
+  std::string lattice_rpc_user_jwt, lattice_rpc_user_seed, provider_key, instance_id;
+  std::string host_xkey_public_key, provider_xkey_private_key;
+  StringMap env_values, config;
+  Secrets secrets;
+  nlohmann::json otel_config = nlohmann::json::object();
+  std::vector<std::string> cluster_issuers;
+  std::vector<LinkDefinition> link_definitions;
+  std::optional<uint64_t> default_rpc_timeout_ms;
+  bool structured_logging = false;
+  std::string log_level = "info";
+
+  // Throws std::invalid_argument with a one-line reason.
+  static HostData parse_json(const std::string &json);
+  static HostData parse_base64(const std::string &line);
+  // Reads one line from `fd` (stdin), waiting at most `timeout`, as the Go SDK does.
+  static HostData read(int fd = 0, std::chrono::milliseconds timeout = std::chrono::milliseconds(5000));
+};
+
+namespace detail {
+
+inline std::string json_string(const nlohmann::json &j, const char *key, const std::string &fallback = "") {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return fallback;
+  if (!it->is_string()) throw std::invalid_argument(std::string("host data field '") + key + "' must be a string");
+  return it->get<std::string>();
+}
+
+// Config maps are string to string; numbers and booleans are taken as their text.
+inline StringMap json_string_map(const nlohmann::json &j, const char *key) {
+  StringMap out;
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return out;
+  if (!it->is_object()) throw std::invalid_argument(std::string("field '") + key + "' must be an object");
+  for (auto &kv : it->items()) {
+    if (kv.value().is_string()) {
+      out[kv.key()] = kv.value().get<std::string>();
+    } else if (kv.value().is_number() || kv.value().is_boolean()) {
+      out[kv.key()] = kv.value().dump();
+    } else {
+      throw std::invalid_argument(std::string("field '") + key + "." + kv.key() + "' must be a string");
+    }
+  }
+  return out;
+}
+
+// Sealed secrets arrive as a JSON array of byte values.
+inline std::string json_bytes(const nlohmann::json &j, const char *key) {
+  std::string out;
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return out;
+  if (!it->is_array()) throw std::invalid_argument(std::string("field '") + key + "' must be an array of bytes");
+  for (auto &b : *it) {
+    if (!b.is_number_unsigned() || b.get<uint64_t>() > 255)
+      throw std::invalid_argument(std::string("field '") + key + "' must be an array of bytes");
+    out.push_back(static_cast<char>(b.get<uint64_t>()));
+  }
+  return out;
+}
+
+// `{"name": {"kind": "String"|"Bytes", "value": "..."|[bytes]}}`, as the host serializes
+// SecretValue. Error messages name the secret, never its value.
+inline Secrets parse_secrets(const nlohmann::json &j) {
+  Secrets out;
+  if (j.is_null()) return out;
+  if (!j.is_object()) throw std::invalid_argument("secrets must be a JSON object");
+  for (auto &kv : j.items()) {
+    auto &v = kv.value();
+    if (!v.is_object()) throw std::invalid_argument("secret '" + kv.key() + "' must be an object");
+    SecretValue secret;
+    auto kind = json_string(v, "kind");
+    if (kind == "String") {
+      secret.value = json_string(v, "value");
+    } else if (kind == "Bytes") {
+      secret.is_bytes = true;
+      secret.value = json_bytes(v, "value");
+    } else {
+      throw std::invalid_argument("secret '" + kv.key() + "' has unknown kind '" + kind + "'");
+    }
+    out[kv.key()] = std::move(secret);
+  }
+  return out;
+}
+
+}  // namespace detail
+
+inline LinkDefinition LinkDefinition::from_json(const nlohmann::json &j) {
+  if (!j.is_object()) throw std::invalid_argument("link definition must be a JSON object");
+  LinkDefinition link;
+  link.source_id = detail::json_string(j, "source_id");
+  link.target = detail::json_string(j, "target");
+  link.name = detail::json_string(j, "name", "default");
+  link.wit_namespace = detail::json_string(j, "wit_namespace");
+  link.wit_package = detail::json_string(j, "wit_package");
+  if (j.contains("interfaces") && !j["interfaces"].is_null()) {
+    if (!j["interfaces"].is_array()) throw std::invalid_argument("link field 'interfaces' must be an array");
+    for (auto &i : j["interfaces"]) {
+      if (!i.is_string()) throw std::invalid_argument("link field 'interfaces' must hold strings");
+      link.interfaces.push_back(i.get<std::string>());
+    }
+  }
+  link.source_config = detail::json_string_map(j, "source_config");
+  link.target_config = detail::json_string_map(j, "target_config");
+  link.source_secrets = detail::json_bytes(j, "source_secrets");
+  link.target_secrets = detail::json_bytes(j, "target_secrets");
+  if (link.source_id.empty() || link.target.empty())
+    throw std::invalid_argument("link definition needs 'source_id' and 'target'");
+  return link;
+}
+
+inline HostData HostData::parse_json(const std::string &text) {
+  // Real host data is a few levels deep. Copying a JSON value recurses once per level, so
+  // hostile nesting would overflow the stack: refuse it while parsing.
+  constexpr int max_depth = 32;
+  auto limit_depth = [](int depth, nlohmann::json::parse_event_t, nlohmann::json &) {
+    if (depth > max_depth)
+      throw std::invalid_argument("host data nests deeper than " + std::to_string(max_depth) + " levels");
+    return true;
+  };
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text, limit_depth);
+  } catch (const nlohmann::json::exception &e) {
+    throw std::invalid_argument(std::string("host data is not JSON: ") + e.what());
+  }
+  if (!j.is_object()) throw std::invalid_argument("host data must be a JSON object");
+  HostData h;
+  try {
+    h.host_id = detail::json_string(j, "host_id");
+    h.lattice_rpc_prefix = detail::json_string(j, "lattice_rpc_prefix", "default");
+    h.lattice_rpc_url = detail::json_string(j, "lattice_rpc_url");
+    if (h.lattice_rpc_url.empty()) h.lattice_rpc_url = "nats://127.0.0.1:4222";
+    h.lattice_rpc_user_jwt = detail::json_string(j, "lattice_rpc_user_jwt");
+    h.lattice_rpc_user_seed = detail::json_string(j, "lattice_rpc_user_seed");
+    h.provider_key = detail::json_string(j, "provider_key");
+    h.instance_id = detail::json_string(j, "instance_id");
+    h.host_xkey_public_key = detail::json_string(j, "host_xkey_public_key");
+    h.provider_xkey_private_key = detail::json_string(j, "provider_xkey_private_key");
+    h.env_values = detail::json_string_map(j, "env_values");
+    h.config = detail::json_string_map(j, "config");
+    if (j.contains("secrets")) h.secrets = detail::parse_secrets(j["secrets"]);
+    if (j.contains("otel_config") && j["otel_config"].is_object()) h.otel_config = j["otel_config"];
+    if (j.contains("cluster_issuers") && j["cluster_issuers"].is_array())
+      for (auto &i : j["cluster_issuers"])
+        if (i.is_string()) h.cluster_issuers.push_back(i.get<std::string>());
+    if (j.contains("link_definitions") && !j["link_definitions"].is_null()) {
+      if (!j["link_definitions"].is_array()) throw std::invalid_argument("'link_definitions' must be an array");
+      for (auto &l : j["link_definitions"]) h.link_definitions.push_back(LinkDefinition::from_json(l));
+    }
+    if (j.contains("default_rpc_timeout_ms") && j["default_rpc_timeout_ms"].is_number_unsigned())
+      h.default_rpc_timeout_ms = j["default_rpc_timeout_ms"].get<uint64_t>();
+    if (j.contains("structured_logging") && j["structured_logging"].is_boolean())
+      h.structured_logging = j["structured_logging"].get<bool>();
+    h.log_level = detail::json_string(j, "log_level", "info");
+  } catch (const nlohmann::json::exception &e) {
+    throw std::invalid_argument(std::string("bad host data: ") + e.what());
+  }
+  if (h.provider_key.empty()) throw std::invalid_argument("host data has no 'provider_key'");
+  return h;
+}
+
+inline HostData HostData::parse_base64(const std::string &line) {
+  std::string trimmed = line;
+  while (!trimmed.empty() && std::isspace(static_cast<unsigned char>(trimmed.back()))) trimmed.pop_back();
+  if (trimmed.empty()) throw std::invalid_argument("host data is empty");
+  std::string json;
+  try {
+    json = detail::base64_decode(trimmed);
+  } catch (const std::exception &e) {
+    throw std::invalid_argument(std::string("host data is not base64: ") + e.what());
+  }
+  return parse_json(json);
+}
+
+inline HostData HostData::read(int fd, std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::string line;
+  char c;
+  // Byte by byte up to the newline: whatever follows on stdin is not ours to consume.
+  while (line.size() < WRPC_HTTP_MAX_HOST_DATA_BYTES) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) throw std::invalid_argument("no host data on stdin within the timeout");
+    pollfd pfd{fd, POLLIN, 0};
+    int ready = ::poll(&pfd, 1, static_cast<int>(left.count()));
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready <= 0) continue;
+    ssize_t n = ::read(fd, &c, 1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0 || c == '\n') break;
+    line.push_back(c);
+  }
+  if (line.size() >= WRPC_HTTP_MAX_HOST_DATA_BYTES) throw std::invalid_argument("host data line too long");
+  return parse_base64(line);
+}
+
+// How the provider binary was started: by a host (host data on stdin), or by hand for local
+// development with `--nats URL --lattice NAME --address HOST:PORT --target COMPONENT` or the
+// environment variables WRPC_HTTP_NATS_URL, WRPC_HTTP_LATTICE, WRPC_HTTP_ADDRESS,
+// WRPC_HTTP_TARGET (a host clears the environment, so these never leak into a deployment).
+struct Launch {
+  HostData host_data;
+  std::string target;
+
+  // Throws std::invalid_argument with a one-line reason (bad flag, bad host data).
+  static Launch from(int argc, char **argv, const std::string &default_target) {
+    static const std::pair<const char *, const char *> options[] = {{"--nats", "WRPC_HTTP_NATS_URL"},
+                                                                    {"--lattice", "WRPC_HTTP_LATTICE"},
+                                                                    {"--address", "WRPC_HTTP_ADDRESS"},
+                                                                    {"--target", "WRPC_HTTP_TARGET"}};
+    StringMap given;
+    for (auto &o : options)
+      if (const char *env = std::getenv(o.second)) given[o.first] = env;
+    for (int i = 1; i < argc; i += 2) {
+      std::string flag = argv[i];
+      bool known = std::any_of(std::begin(options), std::end(options), [&](auto &o) { return flag == o.first; });
+      if (!known || i + 1 >= argc)
+        throw std::invalid_argument("usage: " + std::string(argv[0]) +
+                                    " [--nats URL] [--lattice NAME] [--address HOST:PORT] [--target COMPONENT]");
+      given[flag] = argv[i + 1];
+    }
+    Launch launch;
+    launch.target = given.count("--target") ? given["--target"] : default_target;
+    if (given.empty()) {
+      launch.host_data = HostData::read();
+      return launch;
+    }
+    auto &h = launch.host_data;
+    h.host_id = "local";
+    h.provider_key = "http-server";
+    h.instance_id = "local";
+    if (given.count("--nats")) h.lattice_rpc_url = given["--nats"];
+    if (given.count("--lattice")) h.lattice_rpc_prefix = given["--lattice"];
+    if (given.count("--address")) h.config["address"] = given["--address"];
+    return launch;
+  }
+};
+
+}  // namespace wrpc_http
+
+// ---- HTTP bridge ----
+//
+// HTTP requests in (cpp-httplib's blocking thread pool), wRPC `handle` calls out.
+
+namespace wrpc_http {
+
+// Settings of one HTTP listener, from the provider config and a source link's
+// source_config (which wins). Keys are documented in the README.
+struct HttpSettings {
+  std::string address = "0.0.0.0:8080";
+  std::chrono::milliseconds timeout{5000};  // until the component's response head
+  size_t max_content_len = WRPC_HTTP_DEFAULT_MAX_CONTENT_LEN;
+  std::chrono::milliseconds body_idle_timeout{WRPC_HTTP_BODY_IDLE_TIMEOUT_MS};
+  // Both set: the listener serves HTTPS with this certificate chain and key (PEM files).
+  std::string tls_cert_file, tls_priv_key_file;
+
+  // Throws std::invalid_argument naming the bad key.
+  static HttpSettings from_config(const StringMap &config, const StringMap &overrides = {});
+};
+
+namespace detail {
+
+inline uint64_t parse_unsigned(const std::string &key, const std::string &text) {
+  if (text.empty() || text.size() > 18 || text.find_first_not_of("0123456789") != std::string::npos)
+    throw std::invalid_argument("config '" + key + "' must be a whole number, got '" + text + "'");
+  return std::stoull(text);
+}
+
+// "1048576", "512K", "100M", "1G" (binary multiples; a trailing "B"/"iB" is allowed).
+inline size_t parse_size(const std::string &key, std::string text) {
+  for (auto &c : text) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  if (text.size() > 2 && text.compare(text.size() - 2, 2, "IB") == 0) text.resize(text.size() - 2);
+  else if (text.size() > 1 && text.back() == 'B') text.pop_back();
+  uint64_t multiplier = 1;
+  if (!text.empty()) {
+    switch (text.back()) {
+    case 'K': multiplier = 1ull << 10; break;
+    case 'M': multiplier = 1ull << 20; break;
+    case 'G': multiplier = 1ull << 30; break;
+    default: break;
+    }
+    if (multiplier != 1) text.pop_back();
+  }
+  return static_cast<size_t>(parse_unsigned(key, text) * multiplier);
+}
+
+// "host:port", "[v6]:port" or ":port". Returns {host, port}.
+inline std::pair<std::string, int> parse_address(const std::string &address) {
+  std::string host, port;
+  if (!address.empty() && address[0] == '[') {
+    auto close = address.find(']');
+    if (close == std::string::npos || close + 1 >= address.size() || address[close + 1] != ':')
+      throw std::invalid_argument("bad address '" + address + "'");
+    host = address.substr(1, close - 1);
+    port = address.substr(close + 2);
+  } else {
+    auto colon = address.rfind(':');
+    if (colon == std::string::npos) throw std::invalid_argument("address '" + address + "' has no port");
+    host = address.substr(0, colon);
+    port = address.substr(colon + 1);
+  }
+  if (host.empty()) host = "0.0.0.0";
+  auto number = parse_unsigned("address", port);
+  if (number > 65535) throw std::invalid_argument("bad port in address '" + address + "'");
+  return {host, static_cast<int>(number)};
+}
+
+}  // namespace detail
+
+inline HttpSettings HttpSettings::from_config(const StringMap &config, const StringMap &overrides) {
+  StringMap merged = config;
+  for (auto &kv : overrides) merged[kv.first] = kv.second;
+  HttpSettings s;
+  auto get = [&](const char *key) -> const std::string * {
+    auto it = merged.find(key);
+    return it == merged.end() ? nullptr : &it->second;
+  };
+  if (auto v = get("address")) {
+    detail::parse_address(*v);  // validate now, not at bind time
+    s.address = *v;
+  }
+  if (auto v = get("timeout_ms")) s.timeout = std::chrono::milliseconds(detail::parse_unsigned("timeout_ms", *v));
+  if (auto v = get("max_content_len")) s.max_content_len = detail::parse_size("max_content_len", *v);
+  if (auto v = get("body_idle_timeout_ms"))
+    s.body_idle_timeout = std::chrono::milliseconds(detail::parse_unsigned("body_idle_timeout_ms", *v));
+  if (auto v = get("tls_cert_file")) s.tls_cert_file = *v;
+  if (auto v = get("tls_priv_key_file")) s.tls_priv_key_file = *v;
+  if (s.tls_cert_file.empty() != s.tls_priv_key_file.empty())
+    throw std::invalid_argument("config 'tls_cert_file' and 'tls_priv_key_file' go together");
+  return s;
+}
+
+// Picks the component for a request (the Go example's WithDirector).
+using Director = std::function<std::string(const httplib::Request &)>;
+
+// The Go example's WithSingleTarget.
+inline Director single_target(std::string target) {
+  return [target](const httplib::Request &) { return target; };
+}
+
+// Registers `handler` for every method cpp-httplib routes (GET, HEAD, POST, PUT, DELETE,
+// OPTIONS, PATCH) under `pattern`.
+inline void route_all(httplib::Server &server, const std::string &pattern, const httplib::Server::Handler &handler) {
+  server.Get(pattern, handler);
+  server.Post(pattern, handler);
+  server.Put(pattern, handler);
+  server.Delete(pattern, handler);
+  server.Options(pattern, handler);
+  server.Patch(pattern, handler);
+}
+
+namespace detail {
+
+// Hop-by-hop headers (RFC 9110 7.6.1) and those wasi:http forbids: they describe this
+// connection, not the message, so they are never forwarded in either direction.
+inline bool is_hop_by_hop(const std::string &lower_name) {
+  static const char *names[] = {"connection", "keep-alive", "proxy-connection", "transfer-encoding",
+                                "te",         "trailer",    "upgrade",          "http2-settings",
+                                "host",       "content-length"};
+  for (auto n : names)
+    if (lower_name == n) return true;
+  return false;
+}
+
+inline std::string lower(std::string s) {
+  for (auto &c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// cpp-httplib adds the peer's address as pseudo headers; they did not come from the client.
+inline bool is_httplib_pseudo_header(const std::string &name) {
+  return name == "REMOTE_ADDR" || name == "REMOTE_PORT" || name == "LOCAL_ADDR" || name == "LOCAL_PORT";
+}
+
+// httplib keeps headers in a case-insensitive multimap, so one name's values are adjacent
+// and in arrival order: each name goes once, lower-cased, with all its values.
+inline Fields request_fields(const httplib::Headers &headers) {
+  Fields fields;
+  for (auto &h : headers) {
+    if (is_httplib_pseudo_header(h.first)) continue;
+    std::string name = lower(h.first);
+    if (is_hop_by_hop(name)) continue;
+    if (!fields.empty() && fields.back().first == name) {
+      fields.back().second.push_back(h.second);
+    } else {
+      fields.push_back({name, {h.second}});
+    }
+  }
+  return fields;
+}
+
+inline bool valid_header_name(const std::string &name) {
+  if (name.empty()) return false;
+  for (unsigned char c : name)
+    if (c <= ' ' || c >= 0x7f || c == ':') return false;
+  return true;
+}
+
+inline bool valid_header_value(const std::string &value) {
+  return value.find_first_of("\r\n", 0) == std::string::npos && value.find('\0') == std::string::npos;
+}
+
+inline bool arrived_over_tls(const httplib::Request &req) {
+#ifdef CPPHTTPLIB_OPENSSL_SUPPORT
+  return req.ssl != nullptr;
+#else
+  (void)req;
+  return false;
+#endif
+}
+
+inline void write_text(httplib::Response &res, int status, const std::string &text) {
+  res.status = status;
+  res.set_content(text + "\n", "text/plain; charset=utf-8");
+}
+
+// `<hex size>\r\n<data>\r\n`: the chunked framing written by hand, because cpp-httplib 0.11
+// cannot write trailers after the last chunk.
+inline void frame_chunk(const std::string &data, std::string &out) {
+  char size[20];
+  int n = std::snprintf(size, sizeof(size), "%zx\r\n", data.size());
+  out.clear();
+  out.reserve(data.size() + static_cast<size_t>(n) + 2);
+  out.append(size, static_cast<size_t>(n));
+  out += data;
+  out += "\r\n";
+}
+
+inline std::string last_chunk_with_trailers(const std::optional<Fields> &trailers) {
+  std::string out = "0\r\n";
+  if (trailers)
+    for (auto &f : *trailers)
+      if (valid_header_name(f.first) && !is_hop_by_hop(lower(f.first)))
+        for (auto &v : f.second)
+          if (valid_header_value(v)) out += f.first + ": " + v + "\r\n";
+  out += "\r\n";
+  return out;
+}
+
+}  // namespace detail
+
+namespace detail {
+
+// A component id becomes one token of a NATS subject: printable, no dots or wildcards, and
+// short enough for the server's control line.
+inline bool valid_target(const std::string &target) {
+  if (target.empty() || target.size() > WRPC_HTTP_MAX_TARGET_BYTES) return false;
+  for (unsigned char c : target)
+    if (c <= ' ' || c >= 0x7f || c == '.' || c == '*' || c == '>') return false;
+  return true;
+}
+
+}  // namespace detail
+
+// Forwards HTTP requests to components over wRPC: the Go example's incoming round tripper.
+class Forwarder {
+public:
+  using SettingsSource = std::function<HttpSettings()>;
+
+  // `source_id` (this provider's id) goes with each invocation, as the Rust SDK sends it.
+  Forwarder(nats::Client &nc, std::string lattice, Director director, SettingsSource settings,
+            const Logger &logger, std::string source_id)
+      : nc_(nc), lattice_(std::move(lattice)), director_(std::move(director)), settings_(std::move(settings)),
+        logger_(logger), source_id_(std::move(source_id)) {}
+
+  // Serves `prefix` and everything below it (`/proxy`, `/proxy/...`) for every method;
+  // an empty prefix serves every path.
+  void mount(httplib::Server &server, const std::string &prefix) {
+    std::string pattern = prefix + "(/.*)?";
+    auto plain = [this](const httplib::Request &req, httplib::Response &res) { handle(req, res, nullptr); };
+    auto streamed = [this](const httplib::Request &req, httplib::Response &res,
+                           const httplib::ContentReader &reader) { handle(req, res, &reader); };
+    server.Get(pattern, plain);
+    server.Options(pattern, plain);
+    server.Post(pattern, streamed);
+    server.Put(pattern, streamed);
+    server.Patch(pattern, streamed);
+    server.Delete(pattern, streamed);
+  }
+
+  // Forwards one request. `reader` streams the body (POST/PUT/PATCH/DELETE); without it
+  // the body, if any, is already in req.body.
+  void handle(const httplib::Request &req, httplib::Response &res, const httplib::ContentReader *reader);
+
+private:
+  std::optional<std::string> reject_reason(const httplib::Request &req, const HttpSettings &settings) const;
+  void send_response(const httplib::Request &req, httplib::Response &res, std::shared_ptr<wrpc::OutgoingCall> call,
+                     const ResponseHead &head, const HttpSettings &settings);
+
+  nats::Client &nc_;
+  std::string lattice_;
+  Director director_;
+  SettingsSource settings_;
+  const Logger &logger_;
+  std::string source_id_;
+};
+
+namespace detail {
+
+inline bool is_lower_hex(const std::string &s, size_t from, size_t count) {
+  if (s.size() < from + count) return false;
+  for (size_t i = from; i < from + count; ++i)
+    if (!std::isxdigit(static_cast<unsigned char>(s[i])) || std::isupper(static_cast<unsigned char>(s[i])))
+      return false;
+  return true;
+}
+
+// W3C trace context: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids not all zero.
+inline bool valid_traceparent(const std::string &t) {
+  return t.size() == 55 && t[2] == '-' && t[35] == '-' && t[52] == '-' && is_lower_hex(t, 0, 2) &&
+         t.compare(0, 2, "ff") != 0 && is_lower_hex(t, 3, 32) && is_lower_hex(t, 36, 16) && is_lower_hex(t, 53, 2) &&
+         t.compare(3, 32, std::string(32, '0')) != 0 && t.compare(36, 16, std::string(16, '0')) != 0;
+}
+
+inline std::string random_hex(size_t digits) {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  static const char hex[] = "0123456789abcdef";
+  std::string out(digits, '0');
+  for (auto &c : out) c = hex[rng() & 15];
+  if (out.find_first_not_of('0') == std::string::npos) out.back() = '1';
+  return out;
+}
+
+// The request's traceparent, or a new one that starts a trace here.
+inline std::string trace_parent_for(const httplib::Request &req) {
+  auto incoming = req.get_header_value("traceparent");
+  if (valid_traceparent(incoming)) return incoming;
+  return "00-" + random_hex(32) + "-" + random_hex(16) + "-01";
+}
+
+}  // namespace detail
+
+inline std::optional<std::string> Forwarder::reject_reason(const httplib::Request &req,
+                                                           const HttpSettings &settings) const {
+  if (req.has_header("Content-Length") && req.has_header("Transfer-Encoding"))
+    return std::string("Content-Length together with Transfer-Encoding");
+  if (req.get_header_value_count("Content-Length") > 1) return std::string("more than one Content-Length");
+  if (!detail::is_valid_utf8(req.target.data(), req.target.size())) return std::string("request target is not UTF-8");
+  (void)settings;
+  return std::nullopt;
+}
+
+inline void Forwarder::handle(const httplib::Request &req, httplib::Response &res,
+                              const httplib::ContentReader *reader) {
+  auto started = std::chrono::steady_clock::now();
+  HttpSettings settings = settings_();
+  // Unread body bytes would be parsed as the next request: close instead.
+  auto close_connection = [&] { res.set_header("Connection", "close"); };
+  if (auto why = reject_reason(req, settings)) {
+    close_connection();
+    return detail::write_text(res, 400, "bad request: " + *why);
+  }
+  if (req.has_header("Content-Length")) {
+    auto length = req.get_header_value("Content-Length");
+    if (length.find_first_not_of("0123456789") != std::string::npos || length.size() > 18) {
+      close_connection();
+      return detail::write_text(res, 400, "bad request: invalid Content-Length");
+    }
+    if (std::stoull(length) > settings.max_content_len) {
+      close_connection();
+      return detail::write_text(res, 413, "request body larger than max_content_len");
+    }
+  }
+  std::string target;
+  try {
+    target = director_(req);
+  } catch (const std::exception &e) {
+    return detail::write_text(res, 500, std::string("director failed: ") + e.what());
+  }
+  if (target.empty()) return detail::write_text(res, 404, "no link routes this request");
+  // The target becomes a NATS subject token: request data must not smuggle wildcards or dots.
+  if (!detail::valid_target(target)) return detail::write_text(res, 400, "bad request: invalid target");
+
+  // Trace context travels in the invocation's NATS headers, with the ids the Rust SDK sends.
+  std::string traceparent = detail::trace_parent_for(req);
+  std::string trace_id = traceparent.substr(3, 32);
+  nats::Headers nats_headers = {{"traceparent", traceparent}, {"source-id", source_id_}, {"target-id", target}};
+  if (req.has_header("tracestate") && detail::valid_header_value(req.get_header_value("tracestate")))
+    nats_headers.push_back({"tracestate", req.get_header_value("tracestate")});
+
+  RequestHead head;
+  head.method = method_from_string(req.method);
+  head.path_with_query = req.target;
+  head.scheme = Scheme{detail::arrived_over_tls(req) ? SchemeKind::https : SchemeKind::http, ""};
+  if (req.has_header("Host")) head.authority = req.get_header_value("Host");
+  head.headers = detail::request_fields(req.headers);
+
+  // cpp-httplib would otherwise compress or slice what the component sent; the component
+  // sees these headers and answers them itself. The Request object is the server's own
+  // non-const instance, so writing to it is defined.
+  auto &own = const_cast<httplib::Request &>(req);
+  own.headers.erase("Accept-Encoding");
+  own.ranges.clear();
+
+  auto deadline = started + settings.timeout;
+  std::shared_ptr<wrpc::OutgoingCall> call;
+  // The call starts with the first body bytes, so a request whose body breaks before any
+  // data never reaches the component.
+  auto start_call = [&] {
+    call = std::make_shared<wrpc::OutgoingCall>(nc_, wrpc::handle_subject(lattice_, target), head, &nats_headers);
+    call->await_handshake(deadline);
+  };
+  try {
+    // A request with neither Content-Length nor Transfer-Encoding has no body (RFC 9112
+    // 6.3); cpp-httplib would otherwise wait for the client to close the connection.
+    bool has_body = req.has_header("Content-Length") || req.has_header("Transfer-Encoding");
+    if (reader && has_body) {
+      size_t received = 0;
+      bool too_large = false;
+      bool complete = (*reader)([&](const char *data, size_t size) {
+        received += size;
+        if (received > settings.max_content_len) {
+          too_large = true;
+          return false;
+        }
+        if (!call) start_call();
+        call->write_body(data, size);
+        return true;
+      });
+      if (too_large || !complete) {
+        if (call) call->abort_request();
+        close_connection();
+        return too_large ? detail::write_text(res, 413, "request body larger than max_content_len")
+                         : detail::write_text(res, 400, "bad request: incomplete or malformed body");
+      }
+    }
+    if (!call) start_call();
+    if (!reader && !req.body.empty()) call->write_body(req.body.data(), req.body.size());
+    call->finish_request();
+    ResponseHead response = call->await_response(deadline);
+    send_response(req, res, std::move(call), response, settings);
+    if (logger_.enabled(Logger::Level::debug))
+      logger_.debug("forwarded", {{"method", req.method},
+                                {"path", req.target},
+                                {"target", target},
+                                {"status", std::to_string(res.status)},
+                                {"trace_id", trace_id}});
+  } catch (const wrpc::CallError &e) {
+    logger_.warn("request failed", {{"method", req.method},
+                                    {"path", req.target},
+                                    {"target", target},
+                                    {"error", e.what()},
+                                    {"trace_id", trace_id}});
+    if (reader || !req.body.empty()) close_connection();
+    detail::write_text(res, e.http_status(), e.what());
+  }
+}
+
+inline void Forwarder::send_response(const httplib::Request &req, httplib::Response &res,
+                                     std::shared_ptr<wrpc::OutgoingCall> call, const ResponseHead &head,
+                                     const HttpSettings &settings) {
+  if (head.status < 100 || head.status > 599)
+    throw wrpc::CallError(wrpc::CallError::Kind::bad_reply,
+                          "component answered with invalid status " + std::to_string(head.status));
+  res.status = head.status;
+  std::optional<uint64_t> content_length;
+  std::string content_type;
+  for (auto &field : head.headers) {
+    std::string name = detail::lower(field.first);
+    if (!detail::valid_header_name(name)) continue;
+    if (name == "content-length" && field.second.size() == 1 &&
+        field.second[0].find_first_not_of("0123456789") == std::string::npos && !field.second[0].empty() &&
+        field.second[0].size() <= 18) {
+      content_length = std::stoull(field.second[0]);
+      continue;
+    }
+    if (name == "content-type" && !field.second.empty()) {
+      content_type = field.second[0];  // set_content_provider writes it
+      continue;
+    }
+    if (detail::is_hop_by_hop(name)) continue;
+    for (auto &value : field.second)
+      if (detail::valid_header_value(value)) res.headers.emplace(field.first, value);
+  }
+  if (!detail::valid_header_value(content_type)) content_type.clear();
+  bool bodyless = req.method == "HEAD" || head.status == 204 || head.status == 304 || head.status < 200;
+  if (bodyless) {
+    if (content_length) res.set_header("Content-Length", std::to_string(*content_length));
+    if (!content_type.empty()) res.set_header("Content-Type", content_type);
+    return;
+  }
+  auto idle = settings.body_idle_timeout;
+  if (content_length && *content_length == 0) {
+    res.set_header("Content-Length", "0");
+    if (!content_type.empty()) res.set_header("Content-Type", content_type);
+    return;
+  }
+  if (content_length) {
+    // The component promised a length: pass it on, and cut the connection if it lies.
+    res.set_content_provider(
+        static_cast<size_t>(*content_length), content_type,
+        [call, idle, &logger = logger_, pending = std::string(), used = size_t(0)](size_t, size_t remaining,
+                                                                httplib::DataSink &sink) mutable {
+          try {
+            if (used == pending.size()) {
+              used = 0;
+              if (!call->read_body(pending, idle)) return false;  // ended short of its length
+            }
+            size_t n = std::min(pending.size() - used, remaining);  // never past the promise
+            if (!sink.write(pending.data() + used, n)) return false;
+            used += n;
+            return true;
+          } catch (const std::exception &e) {
+            logger.warn(std::string("response body cut off: ") + e.what());
+            return false;
+          }
+        });
+    return;
+  }
+  // Unknown length: chunked framing written here, so trailers can follow the last chunk.
+  res.set_header("Transfer-Encoding", "chunked");
+  res.set_content_provider(content_type.empty() ? "application/octet-stream" : content_type,
+                           [call, idle, &logger = logger_, piece = std::string(), framed = std::string()](
+                               size_t, httplib::DataSink &sink) mutable {
+                             try {
+                               if (call->read_body(piece, idle)) {
+                                 detail::frame_chunk(piece, framed);
+                                 // A body that already ended goes out with its last chunk in
+                                 // one write.
+                                 if (!call->body_complete()) return sink.write(framed.data(), framed.size());
+                               } else {
+                                 framed.clear();
+                               }
+                               framed += detail::last_chunk_with_trailers(call->read_trailers(idle));
+                               if (!sink.write(framed.data(), framed.size())) return false;
+                               sink.done();
+                               return true;
+                             } catch (const std::exception &e) {
+                               // Cut the connection: the client sees a truncated body.
+                               logger.warn(std::string("response body cut off: ") + e.what());
+                               return false;
+                             }
+                           });
+}
+
+// ---- provider ----
+
+// The provider process: host data, lattice subjects, links, listeners and shutdown.
+//
+//   wrpc_http::Provider provider(wrpc_http::HostData::read());
+//   auto proxy = provider.forwarder(wrpc_http::single_target("http-http_component"));
+//   provider.serve([&](httplib::Server &http) { proxy.mount(http, "/proxy"); ... });
+//   return provider.run();
+class Provider {
+public:
+  using LinkCallback = std::function<void(const LinkDefinition &)>;
+  using Routes = std::function<void(httplib::Server &)>;
+
+  explicit Provider(HostData host_data);
+  ~Provider();
+  Provider(const Provider &) = delete;
+  Provider &operator=(const Provider &) = delete;
+
+  const HostData &host_data() const { return host_; }
+  const Logger &logger() const { return logger_; }
+  nats::Client &lattice() { return nc_; }
+
+  // Settings of the listener: provider config, overridden by the source link's config.
+  HttpSettings settings() const;
+  Forwarder forwarder(Director director);
+  // The routes of the HTTP listener (without `routing_mode`): called for each listener the
+  // provider opens. With `routing_mode`, links decide and every path is forwarded.
+  void serve(Routes routes) { routes_ = std::move(routes); }
+
+  void on_source_link_put(LinkCallback cb) { on_source_put_ = std::move(cb); }
+  void on_target_link_put(LinkCallback cb) { on_target_put_ = std::move(cb); }
+  void on_source_link_del(LinkCallback cb) { on_source_del_ = std::move(cb); }
+  void on_target_link_del(LinkCallback cb) { on_target_del_ = std::move(cb); }
+  std::vector<LinkDefinition> source_links() const;
+  std::vector<LinkDefinition> target_links() const;
+
+  // Connects, subscribes, listens; returns the exit code once shut down (by the host,
+  // SIGTERM or SIGINT). Failures to start are logged and give 1.
+  int run();
+  // Asks run() to return (thread-safe).
+  void request_shutdown();
+
+private:
+  // What one listener serves: in routing_mode `address` each source link has its own.
+  struct ListenerSpec {
+    HttpSettings settings;
+    std::string target;  // routing_mode `address`: the link's component
+    std::string signature() const {
+      return settings.address + "|" + target + "|" + std::to_string(settings.timeout.count()) + "|" +
+             std::to_string(settings.max_content_len) + "|" + std::to_string(settings.body_idle_timeout.count()) +
+             "|" + settings.tls_cert_file + "|" + settings.tls_priv_key_file;
+    }
+  };
+  struct Listener {
+    std::string signature;
+    std::unique_ptr<httplib::Server> server;
+    std::unique_ptr<Forwarder> forwarder;  // routed modes
+    int listen_fd = -1;
+    std::thread thread;
+    std::mutex mu;
+    std::condition_variable cv;
+    bool finished = false;  // listen_after_bind returned: every connection is done
+  };
+  struct Route {
+    std::string match;  // path prefix or host name
+    std::string target;
+  };
+
+  std::string topic(const std::string &suffix, const std::string &key) const {
+    return "wasmbus.rpc." + host_.lattice_rpc_prefix + "." + key + "." + suffix;
+  }
+  std::string link_put_key() const;
+  void subscribe_lattice();
+  Secrets open_link_secrets(const LinkDefinition &link) const;
+  void put_link(const LinkDefinition &link);
+  void delete_link(const LinkDefinition &link);
+  std::map<std::string, ListenerSpec> wanted_listeners() const;
+  std::unique_ptr<Listener> start_listener(const ListenerSpec &spec);
+  static void stop_listener(Listener &listener);
+  void stop_listeners();
+  void reconcile_listeners();
+  void rebuild_routes();
+  std::string route(const httplib::Request &req) const;
+  void wait_for_shutdown();
+
+  HostData host_;
+  Logger logger_;
+  nats::Client nc_;
+  Routes routes_;
+  LinkCallback on_source_put_, on_target_put_, on_source_del_, on_target_del_;
+
+  mutable std::mutex links_mu_;
+  std::map<std::string, LinkDefinition> source_links_, target_links_;
+  StringMap config_;
+
+  std::string routing_mode_;  // "", "address", "path" or "host"
+  std::shared_ptr<const std::vector<Route>> route_table_ = std::make_shared<std::vector<Route>>();
+
+  std::mutex listeners_mu_;  // held while listeners open and close
+  std::map<std::string, std::unique_ptr<Listener>> listeners_;  // by address
+
+  std::mutex shutdown_mu_;
+  std::condition_variable shutdown_cv_;
+  bool shutdown_requested_ = false;
+};
+
+namespace detail {
+inline nats::Options lattice_options(const HostData &h, const Logger &logger) {
+  nats::Options o;
+  o.url = h.lattice_rpc_url;
+  o.name = h.provider_key;
+  o.user_jwt = h.lattice_rpc_user_jwt;
+  o.user_seed = h.lattice_rpc_user_seed;
+  // The host data carries no CA: a lattice behind a private CA names its PEM file in the config.
+  auto ca_file = h.config.find("nats_tls_ca_file");
+  if (ca_file != h.config.end()) o.tls_ca_file = ca_file->second;
+  o.log = logger.nats_sink();
+  return o;
+}
+}  // namespace detail
+
+inline Provider::Provider(HostData host_data)
+    : host_(std::move(host_data)),
+      nc_([&] {
+        logger_.configure(Logger::parse_level(host_.log_level), host_.structured_logging);
+        return detail::lattice_options(host_, logger_);
+      }()),
+      config_(host_.config) {
+  HttpSettings::from_config(config_);  // reject a bad config before anything starts
+  auto mode = config_.find("routing_mode");
+  if (mode != config_.end()) {
+    if (mode->second != "address" && mode->second != "path" && mode->second != "host")
+      throw std::invalid_argument("config 'routing_mode' must be address, path or host, not '" + mode->second + "'");
+    routing_mode_ = mode->second;
+  }
+  for (auto &received : host_.link_definitions) {
+    LinkDefinition link = received;
+    try {
+      link.secrets = open_link_secrets(received);
+    } catch (const std::exception &e) {
+      logger_.error(std::string("skipping link from host data: ") + e.what(),
+                    {{"source_id", link.source_id}, {"target", link.target}});
+      continue;
+    }
+    if (link.source_id == host_.provider_key) source_links_[link.key(link.target)] = link;
+    if (link.target == host_.provider_key) target_links_[link.key(link.source_id)] = link;
+  }
+  rebuild_routes();
+}
+
+inline Provider::~Provider() {
+  stop_listeners();
+  nc_.close();
+}
+
+inline HttpSettings Provider::settings() const {
+  std::lock_guard<std::mutex> lk(links_mu_);
+  // The example has one listener: the first source link's config refines the provider's.
+  StringMap overrides;
+  if (!source_links_.empty()) overrides = source_links_.begin()->second.source_config;
+  return HttpSettings::from_config(config_, overrides);
+}
+
+inline Forwarder Provider::forwarder(Director director) {
+  return Forwarder(nc_, host_.lattice_rpc_prefix, std::move(director), [this] { return settings(); }, logger_,
+                   host_.provider_key);
+}
+
+inline std::vector<LinkDefinition> Provider::source_links() const {
+  std::lock_guard<std::mutex> lk(links_mu_);
+  std::vector<LinkDefinition> out;
+  for (auto &l : source_links_) out.push_back(l.second);
+  return out;
+}
+
+inline std::vector<LinkDefinition> Provider::target_links() const {
+  std::lock_guard<std::mutex> lk(links_mu_);
+  std::vector<LinkDefinition> out;
+  for (auto &l : target_links_) out.push_back(l.second);
+  return out;
+}
+
+// Hosts >= 1.1 send link puts to the provider's xkey, so that only holders of the key
+// can read the sealed secrets in them; older hosts use the provider key.
+inline std::string Provider::link_put_key() const {
+  if (host_.host_xkey_public_key.empty() || host_.provider_xkey_private_key.empty()) return host_.provider_key;
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+  return detail::nkeys::public_key_from_seed(host_.provider_xkey_private_key);
+#else
+  throw std::invalid_argument("host data has xkeys: build with WRPC_HTTP_OPENSSL_SUPPORT to derive the link subject");
+#endif
+}
+
+// Link secrets are sealed by the host's xkey for this provider's xkey (nkeys "xkv1"). The
+// side that concerns this provider is opened; a link whose secrets do not open is refused.
+inline Secrets Provider::open_link_secrets(const LinkDefinition &link) const {
+  const auto &sealed = link.source_id == host_.provider_key ? link.source_secrets : link.target_secrets;
+  if (sealed.empty()) return {};
+  if (host_.host_xkey_public_key.empty() || host_.provider_xkey_private_key.empty())
+    throw std::invalid_argument("link has secrets but the host data has no xkeys to open them");
+#if defined(WRPC_HTTP_OPENSSL_SUPPORT) && defined(WRPC_HTTP_SODIUM_SUPPORT)
+  std::string json;
+  try {
+    json = detail::nkeys::xkey_open(sealed, host_.host_xkey_public_key, host_.provider_xkey_private_key);
+  } catch (const std::exception &e) {
+    throw std::invalid_argument(std::string("cannot open link secrets: ") + e.what());
+  }
+  try {
+    return detail::parse_secrets(nlohmann::json::parse(json));
+  } catch (const nlohmann::json::exception &) {
+    throw std::invalid_argument("opened link secrets are not a JSON map");
+  }
+#else
+  throw std::invalid_argument("link secrets need WRPC_HTTP_OPENSSL_SUPPORT and WRPC_HTTP_SODIUM_SUPPORT");
+#endif
+}
+
+inline void Provider::put_link(const LinkDefinition &received) {
+  LinkDefinition link = received;
+  link.secrets = open_link_secrets(received);
+  bool is_source = link.source_id == host_.provider_key;
+  bool is_target = link.target == host_.provider_key;
+  if (!is_source && !is_target) {
+    logger_.warn("ignoring a link that does not involve this provider",
+                 {{"source_id", link.source_id}, {"target", link.target}});
+    return;
+  }
+  bool fresh;
+  {
+    std::lock_guard<std::mutex> lk(links_mu_);
+    auto &table = is_source ? source_links_ : target_links_;
+    auto key = link.key(is_source ? link.target : link.source_id);
+    auto it = table.find(key);
+    fresh = it == table.end() || it->second.source_config != link.source_config ||
+            it->second.target_config != link.target_config;
+    table[key] = link;
+  }
+  if (!fresh) return;  // the host re-sends links it already sent
+  logger_.info("link put", {{"source_id", link.source_id}, {"target", link.target}, {"name", link.name}});
+  auto &cb = is_source ? on_source_put_ : on_target_put_;
+  if (cb) cb(link);
+  if (is_source) {
+    rebuild_routes();
+    reconcile_listeners();
+  }
+}
+
+inline void Provider::delete_link(const LinkDefinition &link) {
+  bool is_source = link.source_id == host_.provider_key;
+  size_t erased;
+  {
+    std::lock_guard<std::mutex> lk(links_mu_);
+    auto &table = is_source ? source_links_ : target_links_;
+    erased = table.erase(link.key(is_source ? link.target : link.source_id));
+  }
+  if (!erased) return;
+  logger_.info("link deleted", {{"source_id", link.source_id}, {"target", link.target}, {"name", link.name}});
+  auto &cb = is_source ? on_source_del_ : on_target_del_;
+  if (cb) cb(link);
+  if (is_source) {
+    rebuild_routes();
+    reconcile_listeners();
+  }
+}
+
+inline void Provider::subscribe_lattice() {
+  const auto &p = host_.provider_key;
+  nc_.subscribe(topic("health", p), [this](nats::Message &m) {
+    if (m.reply.empty()) return;
+    nlohmann::json health = {{"healthy", nc_.connected()}, {"message", "wrpc-http-provider " WRPC_HTTP_VERSION}};
+    nc_.publish(m.reply, health.dump());
+  });
+  auto link_handler = [this](bool put) {
+    return [this, put](nats::Message &m) {
+      try {
+        auto link = LinkDefinition::from_json(nlohmann::json::parse(m.data));
+        put ? put_link(link) : delete_link(link);
+        if (!m.reply.empty()) nc_.publish(m.reply, R"({"success":true})");
+      } catch (const std::exception &e) {
+        logger_.error(std::string("bad link ") + (put ? "put" : "del") + ": " + e.what());
+        if (!m.reply.empty())
+          nc_.publish(m.reply, nlohmann::json({{"success", false}, {"error", e.what()}}).dump());
+      }
+    };
+  };
+  nc_.subscribe(topic("linkdefs.put", link_put_key()), link_handler(true));
+  nc_.subscribe(topic("linkdefs.del", p), link_handler(false));
+  nc_.subscribe(topic("default.shutdown", p), [this](nats::Message &m) {
+    // Every instance of this provider id hears the request: only ours counts.
+    try {
+      auto j = nlohmann::json::parse(m.data.empty() ? "{}" : m.data);
+      auto host = j.value("host_id", std::string());
+      if (!host.empty() && !host_.host_id.empty() && host != host_.host_id) return;
+    } catch (const nlohmann::json::exception &) {
+      logger_.warn("shutdown request with unreadable payload; shutting down anyway");
+    }
+    if (!m.reply.empty()) nc_.publish(m.reply, "shutting down");
+    request_shutdown();
+  });
+  nc_.subscribe(topic("config.update", p), [this](nats::Message &m) {
+    try {
+      StringMap update = detail::json_string_map(nlohmann::json{{"config", nlohmann::json::parse(m.data)}}, "config");
+      HttpSettings::from_config(update);  // refuse a config that would not apply
+      {
+        std::lock_guard<std::mutex> lk(links_mu_);
+        config_ = std::move(update);
+      }
+      logger_.info("config updated");
+      reconcile_listeners();
+    } catch (const std::exception &e) {
+      logger_.error(std::string("config update refused: ") + e.what());
+    }
+  });
+}
+
+// The listeners the links and config ask for, by address.
+inline std::map<std::string, Provider::ListenerSpec> Provider::wanted_listeners() const {
+  std::map<std::string, ListenerSpec> wanted;
+  if (routing_mode_ != "address") {
+    ListenerSpec spec;
+    if (routing_mode_.empty()) {
+      spec.settings = settings();
+    } else {
+      std::lock_guard<std::mutex> lk(links_mu_);
+      spec.settings = HttpSettings::from_config(config_);
+      auto fallback = config_.find("default_address");
+      if (fallback != config_.end()) spec.settings.address = fallback->second;
+    }
+    wanted[spec.settings.address] = spec;
+    return wanted;
+  }
+  std::lock_guard<std::mutex> lk(links_mu_);
+  for (auto &entry : source_links_) {
+    auto &link = entry.second;
+    ListenerSpec spec;
+    try {
+      spec.settings = HttpSettings::from_config(config_, link.source_config);
+    } catch (const std::exception &e) {
+      logger_.error(std::string("link refused: ") + e.what(), {{"target", link.target}});
+      continue;
+    }
+    if (link.source_config.find("address") == link.source_config.end()) {
+      logger_.error("link refused: routing_mode address needs source_config.address", {{"target", link.target}});
+      continue;
+    }
+    spec.target = link.target;
+    auto taken = wanted.find(spec.settings.address);
+    if (taken != wanted.end()) {
+      logger_.error("link refused: address already used by another link",
+                    {{"address", spec.settings.address}, {"target", link.target}, {"holder", taken->second.target}});
+      continue;
+    }
+    wanted[spec.settings.address] = spec;
+  }
+  return wanted;
+}
+
+inline std::unique_ptr<Provider::Listener> Provider::start_listener(const ListenerSpec &spec) {
+  const auto &settings = spec.settings;
+  auto address = detail::parse_address(settings.address);
+  auto listener = std::make_unique<Listener>();
+  listener->signature = spec.signature();
+  if (settings.tls_cert_file.empty()) {
+    listener->server = std::make_unique<httplib::Server>();
+  } else {
+#ifdef CPPHTTPLIB_OPENSSL_SUPPORT
+    auto tls = std::make_unique<httplib::SSLServer>(settings.tls_cert_file.c_str(), settings.tls_priv_key_file.c_str());
+    if (!tls->is_valid())
+      throw std::runtime_error("cannot load the TLS certificate or key (" + settings.tls_cert_file + ", " +
+                               settings.tls_priv_key_file + ")");
+    listener->server = std::move(tls);
+#else
+    throw std::runtime_error("HTTPS needs cpp-httplib built with CPPHTTPLIB_OPENSSL_SUPPORT");
+#endif
+  }
+  auto &server = *listener->server;
+  server.new_task_queue = [] { return new detail::ElasticTaskQueue(WRPC_HTTP_MAX_THREADS); };
+  // Head and body leave in separate writes: with Nagle's algorithm and delayed ACKs every
+  // response would wait ~40 ms for the second one.
+  server.set_tcp_nodelay(true);
+  server.set_keep_alive_max_count(WRPC_HTTP_KEEPALIVE_MAX_COUNT);
+  server.set_keep_alive_timeout(WRPC_HTTP_KEEPALIVE_TIMEOUT_SECOND);
+  server.set_read_timeout(WRPC_HTTP_READ_TIMEOUT_SECOND, 0);
+  server.set_payload_max_length(settings.max_content_len);
+  if (routing_mode_.empty()) {
+    if (routes_) routes_(server);
+  } else {
+    // Every path goes to a component: the one this listener's link names, or the one the
+    // route table picks per request.
+    Director director = routing_mode_ == "address" ? single_target(spec.target)
+                                                   : Director([this](const httplib::Request &req) { return route(req); });
+    listener->forwarder = std::make_unique<Forwarder>(nc_, host_.lattice_rpc_prefix, std::move(director),
+                                                      [settings] { return settings; }, logger_, host_.provider_key);
+    listener->forwarder->mount(server, "");
+  }
+  // cpp-httplib's defaults are SO_REUSEPORT (a second listener on the same port would
+  // silently share it) and a listen backlog of 5 (bursts of connections get dropped).
+  int listen_fd = -1;
+  server.set_socket_options([&listen_fd](socket_t sock) {
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    listen_fd = sock;
+  });
+  if (!server.bind_to_port(address.first.c_str(), address.second))
+    throw std::runtime_error("cannot listen on " + settings.address);
+  ::listen(listen_fd, WRPC_HTTP_LISTEN_BACKLOG);
+  listener->listen_fd = listen_fd;
+  listener->thread = std::thread([l = listener.get()] {
+    l->server->listen_after_bind();
+    std::lock_guard<std::mutex> lk(l->mu);
+    l->finished = true;
+    l->cv.notify_all();
+  });
+  logger_.info("listening", {{"address", settings.address}, {"target", spec.target}});
+  return listener;
+}
+
+// Stops accepting at once and gives running requests WRPC_HTTP_DRAIN_TIMEOUT_MS to finish.
+// cpp-httplib's stop() would cut streamed responses short, so the listening socket is shut
+// down first; stop() then only ends what outlives the drain (idle keep-alive connections).
+inline void Provider::stop_listener(Listener &listener) {
+  ::shutdown(listener.listen_fd, SHUT_RDWR);
+  {
+    std::unique_lock<std::mutex> lk(listener.mu);
+    listener.cv.wait_for(lk, std::chrono::milliseconds(WRPC_HTTP_DRAIN_TIMEOUT_MS), [&] { return listener.finished; });
+  }
+  listener.server->stop();
+  listener.thread.join();
+}
+
+inline void Provider::stop_listeners() {
+  std::lock_guard<std::mutex> lk(listeners_mu_);
+  for (auto &l : listeners_) stop_listener(*l.second);
+  listeners_.clear();
+}
+
+// Brings the open listeners in line with what links and config ask for: closes the ones
+// no longer wanted (their running requests finish), opens the new ones.
+inline void Provider::reconcile_listeners() {
+  std::map<std::string, ListenerSpec> wanted;
+  try {
+    wanted = wanted_listeners();
+  } catch (const std::exception &e) {
+    logger_.error(std::string("keeping the current listeners: ") + e.what());
+    return;
+  }
+  std::lock_guard<std::mutex> lk(listeners_mu_);
+  for (auto it = listeners_.begin(); it != listeners_.end();) {
+    auto w = wanted.find(it->first);
+    if (w != wanted.end() && w->second.signature() == it->second->signature) {
+      ++it;
+      continue;
+    }
+    logger_.info("closing listener", {{"address", it->first}});
+    stop_listener(*it->second);
+    it = listeners_.erase(it);
+  }
+  for (auto &w : wanted) {
+    if (listeners_.count(w.first)) continue;
+    try {
+      listeners_[w.first] = start_listener(w.second);
+    } catch (const std::exception &e) {
+      logger_.error(e.what());
+    }
+  }
+}
+
+// Routes for routing_mode path/host, rebuilt when links change and swapped whole, so a
+// request in flight keeps the route it started with.
+inline void Provider::rebuild_routes() {
+  if (routing_mode_ != "path" && routing_mode_ != "host") return;
+  auto table = std::make_shared<std::vector<Route>>();
+  {
+    std::lock_guard<std::mutex> lk(links_mu_);
+    for (auto &entry : source_links_) {
+      auto it = entry.second.source_config.find(routing_mode_);
+      if (it == entry.second.source_config.end()) {
+        logger_.error("link has no source_config." + routing_mode_ + " for routing_mode " + routing_mode_,
+                      {{"target", entry.second.target}});
+        continue;
+      }
+      std::string match = it->second;
+      if (routing_mode_ == "host") {
+        match = detail::lower(match.substr(0, match.rfind(':') == std::string::npos || match.back() == ']'
+                                                  ? match.size()
+                                                  : match.rfind(':')));
+      } else {
+        if (match.empty() || match[0] != '/') match = "/" + match;
+        while (match.size() > 1 && match.back() == '/') match.pop_back();
+      }
+      table->push_back({match, entry.second.target});
+    }
+  }
+  // Longest prefix first: the first match is the most specific.
+  std::sort(table->begin(), table->end(),
+            [](const Route &a, const Route &b) { return a.match.size() > b.match.size(); });
+  std::atomic_store(&route_table_, std::shared_ptr<const std::vector<Route>>(std::move(table)));
+}
+
+// The component for a request in routing_mode path/host; "" when no link matches (404).
+inline std::string Provider::route(const httplib::Request &req) const {
+  auto table = std::atomic_load(&route_table_);
+  if (routing_mode_ == "host") {
+    std::string host = req.get_header_value("Host");
+    auto colon = host.rfind(':');
+    if (colon != std::string::npos && host.back() != ']') host.resize(colon);
+    host = detail::lower(host);
+    for (auto &r : *table)
+      if (r.match == host) return r.target;
+    return "";
+  }
+  const std::string &path = req.path;
+  for (auto &r : *table) {
+    if (r.match == "/") return r.target;
+    // Segment-aware: `/api` matches `/api` and `/api/...`, not `/apix`.
+    if (path.compare(0, r.match.size(), r.match) == 0 && (path.size() == r.match.size() || path[r.match.size()] == '/'))
+      return r.target;
+  }
+  return "";
+}
+
+inline void Provider::request_shutdown() {
+  std::lock_guard<std::mutex> lk(shutdown_mu_);
+  shutdown_requested_ = true;
+  shutdown_cv_.notify_all();
+}
+
+// Blocks until a shutdown request or SIGTERM/SIGINT. The signals are blocked in every
+// thread run() starts and taken here synchronously, so no handler runs in signal context.
+inline void Provider::wait_for_shutdown() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  std::unique_lock<std::mutex> lk(shutdown_mu_);
+  while (!shutdown_requested_) {
+    lk.unlock();
+    timespec poll_interval{0, 100 * 1000 * 1000};
+    int sig = sigtimedwait(&signals, nullptr, &poll_interval);
+    lk.lock();
+    if (sig == SIGTERM || sig == SIGINT) {
+      logger_.info(std::string("received ") + (sig == SIGTERM ? "SIGTERM" : "SIGINT"));
+      shutdown_requested_ = true;
+    }
+  }
+}
+
+inline int Provider::run() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  try {
+    nc_.connect();
+    subscribe_lattice();
+    nc_.flush(std::chrono::milliseconds(5000));
+    for (auto &link : source_links())
+      if (on_source_put_) on_source_put_(link);
+    for (auto &link : target_links())
+      if (on_target_put_) on_target_put_(link);
+    std::lock_guard<std::mutex> lk(listeners_mu_);
+    for (auto &w : wanted_listeners()) listeners_[w.first] = start_listener(w.second);
+  } catch (const std::exception &e) {
+    logger_.error(std::string("provider failed to start: ") + e.what());
+    stop_listeners();
+    nc_.close();
+    return 1;
+  }
+  logger_.info("provider started", {{"provider_key", host_.provider_key}, {"lattice", host_.lattice_rpc_prefix}});
+  wait_for_shutdown();
+  logger_.info("shutting down");
+  stop_listeners();
+  nc_.close();
+  logger_.info("provider stopped");
+  return 0;
+}
+
+}  // namespace wrpc_http
 
 #endif  // WRPC_HTTP_PROVIDER_HPP

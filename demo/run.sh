@@ -31,76 +31,13 @@ KEEP_LOGS=0
 
 # ---- helpers ----
 
-# True when something accepts connections on 127.0.0.1:$1.
-port_in_use() {
-  timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null
-}
+SCRIPT_NAME=demo
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# A port nobody listens on, other than the ones given.
-free_port() {
-  local port tries
-  for ((tries = 0; tries < 200; tries++)); do
-    port=$((20000 + RANDOM % 40000))
-    [[ " $* " == *" $port "* ]] && continue
-    port_in_use "$port" || { echo "$port"; return 0; }
-  done
-  echo "demo: found no free port" >&2
-  return 1
-}
 
-# Waits up to $2 seconds for the command "$3..." to succeed, while process $1 lives.
-wait_for() {
-  local pid=$1 seconds=$2
-  shift 2
-  local deadline=$((SECONDS + seconds))
-  while ((SECONDS < deadline)); do
-    "$@" && return 0
-    kill -0 "$pid" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
-
-stop_all() {
-  local pid i
-  # Reverse start order: provider, component, then NATS.
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-    kill -TERM "${PIDS[i]}" 2>/dev/null || true
-  done
-  for ((i = 0; i < 50; i++)); do
-    local alive=0
-    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    ((alive)) || break
-    sleep 0.1
-  done
-  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  PIDS=()
-}
-
-cleanup() {
-  trap - INT TERM EXIT
-  stop_all
-  if ((KEEP_LOGS)); then
-    echo "demo: logs kept in $LOGS" >&2
-  else
-    rm -rf "$LOGS"
-  fi
-}
 trap 'echo; echo "stopping..."; cleanup; echo "stopped."; exit 0' INT TERM
 trap cleanup EXIT
 
-fail() {
-  echo "demo: $*" >&2
-  local f
-  for f in "$LOGS"/*.log; do
-    [[ -s "$f" ]] || continue
-    echo "---- $(basename "$f") (last lines) ----" >&2
-    tail -n 15 "$f" >&2
-  done
-  KEEP_LOGS=1
-  exit 1
-}
 
 # ---- ports ----
 
@@ -129,9 +66,6 @@ echo "demo component    $COMPONENT_ID (lattice $LATTICE)"
 
 # ---- the provider, started the way a wasmCloud host starts it ----
 
-random_chars() {  # $1 characters of the nkeys base32 alphabet
-  LC_ALL=C tr -dc 'A-Z2-7' </dev/urandom | head -c "$1" || true
-}
 HOST_ID="N$(random_chars 55)"
 INSTANCE_ID=$(cat /proc/sys/kernel/random/uuid)
 

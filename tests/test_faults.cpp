@@ -200,7 +200,8 @@ TEST_CASE("faults: a component slower than timeout_ms gets 504 near timeout_ms, 
   REQUIRE(res);
   CHECK(res->status == 200);
   CHECK(res->body == "Hello from the component!");
-  CHECK(testsupport::thread_count(lattice.provider->pid()) <= baseline_threads + 2);
+  // Listener threads stay for reuse, at most one per connection that was open at once.
+  CHECK(testsupport::thread_count(lattice.provider->pid()) <= baseline_threads + int(statuses.size()) + 2);
   CHECK(lattice.provider->running());
 }
 

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Builds nats_peer (the nats.go reference client for the interop tests) to $1,
-# offline, in GOPATH mode against Debian's packaged Go sources
+# Builds the Go program in SOURCE_DIR (tests/interop: the nats.go peer of the interop tests;
+# bench/go-gateway: the comparison gateway of the benchmark) to OUTPUT_BINARY, offline, in
+# GOPATH mode against Debian's packaged Go sources
 # (apt-get install golang-go golang-github-nats-io-go-nats-dev).
 set -euo pipefail
 
-if [ $# -ne 1 ]; then
-  echo "usage: $0 OUTPUT_BINARY" >&2
+if [ $# -ne 2 ]; then
+  echo "usage: $0 SOURCE_DIR OUTPUT_BINARY" >&2
   exit 2
 fi
-out=$1
+src=$1
+out=$2
 case "$out" in /*) ;; *) out="$PWD/$out" ;; esac
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 # GOPATH mode: no go.mod, no module proxy; imports resolve from Debian's tree.
 export GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS= GOPROXY=off
@@ -20,4 +21,4 @@ if [ "$(go env GOCACHE)" = off ]; then
   export GOCACHE
   trap 'rm -rf "$GOCACHE"' EXIT
 fi
-cd "$here" && go build -o "$out" .
+cd "$src" && go build -o "$out" .

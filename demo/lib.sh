@@ -1,0 +1,78 @@
+# Shell helpers shared by demo/run.sh and bench/run.sh (sourced; both set SCRIPT_NAME, LOGS,
+# KEEP_LOGS and PIDS=() first).
+
+# True when something accepts connections on 127.0.0.1:$1.
+port_in_use() {
+  timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null
+}
+
+# A port nobody listens on, other than the ones given.
+free_port() {
+  local port tries
+  for ((tries = 0; tries < 200; tries++)); do
+    port=$((20000 + RANDOM % 12000))  # below the ephemeral range (32768+)
+    [[ " $* " == *" $port "* ]] && continue
+    port_in_use "$port" || { echo "$port"; return 0; }
+  done
+  echo "$SCRIPT_NAME: found no free port" >&2
+  return 1
+}
+
+# Waits up to $2 seconds for the command "$3..." to succeed, while process $1 lives.
+wait_for() {
+  local pid=$1 seconds=$2
+  shift 2
+  local deadline=$((SECONDS + seconds))
+  while ((SECONDS < deadline)); do
+    "$@" && return 0
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+stop_all() {
+  local pid i
+  # Reverse start order: provider, component, then NATS.
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    kill -TERM "${PIDS[i]}" 2>/dev/null || true
+  done
+  for ((i = 0; i < 50; i++)); do
+    local alive=0
+    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    ((alive)) || break
+    sleep 0.1
+  done
+  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  PIDS=()
+}
+
+# $1 characters of the nkeys base32 alphabet (ids that look like the host's).
+random_chars() {
+  LC_ALL=C tr -dc 'A-Z2-7' </dev/urandom | head -c "$1" || true
+}
+
+# Stops everything; keeps the logs in $LOGS when KEEP_LOGS is set.
+cleanup() {
+  trap - INT TERM EXIT
+  stop_all
+  if ((KEEP_LOGS)); then
+    echo "$SCRIPT_NAME: logs kept in $LOGS" >&2
+  else
+    rm -rf "$LOGS"
+  fi
+}
+
+# Says what failed, shows the end of each log, keeps the logs and exits 1.
+fail() {
+  echo "$SCRIPT_NAME: $*" >&2
+  local f
+  for f in "$LOGS"/*.log; do
+    [[ -s "$f" ]] || continue
+    echo "---- $(basename "$f") (last lines) ----" >&2
+    tail -n 15 "$f" >&2
+  done
+  KEEP_LOGS=1
+  exit 1
+}
