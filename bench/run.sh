@@ -449,6 +449,11 @@ targets_table() {
     tail -n 20 "$LOGS/http-server.log"
     echo '```'
   fi
+  # The tuning history is written by hand; each run keeps it under the fresh numbers.
+  if [[ -f "$BENCH_DIR/tuning.md" ]]; then
+    echo
+    cat "$BENCH_DIR/tuning.md"
+  fi
 } >"$RESULTS.tmp"
 mv "$RESULTS.tmp" "$RESULTS"
 

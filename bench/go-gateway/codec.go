@@ -171,10 +171,11 @@ func (d *decoder) fields() ([]field, error) {
 
 // resultHead is the decoded start of result<response, error-code>.
 type resultHead struct {
-	ok      bool
-	status  uint16  // when ok
-	headers []field // when ok
-	errCase uint32  // wasi:http error-code discriminant, when !ok
+	ok              bool
+	status          uint16  // when ok
+	headers         []field // when ok
+	trailersPending bool    // when ok: trailers follow on R_c.results.0.1
+	errCase         uint32  // wasi:http error-code discriminant, when !ok
 }
 
 // decodeResultHead decodes the result up to and including the response
@@ -202,9 +203,12 @@ func decodeResultHead(b []byte) (resultHead, error) {
 		return resultHead{}, fmt.Errorf("response body not sent pending (%#x)", body)
 	}
 	// Trailers may be pending (0) or ready: 1 + option<fields>.
+	trailersPending := false
 	switch trailers, err := d.byte(); {
 	case err != nil:
 		return resultHead{}, err
+	case trailers == 0:
+		trailersPending = true
 	case trailers == 1:
 		some, err := d.byte()
 		if err != nil {
@@ -226,7 +230,7 @@ func decodeResultHead(b []byte) (resultHead, error) {
 	if err != nil {
 		return resultHead{}, err
 	}
-	return resultHead{ok: true, status: uint16(status), headers: headers}, nil
+	return resultHead{ok: true, status: uint16(status), headers: headers, trailersPending: trailersPending}, nil
 }
 
 // chunkReader decodes a pending stream<u8>: chunks of LEB128 length + bytes,

@@ -118,7 +118,7 @@ func TestDecodeResultHeadVector5(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := resultHead{ok: true, status: 200, headers: []field{{name: "content-type", values: [][]byte{[]byte("text/plain")}}}}
+	want := resultHead{ok: true, status: 200, headers: []field{{name: "content-type", values: [][]byte{[]byte("text/plain")}}}, trailersPending: true}
 	if !reflect.DeepEqual(head, want) {
 		t.Fatalf("got %+v", head)
 	}
@@ -133,7 +133,7 @@ func TestDecodeResultHeadStatuses(t *testing.T) {
 	}
 	// Trailers sent ready (some, one field) before the status.
 	head, err := decodeResultHead(hexBytes("00 00 01 01 01 05 78 2d 73 75 6d 01 01 31 cc 01 00"))
-	if err != nil || head.status != 204 {
+	if err != nil || head.status != 204 || head.trailersPending {
 		t.Fatalf("ready trailers: got %+v, %v", head, err)
 	}
 	if _, err := decodeResultHead(hexBytes("00 00 00 80 80 04 00")); err == nil || err == errShort {

@@ -207,13 +207,14 @@ func (g *gateway) forward(ctx context.Context, w http.ResponseWriter, r *http.Re
 	}
 
 	// Response trailers are read (as the Go example does) but not sent on:
-	// an empty message closes their channel.
-	for {
+	// an empty message closes their channel. Ready trailers came in the head.
+	for head.trailersPending {
 		msg, err := trailers.NextMsgWithContext(ctx)
 		if err != nil || len(msg.Data) == 0 {
-			return nil
+			break
 		}
 	}
+	return nil
 }
 
 // abort ends a response whose head was already sent.
