@@ -168,6 +168,19 @@
 // ---- utilities ----
 
 namespace wrpc_http {
+
+// Blocks SIGTERM and SIGINT in the calling thread, and so in every thread it starts later,
+// and returns the set: one thread then takes them synchronously (sigwait/sigtimedwait), so no
+// handler ever runs in signal context. Call it first thing in main().
+inline sigset_t block_termination_signals() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  return signals;
+}
+
 namespace detail {
 
 // One base64 codec for both alphabets: they differ only in the last two
@@ -3152,6 +3165,28 @@ inline std::string handle_subject(const std::string &lattice, const std::string 
   return lattice + "." + component + ".wrpc.0.0.1." + kHttpInstance + "." + kHandleFunction;
 }
 
+// Where a native component serves: `--nats URL --lattice NAME --id COMPONENT`.
+struct ComponentArgs {
+  std::string nats_url = "nats://127.0.0.1:4222";
+  std::string lattice = "default";
+  std::string id = "http-http_component";
+
+  // Throws std::invalid_argument with the usage line.
+  static ComponentArgs parse(int argc, char **argv) {
+    ComponentArgs args;
+    for (int i = 1; i < argc; i += 2) {
+      std::string flag = argv[i];
+      std::string *value = flag == "--nats" ? &args.nats_url : flag == "--lattice" ? &args.lattice
+                                                           : flag == "--id"     ? &args.id
+                                                                                : nullptr;
+      if (!value || i + 1 >= argc)
+        throw std::invalid_argument("usage: " + std::string(argv[0]) + " [--nats URL] [--lattice NAME] [--id COMPONENT]");
+      *value = argv[i + 1];
+    }
+    return args;
+  }
+};
+
 // Why a call failed, and the HTTP status a gateway answers with.
 class CallError : public std::runtime_error {
 public:
@@ -5255,10 +5290,7 @@ inline void Provider::request_shutdown() {
 // Blocks until a shutdown request or SIGTERM/SIGINT. The signals are blocked in every
 // thread run() starts and taken here synchronously, so no handler runs in signal context.
 inline void Provider::wait_for_shutdown() {
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
+  sigset_t signals = block_termination_signals();
   std::unique_lock<std::mutex> lk(shutdown_mu_);
   while (!shutdown_requested_) {
     lk.unlock();
@@ -5273,11 +5305,7 @@ inline void Provider::wait_for_shutdown() {
 }
 
 inline int Provider::run() {
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  block_termination_signals();
   try {
     nc_.connect();
     subscribe_lattice();

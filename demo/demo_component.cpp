@@ -123,27 +123,18 @@ void handle(wrpc_http::wrpc::IncomingRequest &req, wrpc_http::wrpc::ResponseWrit
 }  // namespace
 
 int main(int argc, char **argv) {
-  std::string url = "nats://127.0.0.1:4222", lattice = "default", id = "http-http_component";
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string flag = argv[i];
-    if (flag == "--nats") url = argv[i + 1];
-    else if (flag == "--lattice") lattice = argv[i + 1];
-    else if (flag == "--id") id = argv[i + 1];
-    else {
-      std::cerr << "usage: demo-component [--nats URL] [--lattice NAME] [--id COMPONENT]\n";
-      return 2;
-    }
+  auto signals = wrpc_http::block_termination_signals();
+  wrpc_http::wrpc::ComponentArgs args;
+  try {
+    args = wrpc_http::wrpc::ComponentArgs::parse(argc, argv);
+  } catch (const std::invalid_argument &e) {
+    std::cerr << e.what() << "\n";
+    return 2;
   }
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-
   wrpc_http::Logger logger;
   wrpc_http::nats::Options options;
-  options.url = url;
-  options.name = id;
+  options.url = args.nats_url;
+  options.name = args.id;
   options.log = logger.nats_sink();
   wrpc_http::nats::Client nc(options);
   try {
@@ -152,10 +143,11 @@ int main(int argc, char **argv) {
     std::cerr << "demo-component: " << e.what() << "\n";
     return 1;
   }
-  wrpc_http::wrpc::Server server(nc, lattice, id, [&id](auto &req, auto &res) { handle(req, res, id); });
+  const std::string &id = args.id;
+  wrpc_http::wrpc::Server server(nc, args.lattice, id, [&id](auto &req, auto &res) { handle(req, res, id); });
   server.start();
   nc.flush(std::chrono::milliseconds(5000));
-  logger.info("demo component serving", {{"subject", wrpc_http::wrpc::handle_subject(lattice, id)}});
+  logger.info("demo component serving", {{"subject", wrpc_http::wrpc::handle_subject(args.lattice, id)}});
   int sig = 0;
   sigwait(&signals, &sig);
   server.stop();

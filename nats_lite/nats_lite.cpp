@@ -18,16 +18,6 @@ int usage() {
   return 2;
 }
 
-// Blocks SIGTERM/SIGINT so that the main thread can wait for them with sigwait.
-sigset_t termination_signals() {
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  return signals;
-}
-
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -54,7 +44,7 @@ int main(int argc, char **argv) {
   const std::string &subject = words[1];
   const std::string data = needs_data ? words[2] : "";
 
-  auto signals = termination_signals();
+  auto signals = wrpc_http::block_termination_signals();
   wrpc_http::nats::Options options;
   options.url = server;
   options.name = "nats_lite";

@@ -89,26 +89,17 @@ void answer(Client &nc, const std::string &reply, const std::string &path) {
 }  // namespace
 
 int main(int argc, char **argv) {
-  std::string url = "nats://127.0.0.1:4222", lattice = "default", id = "http-http_component";
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string flag = argv[i];
-    if (flag == "--nats") url = argv[i + 1];
-    else if (flag == "--lattice") lattice = argv[i + 1];
-    else if (flag == "--id") id = argv[i + 1];
-    else {
-      std::cerr << "usage: fault-component [--nats URL] [--lattice NAME] [--id COMPONENT]\n";
-      return 2;
-    }
+  auto signals = wrpc_http::block_termination_signals();
+  wrpc_http::wrpc::ComponentArgs args;
+  try {
+    args = wrpc_http::wrpc::ComponentArgs::parse(argc, argv);
+  } catch (const std::invalid_argument &e) {
+    std::cerr << e.what() << "\n";
+    return 2;
   }
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-
   wrpc_http::nats::Options options;
-  options.url = url;
-  options.name = id;
+  options.url = args.nats_url;
+  options.name = args.id;
   Client nc(options);
   try {
     nc.connect();
@@ -116,16 +107,19 @@ int main(int argc, char **argv) {
     std::cerr << "fault-component: " << e.what() << "\n";
     return 1;
   }
+  // Answers run on their own threads (some sleep); the pool joins them on the way out.
+  wrpc_http::detail::ElasticTaskQueue answers(256);
   // The handshake's reply subject is where the caller streams the request body; nothing
   // here reads it, so it is a subject nobody subscribes to.
-  nc.subscribe(wrpc_http::wrpc::handle_subject(lattice, id), [&nc](Message &m) {
+  nc.subscribe(wrpc_http::wrpc::handle_subject(args.lattice, args.id), [&nc, &answers](Message &m) {
     if (m.reply.empty()) return;
     nc.publish(m.reply, "", "_INBOX.fault-component." + nc.next_inbox_token());
-    std::thread(answer, std::ref(nc), m.reply, request_path(m)).detach();
+    answers.enqueue([&nc, reply = m.reply, path = request_path(m)] { answer(nc, reply, path); });
   });
   nc.flush(std::chrono::milliseconds(5000));
   int sig = 0;
   sigwait(&signals, &sig);
+  answers.shutdown();  // running answers still publish
   nc.close();
   return 0;
 }
