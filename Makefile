@@ -103,8 +103,13 @@ test-plain: deps
 	$(MAKE) -j2 test-unit
 	$(MAKE) test-go
 
+# Races in the child processes (provider, components, nats_lite) are logged to
+# build/tsan/reports; any report fails the run.
 test-tsan: deps
-	$(MAKE) -j2 test-unit BUILD=build/tsan CXXFLAGS="-O1 -g -fsanitize=thread"
+	rm -rf build/tsan/reports && mkdir -p build/tsan/reports
+	TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan.supp log_path=$(CURDIR)/build/tsan/reports/race" \
+	  $(MAKE) -j2 test-unit BUILD=build/tsan CXXFLAGS="-O1 -g -fsanitize=thread"
+	@if ls build/tsan/reports/race.* >/dev/null 2>&1; then cat build/tsan/reports/race.*; exit 1; fi
 
 demo: deps all
 	demo/run.sh $(BUILD)

@@ -49,6 +49,10 @@ int main(int argc, char **argv) {
   options.url = server;
   options.name = "nats_lite";
   options.max_reconnect_attempts = 0;  // a tool reports a lost server instead of waiting
+  // Declared before the client: its reader thread runs on_message until the client is gone.
+  std::mutex mu;
+  std::condition_variable cv;
+  long seen = 0;
   wrpc_http::nats::Client nc(options);
   try {
     nc.connect();
@@ -62,9 +66,6 @@ int main(int argc, char **argv) {
       std::cout << reply.data << std::endl;
       return 0;
     }
-    std::mutex mu;
-    std::condition_variable cv;
-    long seen = 0;
     auto on_message = [&](wrpc_http::nats::Message &m) {
       if (cmd == "reply") {
         if (!m.reply.empty()) nc.publish(m.reply, data);
