@@ -26,6 +26,14 @@
 
 namespace testsupport {
 
+inline sockaddr_in loopback_address(int port) {
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  return addr;
+}
+
 // A port that is free right now, below Linux's ephemeral range (32768-60999): a port the
 // kernel hands out would also be handed to outgoing connections, which could take it before
 // our server binds it.
@@ -34,10 +42,7 @@ inline int free_port() {
   for (int attempt = 0; attempt < 1000; ++attempt) {
     int port = 20000 + static_cast<int>(rng() % 12000);
     int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    addr.sin_port = htons(static_cast<uint16_t>(port));
+    auto addr = loopback_address(port);
     bool free = ::bind(fd, reinterpret_cast<sockaddr *>(&addr), sizeof(addr)) == 0;
     ::close(fd);
     if (free) return port;
@@ -47,10 +52,7 @@ inline int free_port() {
 
 inline bool port_open(int port) {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(static_cast<uint16_t>(port));
+  auto addr = loopback_address(port);
   bool ok = ::connect(fd, reinterpret_cast<sockaddr *>(&addr), sizeof(addr)) == 0;
   ::close(fd);
   return ok;
@@ -347,10 +349,7 @@ inline std::string temp_file(const std::string &content, const std::string &suff
 // A TCP connection to a loopback port; throws when it cannot connect.
 inline int connect_loopback(int port) {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  auto addr = loopback_address(port);
   if (::connect(fd, reinterpret_cast<sockaddr *>(&addr), sizeof(addr)) != 0) {
     ::close(fd);
     throw std::runtime_error("cannot connect to port " + std::to_string(port));
