@@ -26,6 +26,15 @@
 
 namespace testsupport {
 
+// In a forked child: runs argv[0] from PATH with argv; exits 127 if it cannot.
+[[noreturn]] inline void exec_argv(const std::vector<std::string> &argv) {
+  std::vector<char *> args;
+  for (auto &a : argv) args.push_back(const_cast<char *>(a.c_str()));
+  args.push_back(nullptr);
+  ::execvp(args[0], args.data());
+  ::_exit(127);
+}
+
 inline sockaddr_in loopback_address(int port) {
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
@@ -86,11 +95,7 @@ public:
       }
       int devnull = ::open("/dev/null", O_WRONLY);
       ::dup2(devnull, 1);
-      std::vector<char *> args;
-      for (auto &a : argv) args.push_back(const_cast<char *>(a.c_str()));
-      args.push_back(nullptr);
-      ::execvp(args[0], args.data());
-      ::_exit(127);
+      exec_argv(argv);
     }
     ::close(in[0]);
     stdin_fd_ = in[1];
@@ -173,11 +178,7 @@ public:
       ::dup2(in[0], 0);
       ::dup2(out[1], 1);
       ::dup2(err[1], 2);
-      std::vector<char *> args;
-      for (auto &a : argv) args.push_back(const_cast<char *>(a.c_str()));
-      args.push_back(nullptr);
-      ::execvp(args[0], args.data());
-      ::_exit(127);
+      exec_argv(argv);
     }
     ::close(in[0]);
     ::close(out[1]);
