@@ -126,7 +126,7 @@ bench: deps all $(BUILD)/go-gateway
 
 # libFuzzer targets (fuzz/): each parser of untrusted input under ASan+UBSan. `make fuzz` runs
 # each for FUZZ_SECONDS on a scratch copy of its seed corpus and fails on the first finding.
-FUZZ_TARGETS := wrpc_decoder nats_parser host_data
+FUZZ_TARGETS := wrpc_decoder nats_parser host_data http_head chunked
 FUZZ_SECONDS ?= 300
 FUZZ_CXXFLAGS = $(CXXSTD) $(WARN) -g -O1 -fsanitize=fuzzer,address,undefined $(FEATURES) $(HTTPLIB_CFLAGS) -I.
 

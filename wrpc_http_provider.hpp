@@ -21,18 +21,20 @@
 //          return provider.run();
 //        }
 //
+//    wrpc_http::EdgeServer          the HTTP/1.1 edge: an httplib::Server whose connections,
+//                                   framing and limits the provider owns (routes as usual)
 //    wrpc_http::nats::Client        a small NATS client (pub/sub, request/reply, reconnect, TLS)
 //    wrpc_http::wrpc::OutgoingCall  one `handle` invocation, client side
 //    wrpc_http::wrpc::Server        serves `handle` (the demo component is built on it)
 //
 //  Sections, in order: configuration macros, utilities, nkeys, NATS client, wRPC codec,
-//  wRPC transport, provider runtime, HTTP bridge, provider.
+//  wRPC transport, provider runtime, HTTP edge, HTTP bridge, provider.
 //
 //  Configuration macros (define before including; defaults below):
 //    WRPC_HTTP_OPENSSL_SUPPORT  nkey/JWT auth and TLS to NATS, HTTPS (needs OpenSSL: -lssl -lcrypto)
 //    WRPC_HTTP_SODIUM_SUPPORT   opens link secrets sealed with xkeys (needs libsodium: -lsodium)
 //    WRPC_HTTP_NATS_*           NATS client tuning
-//    WRPC_HTTP_*                limits and timeouts of the wRPC transport and HTTP listener
+//    WRPC_HTTP_*                limits and timeouts of the wRPC transport and the HTTP edge
 //
 //  Needs: cpp-httplib, nlohmann/json, a C++17 compiler, POSIX sockets.
 //
@@ -87,10 +89,45 @@
 #ifndef WRPC_HTTP_MAX_HOST_DATA_BYTES
 #define WRPC_HTTP_MAX_HOST_DATA_BYTES (16u * 1024u * 1024u)
 #endif
-// HTTP listener: every open connection holds a thread while it is served or kept alive;
-// threads start on demand up to this many (then connections wait for a free one).
-#ifndef WRPC_HTTP_MAX_THREADS
-#define WRPC_HTTP_MAX_THREADS 4096
+// HTTP edge: a connection holds a worker only while a complete request head is there and
+// the request is served; idle and slow connections wait in the edge loop without one.
+// Workers start on demand up to this many and exit after WRPC_HTTP_WORKER_IDLE_MS idle.
+#ifndef WRPC_HTTP_MAX_WORKERS
+#define WRPC_HTTP_MAX_WORKERS 1024
+#endif
+#ifndef WRPC_HTTP_WORKER_IDLE_MS
+#define WRPC_HTTP_WORKER_IDLE_MS 5000
+#endif
+// Request line plus header fields (and, separately, the trailer section), and their count.
+#ifndef WRPC_HTTP_MAX_REQUEST_HEAD_BYTES
+#define WRPC_HTTP_MAX_REQUEST_HEAD_BYTES (64u * 1024u)
+#endif
+#ifndef WRPC_HTTP_MAX_REQUEST_FIELDS
+#define WRPC_HTTP_MAX_REQUEST_FIELDS 100
+#endif
+#ifndef WRPC_HTTP_MAX_REQUEST_TARGET_BYTES
+#define WRPC_HTTP_MAX_REQUEST_TARGET_BYTES (8u * 1024u)
+#endif
+#ifndef WRPC_HTTP_MAX_CHUNK_EXTENSION_BYTES
+#define WRPC_HTTP_MAX_CHUNK_EXTENSION_BYTES 4096
+#endif
+// A request head not complete this long after its first byte is answered 408 (config
+// `head_timeout_ms` overrides it per listener).
+#ifndef WRPC_HTTP_HEAD_TIMEOUT_MS
+#define WRPC_HTTP_HEAD_TIMEOUT_MS 10000
+#endif
+// After an answer, a worker waits this long for the next request before parking the
+// connection in the edge loop (saves a hand-off for busy keep-alive clients).
+#ifndef WRPC_HTTP_KEEPALIVE_LINGER_MS
+#define WRPC_HTTP_KEEPALIVE_LINGER_MS 1
+#endif
+// Body bytes a route left unread that are read and dropped to keep the connection; a
+// longer rest closes it instead.
+#ifndef WRPC_HTTP_MAX_DISCARDED_BODY_BYTES
+#define WRPC_HTTP_MAX_DISCARDED_BODY_BYTES (256u * 1024u)
+#endif
+#ifndef WRPC_HTTP_WRITE_TIMEOUT_SECOND
+#define WRPC_HTTP_WRITE_TIMEOUT_SECOND 5
 #endif
 // On shutdown or listener close: how long running requests get to finish.
 #ifndef WRPC_HTTP_DRAIN_TIMEOUT_MS
@@ -141,6 +178,7 @@
 #include <cstring>
 #include <ctime>
 #include <deque>
+#include <list>
 #include <functional>
 #include <map>
 #include <memory>
@@ -162,6 +200,9 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -3363,46 +3404,64 @@ inline wrpc::CallError nats_failure(const nats::Error &e) {
 
 namespace detail {
 
-// A task queue that starts a thread whenever none is idle, up to `max_threads`, and keeps it
-// for reuse. Both the HTTP listener and the wRPC server run work that blocks for as long as
-// a client or caller takes (cpp-httplib keeps a thread per open connection), so a fixed pool
-// would let slow peers starve everyone else.
-class ElasticTaskQueue : public httplib::TaskQueue {
+// Workers that start whenever none is idle, up to `max_threads`, are reused, and exit after
+// `idle_exit` without work. The HTTP edge and the wRPC server run work that blocks for as
+// long as a client or caller takes, so a fixed pool would let slow peers starve everyone
+// else; an exited worker is joined by the next enqueue or by shutdown().
+class ElasticTaskQueue {
 public:
-  explicit ElasticTaskQueue(size_t max_threads) : max_threads_(max_threads) {}
-  ~ElasticTaskQueue() override { shutdown(); }
+  explicit ElasticTaskQueue(size_t max_threads,
+                            std::chrono::milliseconds idle_exit = std::chrono::milliseconds(WRPC_HTTP_WORKER_IDLE_MS))
+      : max_threads_(max_threads), idle_exit_(idle_exit) {}
+  ~ElasticTaskQueue() { shutdown(); }
+  ElasticTaskQueue(const ElasticTaskQueue &) = delete;
+  ElasticTaskQueue &operator=(const ElasticTaskQueue &) = delete;
 
   // After shutdown() a job is dropped: nothing would be left to join its thread.
-  void enqueue(std::function<void()> fn) override {
-    std::unique_lock<std::mutex> lk(mu_);
-    if (stopping_) return;
-    jobs_.push_back(std::move(fn));
-    // Idle threads may already be spoken for by jobs queued just before this one.
-    if (jobs_.size() > idle_ && threads_.size() < max_threads_) {
-      threads_.emplace_back([this] { work(); });
-    } else {
-      cv_.notify_one();  // past the cap, jobs wait for a thread to come free
-    }
-  }
-
-  void shutdown() override {
+  void enqueue(std::function<void()> fn) {
+    std::list<std::thread> exited;
     {
       std::lock_guard<std::mutex> lk(mu_);
       if (stopping_) return;
+      jobs_.push_back(std::move(fn));
+      exited.swap(exited_);
+      // Idle threads may already be spoken for by jobs queued just before this one.
+      if (jobs_.size() > idle_ && threads_.size() < max_threads_) {
+        threads_.emplace_back();
+        auto self = std::prev(threads_.end());
+        *self = std::thread([this, self] { work(self); });
+      } else {
+        cv_.notify_one();  // past the cap, jobs wait for a thread to come free
+      }
+    }
+    for (auto &t : exited) t.join();
+  }
+
+  void shutdown() {
+    std::list<std::thread> all;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
       stopping_ = true;
+      all.swap(threads_);
+      all.splice(all.end(), exited_);
     }
     cv_.notify_all();
-    for (auto &t : threads_) t.join();
+    for (auto &t : all) t.join();
   }
 
 private:
-  void work() {
+  void work(std::list<std::thread>::iterator self) {
     std::unique_lock<std::mutex> lk(mu_);
     while (true) {
       ++idle_;
-      cv_.wait(lk, [&] { return stopping_ || !jobs_.empty(); });
+      bool woken = cv_.wait_for(lk, idle_exit_, [&] { return stopping_ || !jobs_.empty(); });
       --idle_;
-      if (jobs_.empty()) return;  // stopping, and every job is done
+      if (jobs_.empty()) {
+        // Idle too long: hand this thread's handle to whoever joins next. On shutdown the
+        // handle has moved to shutdown() already.
+        if (!woken && !stopping_) exited_.splice(exited_.end(), threads_, self);
+        return;
+      }
       auto job = std::move(jobs_.front());
       jobs_.pop_front();
       lk.unlock();
@@ -3412,10 +3471,12 @@ private:
   }
 
   size_t max_threads_;
+  std::chrono::milliseconds idle_exit_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::function<void()>> jobs_;
-  std::vector<std::thread> threads_;
+  std::list<std::thread> threads_;  // running workers
+  std::list<std::thread> exited_;   // workers that left for idleness, not joined yet
   size_t idle_ = 0;
   bool stopping_ = false;
 };
@@ -3434,9 +3495,12 @@ struct CallLimits {
 // The client side of one `handle` invocation. Not thread-safe: one thread drives a call.
 class OutgoingCall {
 public:
+  // `trailers_follow`: the request may end with trailers (a chunked HTTP body), sent by
+  // finish_request; otherwise they are known to be absent and go as a ready `none` future
+  // (`01 00`), saving two messages per call.
   OutgoingCall(nats::Client &nc, const std::string &subject, const RequestHead &head,
-               const nats::Headers *nats_headers = nullptr, CallLimits limits = {})
-      : nc_(nc), limits_(limits), state_(std::make_shared<State>(limits)) {
+               const nats::Headers *nats_headers = nullptr, bool trailers_follow = false, CallLimits limits = {})
+      : nc_(nc), limits_(limits), trailers_follow_(trailers_follow), state_(std::make_shared<State>(limits)) {
     token_ = nc_.next_inbox_token();
     std::weak_ptr<State> weak = state_;
     nats::InboxHandler handler;
@@ -3448,9 +3512,7 @@ public:
     };
     reply_inbox_ = nc_.register_inbox(token_, std::move(handler));
     std::string params;
-    // Request trailers: cpp-httplib reads and drops them, so they are known to be absent
-    // and go as a ready future (`01 00`), saving two messages per call.
-    detail::encode_handle_params(head, params, true);
+    detail::encode_handle_params(head, params, !trailers_follow);
     try {
       auto batch = nc_.batch();
       batch.publish(subject, params, reply_inbox_, nats_headers);
@@ -3480,8 +3542,9 @@ public:
     if (body_buf_.size() >= limits_.body_flush_bytes) flush_body(false);
   }
 
-  // Sends the rest of the body, its end, and closes the parameter channels.
-  void finish_request() { flush_body(true); }
+  // Sends the rest of the body, its end, the trailers (when they were to follow), and
+  // closes the parameter channels.
+  void finish_request(const std::optional<Fields> &trailers = std::nullopt) { flush_body(true, &trailers); }
 
   // The request body broke: close its channel without the end chunk, so the component
   // sees a cut-off stream at once instead of waiting out its own timeout.
@@ -3583,14 +3646,19 @@ private:
     }
   };
 
-  void flush_body(bool last) {
+  void flush_body(bool last, const std::optional<Fields> *trailers = nullptr) {
     std::string subject = server_inbox_ + ".params.0.0";
     try {
       auto batch = nc_.batch();
       detail::publish_stream_chunks(batch, subject, body_buf_.data(), body_buf_.size(), last);
       body_buf_.clear();
       if (last) {
-        batch.publish(subject, "");                    // close the body channel
+        batch.publish(subject, "");  // close the body channel
+        if (trailers_follow_) {
+          std::string value;
+          detail::encode_trailers(trailers ? *trailers : std::nullopt, value);
+          detail::publish_and_close(batch, server_inbox_ + ".params.0.1", value);
+        }
         batch.publish(server_inbox_ + ".params", "");  // close the root parameters
       }
       nc_.send(batch);
@@ -3601,6 +3669,7 @@ private:
 
   nats::Client &nc_;
   CallLimits limits_;
+  bool trailers_follow_;
   std::shared_ptr<State> state_;
   std::string token_, reply_inbox_, server_inbox_;
   std::string body_buf_;
@@ -4265,6 +4334,1288 @@ struct Launch {
 
 }  // namespace wrpc_http
 
+// ---- HTTP edge ----
+//
+// HTTP/1.1 framing and the connection lifecycle belong to the provider, not to cpp-httplib: a
+// strict request-head parser and chunked decoder (RFC 9112) with explicit limits and a named
+// refusal for each violation; one loop thread per listener that accepts and parks idle and
+// slow connections in epoll; bounded workers that take a connection only while a complete
+// head is there. cpp-httplib still routes each request and writes its response: it reads the
+// request through a stream that hands it a canonical head and exactly that request's decoded
+// body, never a byte of the next one.
+
+namespace wrpc_http {
+namespace detail {
+namespace http1 {
+
+// Every reason the edge refuses a request, with the status it answers.
+enum class Refusal {
+  none,
+  bad_request_line,
+  bad_method,
+  bad_target,
+  target_too_long,
+  bad_version,
+  unsupported_version,
+  bare_line_feed,
+  obs_fold,
+  space_before_colon,
+  bad_field_name,
+  bad_field_value,
+  head_too_large,
+  too_many_fields,
+  missing_host,
+  duplicate_host,
+  bad_host,
+  bad_content_length,
+  duplicate_content_length,
+  content_length_with_transfer_encoding,
+  bad_transfer_encoding,
+  unsupported_transfer_encoding,
+  unsupported_method,
+  unsupported_expectation,
+  bad_chunk_size,
+  chunk_size_too_long,
+  bad_chunk_extension,
+  missing_chunk_crlf,
+  trailers_too_large,
+  body_too_large,
+  body_incomplete,
+  head_timeout,
+};
+
+struct RefusalInfo {
+  int status;
+  const char *text;
+};
+
+inline RefusalInfo describe(Refusal refusal) {
+  switch (refusal) {
+  case Refusal::none: return {200, "accepted"};
+  case Refusal::bad_request_line: return {400, "malformed request line"};
+  case Refusal::bad_method: return {400, "malformed method"};
+  case Refusal::bad_target: return {400, "malformed request target"};
+  case Refusal::target_too_long: return {414, "request target too long"};
+  case Refusal::bad_version: return {400, "malformed HTTP version"};
+  case Refusal::unsupported_version: return {505, "HTTP version not supported"};
+  case Refusal::bare_line_feed: return {400, "line ends in a bare LF"};
+  case Refusal::obs_fold: return {400, "obsolete line folding"};
+  case Refusal::space_before_colon: return {400, "whitespace between field name and colon"};
+  case Refusal::bad_field_name: return {400, "malformed field name"};
+  case Refusal::bad_field_value: return {400, "control character in a field value"};
+  case Refusal::head_too_large: return {431, "request head too large"};
+  case Refusal::too_many_fields: return {431, "too many header fields"};
+  case Refusal::missing_host: return {400, "HTTP/1.1 request without Host"};
+  case Refusal::duplicate_host: return {400, "more than one Host"};
+  case Refusal::bad_host: return {400, "malformed Host"};
+  case Refusal::bad_content_length: return {400, "invalid Content-Length"};
+  case Refusal::duplicate_content_length: return {400, "more than one Content-Length"};
+  case Refusal::content_length_with_transfer_encoding:
+    return {400, "Content-Length together with Transfer-Encoding"};
+  case Refusal::bad_transfer_encoding: return {400, "malformed Transfer-Encoding"};
+  case Refusal::unsupported_transfer_encoding: return {501, "transfer coding not implemented"};
+  case Refusal::unsupported_method: return {501, "method not implemented"};
+  case Refusal::unsupported_expectation: return {417, "expectation not supported"};
+  case Refusal::bad_chunk_size: return {400, "malformed chunk size"};
+  case Refusal::chunk_size_too_long: return {400, "chunk size has too many digits"};
+  case Refusal::bad_chunk_extension: return {400, "malformed or oversized chunk extension"};
+  case Refusal::missing_chunk_crlf: return {400, "chunk data not followed by CRLF"};
+  case Refusal::trailers_too_large: return {431, "request trailers too large"};
+  case Refusal::body_too_large: return {413, "request body larger than max_content_len"};
+  case Refusal::body_incomplete: return {400, "request body incomplete"};
+  case Refusal::head_timeout: return {408, "request head not received in time"};
+  }
+  return {400, "bad request"};
+}
+
+struct Limits {
+  size_t max_head_bytes = WRPC_HTTP_MAX_REQUEST_HEAD_BYTES;  // request line + fields (and trailers)
+  size_t max_fields = WRPC_HTTP_MAX_REQUEST_FIELDS;          // header (and trailer) lines
+  size_t max_target_bytes = WRPC_HTTP_MAX_REQUEST_TARGET_BYTES;
+  size_t max_chunk_extension_bytes = WRPC_HTTP_MAX_CHUNK_EXTENSION_BYTES;
+};
+
+using FieldList = std::vector<std::pair<std::string, std::string>>;  // names as sent, in order
+
+enum class Framing { none, length, chunked };
+
+// One request head, as sent: the method and every field byte-exact (no decoding of any kind).
+struct Head {
+  std::string method;
+  std::string target;           // as sent
+  std::string path_with_query;  // origin-form: the target; absolute-form: its path and query
+  std::string authority;        // absolute-form: from the target (RFC 9112 3.2.2); else Host
+  std::string scheme;           // absolute-form only: "http" or "https"
+  int minor_version = 1;
+  FieldList fields;
+  Framing framing = Framing::none;
+  uint64_t content_length = 0;
+  bool keep_alive = true;
+  bool expect_continue = false;
+};
+
+struct HeadParse {
+  enum class State { incomplete, complete, refused } state = State::incomplete;
+  Refusal refusal = Refusal::none;
+  size_t consumed = 0;  // complete: the head's bytes, leading empty lines included
+};
+
+// RFC 9110 5.6.2 tchar.
+inline bool is_tchar(unsigned char c) {
+  return std::isalnum(c) || (c != 0 && std::strchr("!#$%&'*+-.^_`|~", c) != nullptr);
+}
+
+inline bool is_token(const std::string &s) {
+  if (s.empty()) return false;
+  for (unsigned char c : s)
+    if (!is_tchar(c)) return false;
+  return true;
+}
+
+// field-vchar, SP and HTAB (obs-text allowed); every other control byte, DEL included, is refused.
+inline bool is_field_value_byte(unsigned char c) { return c == '\t' || (c >= ' ' && c != 0x7f); }
+
+inline bool ascii_iequals(const std::string &a, const char *b) {
+  size_t n = std::strlen(b);
+  if (a.size() != n) return false;
+  for (size_t i = 0; i < n; ++i)
+    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) return false;
+  return true;
+}
+
+inline std::string trim_ows(const std::string &s) {
+  size_t b = 0, e = s.size();
+  while (b < e && (s[b] == ' ' || s[b] == '\t')) ++b;
+  while (e > b && (s[e - 1] == ' ' || s[e - 1] == '\t')) --e;
+  return s.substr(b, e - b);
+}
+
+// A comma-separated list of tokens (Connection, Transfer-Encoding), lower-cased; nullopt when
+// an element is not a token.
+inline std::optional<std::vector<std::string>> token_list(const std::string &value) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= value.size()) {
+    size_t comma = value.find(',', start);
+    if (comma == std::string::npos) comma = value.size();
+    std::string item = trim_ows(value.substr(start, comma - start));
+    if (!item.empty()) {
+      if (!is_token(item)) return std::nullopt;
+      for (auto &c : item) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      out.push_back(item);
+    }
+    start = comma + 1;
+  }
+  return out;
+}
+
+// `name: value` without its CRLF (RFC 9112 5): no whitespace before the colon, a token name,
+// optional whitespace around the value, no control bytes but HTAB.
+inline Refusal parse_field_line(const char *begin, const char *end, std::pair<std::string, std::string> &field) {
+  if (begin == end) return Refusal::bad_field_name;
+  if (*begin == ' ' || *begin == '\t') return Refusal::obs_fold;
+  const char *colon = static_cast<const char *>(std::memchr(begin, ':', static_cast<size_t>(end - begin)));
+  if (!colon || colon == begin) return Refusal::bad_field_name;
+  if (colon[-1] == ' ' || colon[-1] == '\t') return Refusal::space_before_colon;
+  for (const char *p = begin; p < colon; ++p)
+    if (!is_tchar(static_cast<unsigned char>(*p))) return Refusal::bad_field_name;
+  for (const char *p = colon + 1; p < end; ++p)
+    if (!is_field_value_byte(static_cast<unsigned char>(*p))) return Refusal::bad_field_value;
+  field.first.assign(begin, colon);
+  field.second = trim_ows(std::string(colon + 1, end));
+  return Refusal::none;
+}
+
+// uri-host [ ":" port ]: reg-name, IPv4 or IP-literal characters only, so a Host can never
+// carry a path, user info or whitespace into routing.
+inline bool valid_authority(const std::string &authority) {
+  if (authority.empty()) return false;
+  for (unsigned char c : authority)
+    if (!(std::isalnum(c) || std::strchr("-._~!$&'()*+,;=:[]%", c))) return false;
+  return true;
+}
+
+// Finds the end of the line that starts at `from`: the index of its LF, or npos. A LF
+// without CR before it sets `bare_lf`.
+inline size_t find_line_end(const char *data, size_t size, size_t from, bool &bare_lf) {
+  const void *lf = std::memchr(data + from, '\n', size - from);
+  if (!lf) return std::string::npos;
+  size_t at = static_cast<size_t>(static_cast<const char *>(lf) - data);
+  bare_lf = at == from || data[at - 1] != '\r';
+  return at;
+}
+
+inline Refusal parse_request_line(const std::string &line, const Limits &limits, Head &head) {
+  size_t sp1 = line.find(' ');
+  if (sp1 == std::string::npos) return Refusal::bad_request_line;
+  size_t sp2 = line.find(' ', sp1 + 1);
+  if (sp2 == std::string::npos || line.find(' ', sp2 + 1) != std::string::npos) return Refusal::bad_request_line;
+  head.method = line.substr(0, sp1);
+  head.target = line.substr(sp1 + 1, sp2 - sp1 - 1);
+  std::string version = line.substr(sp2 + 1);
+  if (!is_token(head.method) || head.method.size() > 64) return Refusal::bad_method;
+  if (head.target.empty()) return Refusal::bad_target;
+  if (head.target.size() > limits.max_target_bytes) return Refusal::target_too_long;
+  for (unsigned char c : head.target)
+    if (c <= ' ' || c == 0x7f) return Refusal::bad_target;
+  if (!is_valid_utf8(head.target.data(), head.target.size())) return Refusal::bad_target;
+  if (version == "HTTP/1.1") {
+    head.minor_version = 1;
+  } else if (version == "HTTP/1.0") {
+    head.minor_version = 0;
+  } else if (version.size() == 8 && version.compare(0, 5, "HTTP/") == 0 && std::isdigit(static_cast<unsigned char>(version[5])) &&
+             version[6] == '.' && std::isdigit(static_cast<unsigned char>(version[7]))) {
+    return Refusal::unsupported_version;
+  } else {
+    return Refusal::bad_version;
+  }
+  if (head.method == "CONNECT") return Refusal::unsupported_method;  // no tunnels through a component
+  const std::string &t = head.target;
+  if (t[0] == '/') {
+    head.path_with_query = t;
+  } else if (t == "*") {
+    if (head.method != "OPTIONS") return Refusal::bad_target;
+    head.path_with_query = t;
+  } else {
+    size_t scheme_end = t.find("://");
+    if (scheme_end == std::string::npos) return Refusal::bad_target;
+    std::string scheme = t.substr(0, scheme_end);
+    for (auto &c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (scheme != "http" && scheme != "https") return Refusal::bad_target;
+    size_t authority_start = scheme_end + 3;
+    size_t authority_end = t.find_first_of("/?#", authority_start);
+    if (authority_end == std::string::npos) authority_end = t.size();
+    head.scheme = scheme;
+    head.authority = t.substr(authority_start, authority_end - authority_start);
+    if (!valid_authority(head.authority) || head.authority.find('@') != std::string::npos) return Refusal::bad_target;
+    head.path_with_query = t.substr(authority_end);
+    if (head.path_with_query.empty() || head.path_with_query[0] != '/') head.path_with_query.insert(0, "/");
+  }
+  if (head.path_with_query.find('#') != std::string::npos) return Refusal::bad_target;
+  return Refusal::none;
+}
+
+// What the fields say about framing, connection and expectations (RFC 9112 6, 9.3; RFC 9110 10.1.1).
+inline Refusal interpret_fields(Head &head) {
+  size_t hosts = 0, lengths = 0, codings = 0;
+  std::string host, length, coding;
+  bool close = false, keep_alive_token = false;
+  for (auto &f : head.fields) {
+    const std::string &name = f.first;
+    if (ascii_iequals(name, "host")) {
+      ++hosts;
+      host = f.second;
+    } else if (ascii_iequals(name, "content-length")) {
+      ++lengths;
+      length = f.second;
+    } else if (ascii_iequals(name, "transfer-encoding")) {
+      ++codings;
+      coding = f.second;
+    } else if (ascii_iequals(name, "connection")) {
+      auto tokens = token_list(f.second);
+      if (!tokens) return Refusal::bad_field_value;
+      for (auto &t : *tokens) {
+        close = close || t == "close";
+        keep_alive_token = keep_alive_token || t == "keep-alive";
+      }
+    } else if (ascii_iequals(name, "expect")) {
+      if (!ascii_iequals(f.second, "100-continue")) return Refusal::unsupported_expectation;
+      head.expect_continue = true;
+    }
+  }
+  if (hosts > 1) return Refusal::duplicate_host;
+  if (hosts == 0 && head.minor_version == 1) return Refusal::missing_host;
+  if (hosts == 1 && !host.empty() && !valid_authority(host)) return Refusal::bad_host;
+  if (head.scheme.empty()) head.authority = host;
+  if (lengths && codings) return Refusal::content_length_with_transfer_encoding;
+  if (lengths > 1) return Refusal::duplicate_content_length;
+  if (lengths == 1) {
+    if (length.empty() || length.size() > 18 || length.find_first_not_of("0123456789") != std::string::npos)
+      return Refusal::bad_content_length;
+    head.content_length = std::stoull(length);
+    head.framing = Framing::length;
+  }
+  if (codings > 1 || (codings == 1 && head.minor_version == 0)) return Refusal::bad_transfer_encoding;
+  if (codings == 1) {
+    auto list = token_list(coding);
+    if (!list || list->empty()) return Refusal::bad_transfer_encoding;
+    if (list->size() != 1 || (*list)[0] != "chunked") return Refusal::unsupported_transfer_encoding;
+    head.framing = Framing::chunked;
+  }
+  head.keep_alive = head.minor_version == 1 ? !close : (keep_alive_token && !close);
+  return Refusal::none;
+}
+
+// Parses the request head at the start of `data`. Up to a few empty lines before the request
+// line are skipped (RFC 9112 2.2). Never reads past the head's final CRLF.
+inline HeadParse parse_request_head(const char *data, size_t size, const Limits &limits, Head &head) {
+  HeadParse result;
+  auto refuse = [&](Refusal r) {
+    result.state = HeadParse::State::refused;
+    result.refusal = r;
+    return result;
+  };
+  size_t pos = 0;
+  while (pos + 1 < size && data[pos] == '\r' && data[pos + 1] == '\n' && pos < 8) pos += 2;
+  size_t head_start = pos;
+  head = Head{};
+  size_t fields = 0;
+  bool request_line = true;
+  while (true) {
+    bool bare_lf = false;
+    size_t lf = find_line_end(data, size, pos, bare_lf);
+    if (lf == std::string::npos) {
+      if (size - head_start > limits.max_head_bytes) return refuse(Refusal::head_too_large);
+      return result;  // incomplete
+    }
+    if (lf + 1 - head_start > limits.max_head_bytes) return refuse(Refusal::head_too_large);
+    if (bare_lf) return refuse(Refusal::bare_line_feed);
+    const char *begin = data + pos;
+    const char *end = data + lf - 1;  // without the CR
+    pos = lf + 1;
+    if (request_line) {
+      for (const char *p = begin; p < end; ++p)
+        if (*p == '\r' || *p == '\0') return refuse(Refusal::bad_request_line);
+      auto r = parse_request_line(std::string(begin, end), limits, head);
+      if (r != Refusal::none) return refuse(r);
+      request_line = false;
+      continue;
+    }
+    if (begin == end) break;  // the empty line: end of the head
+    if (++fields > limits.max_fields) return refuse(Refusal::too_many_fields);
+    std::pair<std::string, std::string> field;
+    auto r = parse_field_line(begin, end, field);
+    if (r != Refusal::none) return refuse(r);
+    head.fields.push_back(std::move(field));
+  }
+  auto r = interpret_fields(head);
+  if (r != Refusal::none) return refuse(r);
+  result.state = HeadParse::State::complete;
+  result.consumed = pos;
+  return result;
+}
+
+// The chunked transfer coding (RFC 9112 7.1), decoded incrementally: hex sizes of at most 16
+// digits, extensions skipped within a bound, CRLF after every chunk's data, trailer fields
+// parsed like header fields. It stops at the end of the coding, never reading past it.
+class ChunkedDecoder {
+public:
+  explicit ChunkedDecoder(const Limits &limits) : limits_(limits) {}
+
+  // Appends the body bytes in data[0..size) to `body`; returns how many bytes it consumed.
+  size_t decode(const char *data, size_t size, std::string &body) {
+    size_t i = 0;
+    while (i < size && step_ != Step::done && step_ != Step::failed) {
+      unsigned char c = static_cast<unsigned char>(data[i]);
+      switch (step_) {
+      case Step::size:
+        if (std::isxdigit(c)) {
+          if (++digits_ > 16) return fail(Refusal::chunk_size_too_long, i);
+          chunk_left_ = chunk_left_ * 16 + hex_value(c);
+        } else if (digits_ == 0) {
+          return fail(Refusal::bad_chunk_size, i);
+        } else if (c == ';') {
+          step_ = Step::extension;
+        } else if (c == ' ' || c == '\t') {
+          step_ = Step::space_before_extension;
+        } else if (c == '\r') {
+          step_ = Step::size_lf;
+        } else {
+          return fail(Refusal::bad_chunk_size, i);
+        }
+        ++i;
+        break;
+      case Step::space_before_extension:  // BWS is allowed only before `;`
+        if (c == ';') step_ = Step::extension;
+        else if (c != ' ' && c != '\t') return fail(Refusal::bad_chunk_size, i);
+        ++i;
+        break;
+      case Step::extension:
+        if (c == '\r') {
+          step_ = Step::size_lf;
+        } else if (!is_field_value_byte(c) || ++extension_bytes_ > limits_.max_chunk_extension_bytes) {
+          return fail(Refusal::bad_chunk_extension, i);
+        }
+        ++i;
+        break;
+      case Step::size_lf:
+        if (c != '\n') return fail(Refusal::bad_chunk_size, i);
+        ++i;
+        step_ = chunk_left_ == 0 ? Step::trailer_line : Step::data;
+        break;
+      case Step::data: {
+        size_t n = static_cast<size_t>(std::min<uint64_t>(chunk_left_, size - i));
+        body.append(data + i, n);
+        chunk_left_ -= n;
+        i += n;
+        if (chunk_left_ == 0) step_ = Step::data_cr;
+        break;
+      }
+      case Step::data_cr:
+        if (c != '\r') return fail(Refusal::missing_chunk_crlf, i);
+        ++i;
+        step_ = Step::data_lf;
+        break;
+      case Step::data_lf:
+        if (c != '\n') return fail(Refusal::missing_chunk_crlf, i);
+        ++i;
+        step_ = Step::size;
+        digits_ = 0;
+        extension_bytes_ = 0;
+        break;
+      case Step::trailer_line: {
+        const void *lf = std::memchr(data + i, '\n', size - i);
+        size_t take = lf ? static_cast<size_t>(static_cast<const char *>(lf) - (data + i)) + 1 : size - i;
+        trailer_bytes_ += take;
+        if (trailer_bytes_ > limits_.max_head_bytes) return fail(Refusal::trailers_too_large, i);
+        line_.append(data + i, take);
+        i += take;
+        if (lf) {
+          auto r = finish_trailer_line();
+          if (r != Refusal::none) return fail(r, i);
+        }
+        break;
+      }
+      case Step::done:
+      case Step::failed: break;
+      }
+    }
+    return i;
+  }
+
+  bool done() const { return step_ == Step::done; }
+  Refusal refusal() const { return refusal_; }
+  const FieldList &trailers() const { return trailers_; }
+
+private:
+  enum class Step { size, space_before_extension, extension, size_lf, data, data_cr, data_lf, trailer_line, done, failed };
+
+  static unsigned hex_value(unsigned char c) {
+    return std::isdigit(c) ? c - '0' : static_cast<unsigned>(std::tolower(c) - 'a' + 10);
+  }
+
+  size_t fail(Refusal r, size_t at) {
+    refusal_ = r;
+    step_ = Step::failed;
+    return at;
+  }
+
+  Refusal finish_trailer_line() {
+    if (line_.size() < 2 || line_[line_.size() - 2] != '\r') return Refusal::bare_line_feed;
+    line_.resize(line_.size() - 2);
+    if (line_.empty()) {
+      step_ = Step::done;
+      return Refusal::none;
+    }
+    if (trailers_.size() + 1 > limits_.max_fields) return Refusal::trailers_too_large;
+    std::pair<std::string, std::string> field;
+    auto r = parse_field_line(line_.data(), line_.data() + line_.size(), field);
+    if (r != Refusal::none) return r;
+    trailers_.push_back(std::move(field));
+    line_.clear();
+    return Refusal::none;
+  }
+
+  Limits limits_;
+  Step step_ = Step::size;
+  Refusal refusal_ = Refusal::none;
+  unsigned digits_ = 0;
+  size_t extension_bytes_ = 0;
+  uint64_t chunk_left_ = 0;
+  std::string line_;
+  size_t trailer_bytes_ = 0;
+  FieldList trailers_;
+};
+
+}  // namespace http1
+}  // namespace detail
+}  // namespace wrpc_http
+
+namespace wrpc_http {
+namespace detail {
+
+// Every parked connection holds a descriptor: raise the soft limit to the hard one, once.
+inline void raise_open_file_limit() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    rlimit limit{};
+    if (::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+      limit.rlim_cur = limit.rlim_max;
+      ::setrlimit(RLIMIT_NOFILE, &limit);
+    }
+  });
+}
+
+inline int elapsed_ms_until(Clock::time_point deadline) {
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+  return left <= 0 ? 0 : static_cast<int>(std::min<long long>(left, INT_MAX));
+}
+
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+// The HTTPS listener's certificate and key.
+class TlsServerContext {
+public:
+  TlsServerContext(const std::string &cert_file, const std::string &key_file) : ctx_(SSL_CTX_new(TLS_server_method())) {
+    if (!ctx_) throw std::runtime_error("cannot create a TLS context");
+    SSL_CTX_set_min_proto_version(ctx_, TLS1_2_VERSION);
+    SSL_CTX_set_mode(ctx_, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    if (SSL_CTX_use_certificate_chain_file(ctx_, cert_file.c_str()) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx_, key_file.c_str(), SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(ctx_) != 1) {
+      SSL_CTX_free(ctx_);
+      throw std::runtime_error("cannot load the TLS certificate or key (" + cert_file + ", " + key_file + ")");
+    }
+  }
+  ~TlsServerContext() { SSL_CTX_free(ctx_); }
+  TlsServerContext(const TlsServerContext &) = delete;
+  TlsServerContext &operator=(const TlsServerContext &) = delete;
+
+  SSL *session(int fd) const {
+    SSL *ssl = SSL_new(ctx_);
+    if (ssl) SSL_set_fd(ssl, fd);
+    return ssl;
+  }
+
+private:
+  SSL_CTX *ctx_;
+};
+#else
+class TlsServerContext {
+public:
+  TlsServerContext(const std::string &, const std::string &) {
+    throw std::runtime_error("HTTPS needs WRPC_HTTP_OPENSSL_SUPPORT");
+  }
+};
+#endif
+
+// One accepted connection: its non-blocking socket (and TLS session) and the bytes read but
+// not yet parsed. Only one thread touches it at a time: the worker serving it, or the edge
+// loop while it is parked.
+class EdgeConnection {
+public:
+  enum class Fill { data, nothing, closed };
+
+  EdgeConnection(int fd, const TlsServerContext *tls) : fd_(fd) {
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+    if (tls) {
+      ssl_ = tls->session(fd);
+      if (!ssl_) throw std::runtime_error("cannot create a TLS session");
+    }
+#else
+    (void)tls;
+#endif
+  }
+  ~EdgeConnection() { close(); }
+  EdgeConnection(const EdgeConnection &) = delete;
+  EdgeConnection &operator=(const EdgeConnection &) = delete;
+
+  int fd() const { return fd_; }
+  bool over_tls() const {
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+    return ssl_ != nullptr;
+#else
+    return false;
+#endif
+  }
+
+  const char *pending() const { return in_.data() + used_; }
+  size_t pending_size() const { return in_.size() - used_; }
+  void consume(size_t n) { used_ += n; }
+
+  // Reads what has arrived, waiting at most `wait` for it when nothing has.
+  Fill fill(std::chrono::milliseconds wait) {
+    if (used_ == in_.size()) {
+      in_.clear();
+      used_ = 0;
+    } else if (used_ > 64 * 1024 && used_ * 2 > in_.size()) {
+      in_.erase(0, used_);
+      used_ = 0;
+    }
+    auto deadline = Clock::now() + wait;
+    char buf[16 * 1024];
+    while (true) {
+      short want = 0;
+      ssize_t n = read_some(buf, sizeof(buf), want);
+      if (n > 0) {
+        in_.append(buf, static_cast<size_t>(n));
+        return Fill::data;
+      }
+      if (n == 0) return Fill::closed;
+      int left = elapsed_ms_until(deadline);
+      if (left == 0) return Fill::nothing;
+      pollfd p{fd_, want, 0};
+      int r = ::poll(&p, 1, left);
+      if (r < 0 && errno != EINTR) return Fill::closed;
+      if (r == 0) return Fill::nothing;
+    }
+  }
+
+  bool write_all(const char *data, size_t size, std::chrono::milliseconds timeout) {
+    auto deadline = Clock::now() + timeout;
+    while (size > 0) {
+      short want = 0;
+      ssize_t n = write_some(data, size, want);
+      if (n > 0) {
+        data += n;
+        size -= static_cast<size_t>(n);
+        continue;
+      }
+      if (n == 0) return false;
+      pollfd p{fd_, want, 0};
+      int r = ::poll(&p, 1, elapsed_ms_until(deadline));
+      if (r == 0 || (r < 0 && errno != EINTR)) return false;
+    }
+    return true;
+  }
+
+  // Ends the blocking I/O of whichever worker serves this connection (drain timeout).
+  void shut_down() { ::shutdown(fd_, SHUT_RDWR); }
+
+  void close() {
+    if (fd_ < 0) return;
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+    if (ssl_) {
+      if (handshaken_) SSL_shutdown(ssl_);
+      SSL_free(ssl_);
+      ssl_ = nullptr;
+    }
+#endif
+    ::close(fd_);
+    fd_ = -1;
+  }
+
+  Clock::time_point head_started{};  // the first byte of the head being received; {} for none
+  size_t served = 0;
+
+private:
+  // > 0: bytes; 0: end of stream or broken; -1: nothing now, poll for `want`.
+  ssize_t read_some(char *buf, size_t size, short &want) {
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+    if (ssl_) {
+      if (!handshaken_) {
+        int r = SSL_accept(ssl_);
+        if (r != 1) return tls_retry(r, want);
+        handshaken_ = true;
+      }
+      int r = SSL_read(ssl_, buf, static_cast<int>(size));
+      return r > 0 ? r : tls_retry(r, want);
+    }
+#endif
+    while (true) {
+      ssize_t n = ::recv(fd_, buf, size, 0);
+      if (n >= 0) return n;
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) return 0;
+      want = POLLIN;
+      return -1;
+    }
+  }
+
+  ssize_t write_some(const char *data, size_t size, short &want) {
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+    if (ssl_) {
+      int r = SSL_write(ssl_, data, static_cast<int>(std::min<size_t>(size, INT_MAX)));
+      return r > 0 ? r : tls_retry(r, want);
+    }
+#endif
+    while (true) {
+      ssize_t n = ::send(fd_, data, size, MSG_NOSIGNAL);
+      if (n >= 0) return n;
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) return 0;
+      want = POLLOUT;
+      return -1;
+    }
+  }
+
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+  ssize_t tls_retry(int result, short &want) {
+    int error = SSL_get_error(ssl_, result);
+    ERR_clear_error();
+    if (error == SSL_ERROR_WANT_READ) want = POLLIN;
+    else if (error == SSL_ERROR_WANT_WRITE) want = POLLOUT;
+    else return 0;
+    return -1;
+  }
+  SSL *ssl_ = nullptr;
+  bool handshaken_ = false;
+#endif
+  int fd_;
+  std::string in_;
+  size_t used_ = 0;
+};
+
+// The body of the request being served, decoded from the connection by its framing and
+// bounded by max_content_len; reading stops at its end, so the next request stays unread.
+class EdgeBody {
+public:
+  EdgeBody(EdgeConnection &conn, const http1::Head &head, const http1::Limits &limits, size_t max_content_len,
+           std::chrono::milliseconds read_timeout)
+      : conn_(conn), framing_(head.framing), length_left_(head.content_length), decoder_(limits),
+        max_content_len_(max_content_len), read_timeout_(read_timeout) {}
+
+  // The next piece of the body that has arrived (waiting for one); false at its end or
+  // when the body is refused (refusal()).
+  bool read_piece(std::string &piece) {
+    piece.clear();
+    if (refusal_ != http1::Refusal::none) return false;
+    if (framing_ == http1::Framing::length) {
+      if (length_left_ == 0) return false;
+      if (conn_.pending_size() == 0 && !fill()) return false;
+      size_t n = static_cast<size_t>(std::min<uint64_t>(length_left_, conn_.pending_size()));
+      piece.assign(conn_.pending(), n);
+      conn_.consume(n);
+      length_left_ -= n;
+      return true;
+    }
+    if (framing_ == http1::Framing::none) return false;
+    while (!decoder_.done()) {
+      if (conn_.pending_size() == 0) {
+        if (!piece.empty()) break;
+        if (!fill()) return false;
+      }
+      size_t before = piece.size();
+      conn_.consume(decoder_.decode(conn_.pending(), conn_.pending_size(), piece));
+      decoded_ += piece.size() - before;
+      if (decoder_.refusal() != http1::Refusal::none) return refuse(decoder_.refusal());
+      if (decoded_ > max_content_len_) return refuse(http1::Refusal::body_too_large);
+      if (piece.size() >= WRPC_HTTP_BODY_FLUSH_BYTES) break;
+    }
+    return !piece.empty();
+  }
+
+  // httplib::Stream::read for the body: > 0 bytes, 0 at its end, -1 when refused.
+  ssize_t read(char *out, size_t size) {
+    if (spare_used_ == spare_.size()) {
+      spare_used_ = 0;
+      if (!read_piece(spare_)) return refusal_ == http1::Refusal::none ? 0 : -1;
+    }
+    size_t n = std::min(size, spare_.size() - spare_used_);
+    std::memcpy(out, spare_.data() + spare_used_, n);
+    spare_used_ += n;
+    return static_cast<ssize_t>(n);
+  }
+
+  bool complete() const {
+    switch (framing_) {
+    case http1::Framing::length: return length_left_ == 0;
+    case http1::Framing::chunked: return decoder_.done();
+    case http1::Framing::none: return true;
+    }
+    return true;
+  }
+
+  // Reads and drops what nobody read, up to `budget` bytes; false when it is more or broken.
+  bool discard_rest(size_t budget) {
+    std::string piece;
+    while (read_piece(piece)) {
+      if (piece.size() > budget) return false;
+      budget -= piece.size();
+    }
+    return refusal_ == http1::Refusal::none;
+  }
+
+  http1::Refusal refusal() const { return refusal_; }
+  const http1::FieldList &trailers() const { return decoder_.trailers(); }
+
+private:
+  bool fill() {
+    if (conn_.fill(read_timeout_) == EdgeConnection::Fill::data) return true;
+    return refuse(http1::Refusal::body_incomplete);
+  }
+  bool refuse(http1::Refusal r) {
+    refusal_ = r;
+    return false;
+  }
+
+  EdgeConnection &conn_;
+  http1::Framing framing_;
+  uint64_t length_left_;
+  http1::ChunkedDecoder decoder_;
+  size_t max_content_len_;
+  std::chrono::milliseconds read_timeout_;
+  size_t decoded_ = 0;
+  http1::Refusal refusal_ = http1::Refusal::none;
+  std::string spare_;
+  size_t spare_used_ = 0;
+};
+
+// The request a worker is serving, for the handlers that run inside cpp-httplib's
+// process_request on the same thread (the Forwarder reads the raw head and the body here).
+struct EdgeRequest {
+  const http1::Head &head;
+  EdgeBody &body;
+  bool over_tls;
+  bool answered_by_component = false;  // the status came from a component
+  bool close_after = false;            // the provider answered with an error: close
+};
+
+inline EdgeRequest *&current_edge_request() {
+  thread_local EdgeRequest *current = nullptr;
+  return current;
+}
+
+// What cpp-httplib reads and writes: a canonical head it parses without surprises, then
+// the request's decoded body and an end; writes go to the connection.
+class EdgeStream : public httplib::Stream {
+public:
+  EdgeStream(EdgeConnection &conn, std::string head, EdgeBody &body, std::chrono::milliseconds write_timeout)
+      : conn_(conn), head_(std::move(head)), body_(body), write_timeout_(write_timeout) {}
+
+  bool is_readable() const override { return true; }
+  bool is_writable() const override {
+    pollfd p{conn_.fd(), POLLOUT, 0};
+    return ::poll(&p, 1, static_cast<int>(write_timeout_.count())) > 0 && !(p.revents & (POLLERR | POLLHUP));
+  }
+  ssize_t read(char *ptr, size_t size) override {
+    if (head_used_ < head_.size()) {
+      size_t n = std::min(size, head_.size() - head_used_);
+      std::memcpy(ptr, head_.data() + head_used_, n);
+      head_used_ += n;
+      return static_cast<ssize_t>(n);
+    }
+    return body_.read(ptr, size);
+  }
+  ssize_t write(const char *ptr, size_t size) override {
+    return conn_.write_all(ptr, size, write_timeout_) ? static_cast<ssize_t>(size) : -1;
+  }
+  void get_remote_ip_and_port(std::string &ip, int &port) const override { address_of(::getpeername, ip, port); }
+  void get_local_ip_and_port(std::string &ip, int &port) const override { address_of(::getsockname, ip, port); }
+  // The edge owns the socket: cpp-httplib must not select() on it (its descriptor may be
+  // above FD_SETSIZE with thousands of parked connections).
+  socket_t socket() const override { return INVALID_SOCKET; }
+
+private:
+  void address_of(int (*get)(int, sockaddr *, socklen_t *), std::string &ip, int &port) const {
+    sockaddr_storage addr{};
+    socklen_t len = sizeof(addr);
+    ip.clear();
+    port = 0;
+    if (get(conn_.fd(), reinterpret_cast<sockaddr *>(&addr), &len) != 0) return;
+    char host[NI_MAXHOST], serv[NI_MAXSERV];
+    if (::getnameinfo(reinterpret_cast<sockaddr *>(&addr), len, host, sizeof(host), serv, sizeof(serv),
+                      NI_NUMERICHOST | NI_NUMERICSERV) == 0) {
+      ip = host;
+      port = std::atoi(serv);
+    }
+  }
+
+  EdgeConnection &conn_;
+  std::string head_;
+  size_t head_used_ = 0;
+  EdgeBody &body_;
+  std::chrono::milliseconds write_timeout_;
+};
+
+inline const char *reason_phrase(int status) {
+  switch (status) {
+  case 400: return "Bad Request";
+  case 408: return "Request Timeout";
+  case 413: return "Content Too Large";
+  case 414: return "URI Too Long";
+  case 417: return "Expectation Failed";
+  case 431: return "Request Header Fields Too Large";
+  case 501: return "Not Implemented";
+  case 505: return "HTTP Version Not Supported";
+  default: return "Error";
+  }
+}
+
+// The edge's own answer to a request it refuses; the connection closes after it.
+inline std::string refusal_response(http1::Refusal refusal) {
+  auto info = http1::describe(refusal);
+  std::string body = std::string(info.text) + "\n";
+  return "HTTP/1.1 " + std::to_string(info.status) + " " + reason_phrase(info.status) +
+         "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: " + std::to_string(body.size()) +
+         "\r\nConnection: close\r\n\r\n" + body;
+}
+
+// The methods cpp-httplib routes; any other token reaches the routes as POST (the Forwarder
+// forwards the real one).
+inline bool httplib_routes_method(const std::string &method) {
+  static const char *routed[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"};
+  for (auto m : routed)
+    if (method == m) return true;
+  return false;
+}
+
+}  // namespace detail
+
+// Limits and timeouts of one HTTP listener's edge.
+struct EdgeOptions {
+  detail::http1::Limits limits;
+  size_t max_content_len = WRPC_HTTP_DEFAULT_MAX_CONTENT_LEN;
+  std::chrono::milliseconds head_timeout{WRPC_HTTP_HEAD_TIMEOUT_MS};
+  std::chrono::milliseconds keep_alive_timeout{WRPC_HTTP_KEEPALIVE_TIMEOUT_SECOND * 1000};
+  std::chrono::milliseconds read_timeout{WRPC_HTTP_READ_TIMEOUT_SECOND * 1000};
+  std::chrono::milliseconds write_timeout{WRPC_HTTP_WRITE_TIMEOUT_SECOND * 1000};
+  size_t max_workers = WRPC_HTTP_MAX_WORKERS;
+  size_t keep_alive_max_count = WRPC_HTTP_KEEPALIVE_MAX_COUNT;
+  std::string tls_cert_file, tls_priv_key_file;  // both set: HTTPS
+};
+
+// An httplib::Server whose connections the edge owns: routes and handlers are registered as
+// on any httplib::Server. It reserves the error and post-routing handlers for itself.
+class EdgeServer : public httplib::Server {
+public:
+  EdgeServer(EdgeOptions options, const Logger &logger);
+  ~EdgeServer() override;
+  EdgeServer(const EdgeServer &) = delete;
+  EdgeServer &operator=(const EdgeServer &) = delete;
+
+  // A listening socket on "host:port" for serve(); throws when the address is taken.
+  static int open_listener(const std::string &address);
+  // Accepts on the listening socket `listen_fd` and serves until stop(); runs in the
+  // caller's thread (the edge loop). The caller closes `listen_fd` afterwards.
+  void serve(int listen_fd);
+  // Stops accepting, closes idle connections, gives requests in progress `drain` to finish
+  // and cuts the rest; serve() returns. Joins every worker.
+  void stop(std::chrono::milliseconds drain);
+
+private:
+  struct Parked {
+    std::shared_ptr<detail::EdgeConnection> conn;
+    detail::Clock::time_point deadline;
+  };
+
+  void accept_all(int listen_fd);
+  void park(std::shared_ptr<detail::EdgeConnection> conn, bool fresh);
+  void dispatch(int fd);
+  void expire_parked();
+  void serve_connection(const std::shared_ptr<detail::EdgeConnection> &conn);
+  bool serve_request(detail::EdgeConnection &conn, const detail::http1::Head &head);
+  void refuse(detail::EdgeConnection &conn, detail::http1::Refusal refusal);
+  void close_connection(const std::shared_ptr<detail::EdgeConnection> &conn);
+  bool process(httplib::Stream &stream, bool close_connection, const std::function<void(httplib::Request &)> &setup);
+  void wake();
+
+  EdgeOptions options_;
+  const Logger &logger_;
+  std::unique_ptr<detail::TlsServerContext> tls_;
+  int epoll_fd_ = -1;
+  int wake_fd_ = -1;
+  detail::ElasticTaskQueue workers_;
+
+  mutable std::mutex mu_;
+  std::condition_variable idle_cv_;
+  std::unordered_map<int, Parked> parked_;
+  std::unordered_map<detail::EdgeConnection *, std::shared_ptr<detail::EdgeConnection>> active_;
+  bool stopping_ = false;
+  bool finished_ = false;
+};
+
+inline EdgeServer::EdgeServer(EdgeOptions options, const Logger &logger)
+    : options_(std::move(options)), logger_(logger), workers_(options_.max_workers) {
+  detail::raise_open_file_limit();
+  if (!options_.tls_cert_file.empty())
+    tls_ = std::make_unique<detail::TlsServerContext>(options_.tls_cert_file, options_.tls_priv_key_file);
+  epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
+  wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (epoll_fd_ < 0 || wake_fd_ < 0) throw std::runtime_error(std::string("edge loop: ") + std::strerror(errno));
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.fd = wake_fd_;
+  ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &ev);
+  set_payload_max_length(options_.max_content_len);
+  // Only for the Keep-Alive header cpp-httplib writes; the edge enforces both.
+  set_keep_alive_max_count(options_.keep_alive_max_count);
+  set_keep_alive_timeout(static_cast<time_t>(options_.keep_alive_timeout.count() / 1000));
+  // The provider's own errors close the connection: the rest of the request may be unread.
+  set_error_handler(HandlerWithResponse([](const httplib::Request &req, httplib::Response &res) {
+    auto *edge = detail::current_edge_request();
+    if (!edge) return HandlerResponse::Unhandled;
+    if (edge->body.refusal() != detail::http1::Refusal::none) {
+      auto info = detail::http1::describe(edge->body.refusal());
+      res.status = info.status;
+      res.set_content(std::string(info.text) + "\n", "text/plain; charset=utf-8");
+    }
+    if (!edge->answered_by_component) {
+      edge->close_after = true;
+      // cpp-httplib writes `Connection: close` (and no Keep-Alive) when the request asked
+      // for it; the Request is the server's own non-const object.
+      auto &own = const_cast<httplib::Request &>(req);
+      own.headers.erase("Connection");
+      own.headers.emplace("Connection", "close");
+    }
+    return HandlerResponse::Unhandled;
+  }));
+  // 1xx, 204 and 304 carry no body and so no framing (RFC 9110 8.6, 9112 6.1).
+  set_post_routing_handler([](const httplib::Request &, httplib::Response &res) {
+    if (res.status < 200 || res.status == 204 || res.status == 304) {
+      res.headers.erase("Content-Length");
+      res.headers.erase("Transfer-Encoding");
+    }
+  });
+}
+
+inline EdgeServer::~EdgeServer() {
+  stop(std::chrono::milliseconds(0));
+  ::close(epoll_fd_);
+  ::close(wake_fd_);
+}
+
+inline void EdgeServer::wake() {
+  uint64_t one = 1;
+  ssize_t ignored = ::write(wake_fd_, &one, sizeof(one));
+  (void)ignored;
+}
+
+inline void EdgeServer::serve(int listen_fd) {
+  // cpp-httplib streams a response only while its server socket is set.
+  svr_sock_ = listen_fd;
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.fd = listen_fd;
+  ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, listen_fd, &ev);
+  bool accepting = true;
+  std::array<epoll_event, 256> events;
+  auto next_scan = detail::Clock::now();
+  while (true) {
+    // A tick of 100 ms bounds how late a parked connection's deadline is noticed.
+    int n = ::epoll_wait(epoll_fd_, events.data(), static_cast<int>(events.size()), 100);
+    for (int i = 0; i < n; ++i) {
+      int fd = events[static_cast<size_t>(i)].data.fd;
+      if (fd == wake_fd_) {
+        uint64_t count;
+        ssize_t ignored = ::read(wake_fd_, &count, sizeof(count));
+        (void)ignored;
+      } else if (fd == listen_fd) {
+        if (accepting) accept_all(listen_fd);
+      } else {
+        dispatch(fd);
+      }
+    }
+    std::unique_lock<std::mutex> lk(mu_);
+    if (stopping_ && accepting) {
+      accepting = false;
+      ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd, nullptr);
+      for (auto &p : parked_) p.second.conn->close();
+      parked_.clear();
+    }
+    if (finished_) return;
+    lk.unlock();
+    // Deadlines are checked on the tick, not on every wake-up of a busy loop.
+    if (detail::Clock::now() >= next_scan) {
+      expire_parked();
+      next_scan = detail::Clock::now() + std::chrono::milliseconds(100);
+    }
+  }
+}
+
+inline void EdgeServer::accept_all(int listen_fd) {
+  while (true) {
+    int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EMFILE || errno == ENFILE) {
+        // Out of descriptors: the backlog keeps the rest until parked connections time out.
+        logger_.warn("out of file descriptors; not accepting for 100 ms");
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+      return;
+    }
+    int yes = 1;
+    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &yes, sizeof(yes));
+    std::shared_ptr<detail::EdgeConnection> conn;
+    try {
+      conn = std::make_shared<detail::EdgeConnection>(fd, tls_.get());
+    } catch (const std::exception &e) {
+      ::close(fd);
+      logger_.error(e.what());
+      continue;
+    }
+    park(std::move(conn), true);
+  }
+}
+
+// Waits in the edge loop, without a thread, until the connection is readable or its
+// deadline passes: a fresh or mid-head connection has head_timeout from its first byte, an
+// idle keep-alive connection keep_alive_timeout.
+inline void EdgeServer::park(std::shared_ptr<detail::EdgeConnection> conn, bool fresh) {
+  auto now = detail::Clock::now();
+  if (fresh) conn->head_started = now;
+  auto deadline = conn->head_started != detail::Clock::time_point{} ? conn->head_started + options_.head_timeout
+                                                                     : now + options_.keep_alive_timeout;
+  std::lock_guard<std::mutex> lk(mu_);
+  if (stopping_) {
+    conn->close();
+    return;
+  }
+  int fd = conn->fd();
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLRDHUP | EPOLLONESHOT;
+  ev.data.fd = fd;
+  parked_[fd] = Parked{std::move(conn), deadline};
+  ::epoll_ctl(epoll_fd_, fresh ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &ev);
+}
+
+// A parked connection became readable (or was closed by its peer): a worker takes it.
+inline void EdgeServer::dispatch(int fd) {
+  std::shared_ptr<detail::EdgeConnection> conn;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = parked_.find(fd);
+    if (it == parked_.end()) return;
+    conn = std::move(it->second.conn);
+    parked_.erase(it);
+    active_[conn.get()] = conn;
+  }
+  workers_.enqueue([this, conn] { serve_connection(conn); });
+}
+
+inline void EdgeServer::expire_parked() {
+  std::vector<std::shared_ptr<detail::EdgeConnection>> expired;
+  {
+    auto now = detail::Clock::now();
+    std::lock_guard<std::mutex> lk(mu_);
+    for (auto it = parked_.begin(); it != parked_.end();) {
+      if (it->second.deadline > now) {
+        ++it;
+        continue;
+      }
+      expired.push_back(std::move(it->second.conn));
+      it = parked_.erase(it);
+    }
+  }
+  for (auto &conn : expired) {
+    // Bytes of a head arrived but not all of it: say so. An idle connection just closes.
+    if (conn->pending_size() > 0 || conn->served == 0) {
+      auto response = detail::refusal_response(detail::http1::Refusal::head_timeout);
+      conn->write_all(response.data(), response.size(), std::chrono::milliseconds(10));
+    }
+    conn->close();
+  }
+}
+
+inline void EdgeServer::close_connection(const std::shared_ptr<detail::EdgeConnection> &conn) {
+  conn->close();
+  std::lock_guard<std::mutex> lk(mu_);
+  active_.erase(conn.get());
+  if (active_.empty()) idle_cv_.notify_all();
+}
+
+inline void EdgeServer::refuse(detail::EdgeConnection &conn, detail::http1::Refusal refusal) {
+  auto response = detail::refusal_response(refusal);
+  conn.write_all(response.data(), response.size(), options_.write_timeout);
+  logger_.debug("request refused", {{"reason", detail::http1::describe(refusal).text}});
+}
+
+// Serves the requests the connection has sent, as long as they keep coming; parks it when
+// it has to wait for the next head.
+inline void EdgeServer::serve_connection(const std::shared_ptr<detail::EdgeConnection> &conn) {
+  bool just_answered = false;
+  while (true) {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (stopping_) break;
+    }
+    if (conn->pending_size() > 0) {
+      detail::http1::Head head;
+      auto parsed = detail::http1::parse_request_head(conn->pending(), conn->pending_size(), options_.limits, head);
+      if (parsed.state == detail::http1::HeadParse::State::refused) {
+        refuse(*conn, parsed.refusal);
+        break;
+      }
+      if (parsed.state == detail::http1::HeadParse::State::complete) {
+        conn->consume(parsed.consumed);
+        conn->head_started = {};
+        if (!serve_request(*conn, head) || ++conn->served >= options_.keep_alive_max_count) break;
+        just_answered = true;
+        continue;
+      }
+      auto now = detail::Clock::now();
+      if (conn->head_started == detail::Clock::time_point{}) conn->head_started = now;
+      if (now - conn->head_started >= options_.head_timeout) {
+        refuse(*conn, detail::http1::Refusal::head_timeout);
+        break;
+      }
+    }
+    // Right after an answer the client's next request is usually on its way: wait a moment
+    // for it before handing the connection back to the loop.
+    auto got = conn->fill(just_answered ? std::chrono::milliseconds(WRPC_HTTP_KEEPALIVE_LINGER_MS)
+                                        : std::chrono::milliseconds(0));
+    just_answered = false;
+    if (got == detail::EdgeConnection::Fill::data) continue;
+    if (got == detail::EdgeConnection::Fill::closed) break;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      active_.erase(conn.get());
+      if (active_.empty()) idle_cv_.notify_all();
+    }
+    return park(conn, false);
+  }
+  close_connection(conn);
+}
+
+inline bool EdgeServer::serve_request(detail::EdgeConnection &conn, const detail::http1::Head &head) {
+  using detail::http1::Framing;
+  if (head.framing == Framing::length && head.content_length > options_.max_content_len) {
+    refuse(conn, detail::http1::Refusal::body_too_large);
+    return false;
+  }
+  bool has_body = head.framing == Framing::chunked || (head.framing == Framing::length && head.content_length > 0);
+  if (head.expect_continue && has_body) {
+    static const char continue_line[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    if (!conn.write_all(continue_line, sizeof(continue_line) - 1, options_.write_timeout)) return false;
+  }
+  detail::EdgeBody body(conn, head, options_.limits, options_.max_content_len, options_.read_timeout);
+  detail::EdgeRequest request{head, body, conn.over_tls()};
+  std::string method = detail::httplib_routes_method(head.method) ? head.method : "POST";
+  // cpp-httplib sees origin-form only; the absolute form's authority becomes Host below.
+  std::string target = head.path_with_query;
+  detail::EdgeStream stream(conn, method + " " + target + " HTTP/1.1\r\n\r\n", body, options_.write_timeout);
+  detail::current_edge_request() = &request;
+  bool written = process(stream, !head.keep_alive, [&head](httplib::Request &req) {
+    // The fields as sent, never percent-decoded; the edge has decoded the body already, so
+    // cpp-httplib must not act on its framing or expectation.
+    for (auto &f : head.fields) {
+      if (detail::http1::ascii_iequals(f.first, "transfer-encoding") || detail::http1::ascii_iequals(f.first, "expect") ||
+          detail::http1::ascii_iequals(f.first, "host"))
+        continue;
+      req.headers.emplace(f.first, f.second);
+    }
+    if (!head.authority.empty()) req.headers.emplace("Host", head.authority);
+  });
+  detail::current_edge_request() = nullptr;
+  if (!written || !head.keep_alive || request.close_after) return false;
+  return body.complete() || body.discard_rest(WRPC_HTTP_MAX_DISCARDED_BODY_BYTES);
+}
+
+inline bool EdgeServer::process(httplib::Stream &stream, bool close_connection,
+                                const std::function<void(httplib::Request &)> &setup) {
+  bool connection_closed = false;
+#ifdef CPPHTTPLIB_SERVER_READ_TIMEOUT_SECOND
+  // cpp-httplib >= 0.15 takes the addresses as arguments.
+  std::string remote_ip, local_ip;
+  int remote_port = 0, local_port = 0;
+  stream.get_remote_ip_and_port(remote_ip, remote_port);
+  stream.get_local_ip_and_port(local_ip, local_port);
+  return process_request(stream, remote_ip, remote_port, local_ip, local_port, close_connection, connection_closed,
+                         setup);
+#else
+  return process_request(stream, close_connection, connection_closed, setup);
+#endif
+}
+
+inline void EdgeServer::stop(std::chrono::milliseconds drain) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (finished_) return;
+    stopping_ = true;
+  }
+  wake();
+  std::unique_lock<std::mutex> lk(mu_);
+  idle_cv_.wait_for(lk, drain, [&] { return active_.empty(); });
+  for (auto &a : active_) a.second->shut_down();
+  svr_sock_ = INVALID_SOCKET;  // responses still streaming stop
+  finished_ = true;
+  lk.unlock();
+  wake();
+  workers_.shutdown();
+}
+
+}  // namespace wrpc_http
+
 // ---- HTTP bridge ----
 //
 // HTTP requests in (cpp-httplib's blocking thread pool), wRPC `handle` calls out.
@@ -4278,6 +5629,7 @@ struct HttpSettings {
   std::chrono::milliseconds timeout{5000};  // until the component's response head
   size_t max_content_len = WRPC_HTTP_DEFAULT_MAX_CONTENT_LEN;
   std::chrono::milliseconds body_idle_timeout{WRPC_HTTP_BODY_IDLE_TIMEOUT_MS};
+  std::chrono::milliseconds head_timeout{WRPC_HTTP_HEAD_TIMEOUT_MS};  // whole request head, else 408
   // Both set: the listener serves HTTPS with this certificate chain and key (PEM files).
   std::string tls_cert_file, tls_priv_key_file;
 
@@ -4350,6 +5702,8 @@ inline HttpSettings HttpSettings::from_config(const StringMap &config, const Str
   if (auto v = get("max_content_len")) s.max_content_len = detail::parse_size("max_content_len", *v);
   if (auto v = get("body_idle_timeout_ms"))
     s.body_idle_timeout = std::chrono::milliseconds(detail::parse_unsigned("body_idle_timeout_ms", *v));
+  if (auto v = get("head_timeout_ms"))
+    s.head_timeout = std::chrono::milliseconds(detail::parse_unsigned("head_timeout_ms", *v));
   if (auto v = get("tls_cert_file")) s.tls_cert_file = *v;
   if (auto v = get("tls_priv_key_file")) s.tls_priv_key_file = *v;
   if (s.tls_cert_file.empty() != s.tls_priv_key_file.empty())
@@ -4383,7 +5737,7 @@ namespace detail {
 inline bool is_hop_by_hop(const std::string &lower_name) {
   static const char *names[] = {"connection", "keep-alive", "proxy-connection", "transfer-encoding",
                                 "te",         "trailer",    "upgrade",          "http2-settings",
-                                "host",       "content-length"};
+                                "host",       "content-length", "expect"};
   for (auto n : names)
     if (lower_name == n) return true;
   return false;
@@ -4394,24 +5748,16 @@ inline std::string lower(std::string s) {
   return s;
 }
 
-// cpp-httplib adds the peer's address as pseudo headers; they did not come from the client.
-inline bool is_httplib_pseudo_header(const std::string &name) {
-  return name == "REMOTE_ADDR" || name == "REMOTE_PORT" || name == "LOCAL_ADDR" || name == "LOCAL_PORT";
-}
-
-// httplib keeps headers in a case-insensitive multimap, so one name's values are adjacent
-// and in arrival order: each name goes once, lower-cased, with all its values.
-inline Fields request_fields(const httplib::Headers &headers) {
+// The fields as the client sent them, for wasi:http: each name once, lower-cased, with all
+// its values in arrival order; connection-specific fields are left out.
+inline Fields forwarded_fields(const http1::FieldList &sent) {
   Fields fields;
-  for (auto &h : headers) {
-    if (is_httplib_pseudo_header(h.first)) continue;
-    std::string name = lower(h.first);
+  for (auto &f : sent) {
+    std::string name = lower(f.first);
     if (is_hop_by_hop(name)) continue;
-    if (!fields.empty() && fields.back().first == name) {
-      fields.back().second.push_back(h.second);
-    } else {
-      fields.push_back({name, {h.second}});
-    }
+    auto same = std::find_if(fields.begin(), fields.end(), [&](const Fields::value_type &g) { return g.first == name; });
+    if (same != fields.end()) same->second.push_back(f.second);
+    else fields.push_back({name, {f.second}});
   }
   return fields;
 }
@@ -4423,17 +5769,11 @@ inline bool valid_header_name(const std::string &name) {
   return true;
 }
 
+// A component's field value goes out only without control bytes (HTAB aside).
 inline bool valid_header_value(const std::string &value) {
-  return value.find_first_of("\r\n", 0) == std::string::npos && value.find('\0') == std::string::npos;
-}
-
-inline bool arrived_over_tls(const httplib::Request &req) {
-#ifdef CPPHTTPLIB_OPENSSL_SUPPORT
-  return req.ssl != nullptr;
-#else
-  (void)req;
-  return false;
-#endif
+  for (unsigned char c : value)
+    if (!http1::is_field_value_byte(c)) return false;
+  return true;
 }
 
 inline void write_text(httplib::Response &res, int status, const std::string &text) {
@@ -4492,11 +5832,14 @@ public:
 
   // Serves `prefix` and everything below it (`/proxy`, `/proxy/...`) for every method;
   // an empty prefix serves every path.
+  // Every method reaches the component (the edge routes the ones cpp-httplib does not know
+  // as POST); the body streams from the edge, so no handler lets cpp-httplib read it.
   void mount(httplib::Server &server, const std::string &prefix) {
     std::string pattern = prefix + "(/.*)?";
-    auto plain = [this](const httplib::Request &req, httplib::Response &res) { handle(req, res, nullptr); };
-    auto streamed = [this](const httplib::Request &req, httplib::Response &res,
-                           const httplib::ContentReader &reader) { handle(req, res, &reader); };
+    auto plain = [this](const httplib::Request &req, httplib::Response &res) { handle(req, res); };
+    auto streamed = [this](const httplib::Request &req, httplib::Response &res, const httplib::ContentReader &) {
+      handle(req, res);
+    };
     server.Get(pattern, plain);
     server.Options(pattern, plain);
     server.Post(pattern, streamed);
@@ -4505,12 +5848,10 @@ public:
     server.Delete(pattern, streamed);
   }
 
-  // Forwards one request. `reader` streams the body (POST/PUT/PATCH/DELETE); without it
-  // the body, if any, is already in req.body.
-  void handle(const httplib::Request &req, httplib::Response &res, const httplib::ContentReader *reader);
+  // Forwards the request the provider's HTTP edge is serving on this thread.
+  void handle(const httplib::Request &req, httplib::Response &res);
 
 private:
-  std::optional<std::string> reject_reason(const httplib::Request &req, const HttpSettings &settings) const;
   void send_response(const httplib::Request &req, httplib::Response &res, std::shared_ptr<wrpc::OutgoingCall> call,
                      const ResponseHead &head, const HttpSettings &settings);
 
@@ -4557,37 +5898,12 @@ inline std::string trace_parent_for(const httplib::Request &req) {
 
 }  // namespace detail
 
-inline std::optional<std::string> Forwarder::reject_reason(const httplib::Request &req,
-                                                           const HttpSettings &settings) const {
-  if (req.has_header("Content-Length") && req.has_header("Transfer-Encoding"))
-    return std::string("Content-Length together with Transfer-Encoding");
-  if (req.get_header_value_count("Content-Length") > 1) return std::string("more than one Content-Length");
-  if (!detail::is_valid_utf8(req.target.data(), req.target.size())) return std::string("request target is not UTF-8");
-  (void)settings;
-  return std::nullopt;
-}
-
-inline void Forwarder::handle(const httplib::Request &req, httplib::Response &res,
-                              const httplib::ContentReader *reader) {
+inline void Forwarder::handle(const httplib::Request &req, httplib::Response &res) {
   auto started = std::chrono::steady_clock::now();
+  auto *edge = detail::current_edge_request();
+  if (!edge) return detail::write_text(res, 500, "the Forwarder serves only behind the provider's HTTP edge");
+  const detail::http1::Head &in = edge->head;
   HttpSettings settings = settings_();
-  // Unread body bytes would be parsed as the next request: close instead.
-  auto close_connection = [&] { res.set_header("Connection", "close"); };
-  if (auto why = reject_reason(req, settings)) {
-    close_connection();
-    return detail::write_text(res, 400, "bad request: " + *why);
-  }
-  if (req.has_header("Content-Length")) {
-    auto length = req.get_header_value("Content-Length");
-    if (length.find_first_not_of("0123456789") != std::string::npos || length.size() > 18) {
-      close_connection();
-      return detail::write_text(res, 400, "bad request: invalid Content-Length");
-    }
-    if (std::stoull(length) > settings.max_content_len) {
-      close_connection();
-      return detail::write_text(res, 413, "request body larger than max_content_len");
-    }
-  }
   std::string target;
   try {
     target = director_(req);
@@ -4606,12 +5922,11 @@ inline void Forwarder::handle(const httplib::Request &req, httplib::Response &re
     nats_headers.push_back({"tracestate", req.get_header_value("tracestate")});
 
   RequestHead head;
-  head.method = method_from_string(req.method);
-  head.path_with_query = req.target;
-  head.scheme = Scheme{detail::arrived_over_tls(req) ? SchemeKind::https : SchemeKind::http, ""};
-  if (req.has_header("Host")) head.authority = req.get_header_value("Host");
-  head.headers = detail::request_fields(req.headers);
-
+  head.method = method_from_string(in.method);
+  head.path_with_query = in.path_with_query;
+  head.scheme = Scheme{edge->over_tls ? SchemeKind::https : SchemeKind::http, ""};
+  if (!in.authority.empty()) head.authority = in.authority;
+  head.headers = detail::forwarded_fields(in.fields);
   // cpp-httplib would otherwise compress or slice what the component sent; the component
   // sees these headers and answers them itself. The Request object is the server's own
   // non-const instance, so writing to it is defined.
@@ -4620,55 +5935,44 @@ inline void Forwarder::handle(const httplib::Request &req, httplib::Response &re
   own.ranges.clear();
 
   auto deadline = started + settings.timeout;
+  bool trailers_follow = in.framing == detail::http1::Framing::chunked;
   std::shared_ptr<wrpc::OutgoingCall> call;
   // The call starts with the first body bytes, so a request whose body breaks before any
   // data never reaches the component.
   auto start_call = [&] {
-    call = std::make_shared<wrpc::OutgoingCall>(nc_, wrpc::handle_subject(lattice_, target), head, &nats_headers);
+    call = std::make_shared<wrpc::OutgoingCall>(nc_, wrpc::handle_subject(lattice_, target), head, &nats_headers,
+                                                trailers_follow);
     call->await_handshake(deadline);
   };
   try {
-    // A request with neither Content-Length nor Transfer-Encoding has no body (RFC 9112
-    // 6.3); cpp-httplib would otherwise wait for the client to close the connection.
-    bool has_body = req.has_header("Content-Length") || req.has_header("Transfer-Encoding");
-    if (reader && has_body) {
-      size_t received = 0;
-      bool too_large = false;
-      bool complete = (*reader)([&](const char *data, size_t size) {
-        received += size;
-        if (received > settings.max_content_len) {
-          too_large = true;
-          return false;
-        }
-        if (!call) start_call();
-        call->write_body(data, size);
-        return true;
-      });
-      if (too_large || !complete) {
-        if (call) call->abort_request();
-        close_connection();
-        return too_large ? detail::write_text(res, 413, "request body larger than max_content_len")
-                         : detail::write_text(res, 400, "bad request: incomplete or malformed body");
-      }
+    std::string piece;
+    while (edge->body.read_piece(piece)) {
+      if (!call) start_call();
+      call->write_body(piece.data(), piece.size());
+    }
+    if (edge->body.refusal() != detail::http1::Refusal::none) {
+      if (call) call->abort_request();
+      auto refusal = detail::http1::describe(edge->body.refusal());
+      return detail::write_text(res, refusal.status, refusal.text);
     }
     if (!call) start_call();
-    if (!reader && !req.body.empty()) call->write_body(req.body.data(), req.body.size());
-    call->finish_request();
+    call->finish_request(trailers_follow ? std::optional<Fields>(detail::forwarded_fields(edge->body.trailers()))
+                                         : std::nullopt);
     ResponseHead response = call->await_response(deadline);
     send_response(req, res, std::move(call), response, settings);
+    edge->answered_by_component = true;
     if (logger_.enabled(Logger::Level::debug))
-      logger_.debug("forwarded", {{"method", req.method},
-                                {"path", req.target},
+      logger_.debug("forwarded", {{"method", in.method},
+                                {"path", in.path_with_query},
                                 {"target", target},
                                 {"status", std::to_string(res.status)},
                                 {"trace_id", trace_id}});
   } catch (const wrpc::CallError &e) {
-    logger_.warn("request failed", {{"method", req.method},
-                                    {"path", req.target},
+    logger_.warn("request failed", {{"method", in.method},
+                                    {"path", in.path_with_query},
                                     {"target", target},
                                     {"error", e.what()},
                                     {"trace_id", trace_id}});
-    if (reader || !req.body.empty()) close_connection();
     detail::write_text(res, e.http_status(), e.what());
   }
 }
@@ -4676,7 +5980,7 @@ inline void Forwarder::handle(const httplib::Request &req, httplib::Response &re
 inline void Forwarder::send_response(const httplib::Request &req, httplib::Response &res,
                                      std::shared_ptr<wrpc::OutgoingCall> call, const ResponseHead &head,
                                      const HttpSettings &settings) {
-  if (head.status < 100 || head.status > 599)
+  if (head.status < 200 || head.status > 599)
     throw wrpc::CallError(wrpc::CallError::Kind::bad_reply,
                           "component answered with invalid status " + std::to_string(head.status));
   res.status = head.status;
@@ -4810,18 +6114,16 @@ private:
     std::string signature() const {
       return settings.address + "|" + target + "|" + std::to_string(settings.timeout.count()) + "|" +
              std::to_string(settings.max_content_len) + "|" + std::to_string(settings.body_idle_timeout.count()) +
-             "|" + settings.tls_cert_file + "|" + settings.tls_priv_key_file;
+             "|" + std::to_string(settings.head_timeout.count()) + "|" + settings.tls_cert_file + "|" +
+             settings.tls_priv_key_file;
     }
   };
   struct Listener {
     std::string signature;
-    std::unique_ptr<httplib::Server> server;
+    std::unique_ptr<EdgeServer> server;
     std::unique_ptr<Forwarder> forwarder;  // routed modes
     int listen_fd = -1;
-    std::thread thread;
-    std::mutex mu;
-    std::condition_variable cv;
-    bool finished = false;  // listen_after_bind returned: every connection is done
+    std::thread thread;  // the edge loop
   };
   struct Route {
     std::string match;  // path prefix or host name
@@ -5117,33 +6419,42 @@ inline std::map<std::string, Provider::ListenerSpec> Provider::wanted_listeners(
   return wanted;
 }
 
+// A listening TCP socket on `address` (SO_REUSEADDR, not SO_REUSEPORT: a second listener on
+// the same port must fail, not silently share it), non-blocking for the edge loop.
+inline int EdgeServer::open_listener(const std::string &address) {
+  auto host_port = detail::parse_address(address);
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo *found = nullptr;
+  std::string port = std::to_string(host_port.second);
+  if (::getaddrinfo(host_port.first.c_str(), port.c_str(), &hints, &found) != 0 || !found)
+    throw std::runtime_error("cannot resolve listen address " + address);
+  std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> guard(found, ::freeaddrinfo);
+  int fd = ::socket(found->ai_family, found->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, found->ai_protocol);
+  if (fd < 0) throw std::runtime_error("cannot listen on " + address + ": " + std::strerror(errno));
+  int yes = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  if (::bind(fd, found->ai_addr, found->ai_addrlen) != 0 || ::listen(fd, WRPC_HTTP_LISTEN_BACKLOG) != 0) {
+    int error = errno;
+    ::close(fd);
+    throw std::runtime_error("cannot listen on " + address + ": " + std::strerror(error));
+  }
+  return fd;
+}
+
 inline std::unique_ptr<Provider::Listener> Provider::start_listener(const ListenerSpec &spec) {
   const auto &settings = spec.settings;
-  auto address = detail::parse_address(settings.address);
+  EdgeOptions options;
+  options.max_content_len = settings.max_content_len;
+  options.head_timeout = settings.head_timeout;
+  options.tls_cert_file = settings.tls_cert_file;
+  options.tls_priv_key_file = settings.tls_priv_key_file;
   auto listener = std::make_unique<Listener>();
   listener->signature = spec.signature();
-  if (settings.tls_cert_file.empty()) {
-    listener->server = std::make_unique<httplib::Server>();
-  } else {
-#ifdef CPPHTTPLIB_OPENSSL_SUPPORT
-    auto tls = std::make_unique<httplib::SSLServer>(settings.tls_cert_file.c_str(), settings.tls_priv_key_file.c_str());
-    if (!tls->is_valid())
-      throw std::runtime_error("cannot load the TLS certificate or key (" + settings.tls_cert_file + ", " +
-                               settings.tls_priv_key_file + ")");
-    listener->server = std::move(tls);
-#else
-    throw std::runtime_error("HTTPS needs cpp-httplib built with CPPHTTPLIB_OPENSSL_SUPPORT");
-#endif
-  }
+  listener->server = std::make_unique<EdgeServer>(options, logger_);
   auto &server = *listener->server;
-  server.new_task_queue = [] { return new detail::ElasticTaskQueue(WRPC_HTTP_MAX_THREADS); };
-  // Head and body leave in separate writes: with Nagle's algorithm and delayed ACKs every
-  // response would wait ~40 ms for the second one.
-  server.set_tcp_nodelay(true);
-  server.set_keep_alive_max_count(WRPC_HTTP_KEEPALIVE_MAX_COUNT);
-  server.set_keep_alive_timeout(WRPC_HTTP_KEEPALIVE_TIMEOUT_SECOND);
-  server.set_read_timeout(WRPC_HTTP_READ_TIMEOUT_SECOND, 0);
-  server.set_payload_max_length(settings.max_content_len);
   if (routing_mode_.empty()) {
     if (routes_) routes_(server);
   } else {
@@ -5155,39 +6466,17 @@ inline std::unique_ptr<Provider::Listener> Provider::start_listener(const Listen
                                                       [settings] { return settings; }, logger_, host_.provider_key);
     listener->forwarder->mount(server, "");
   }
-  // cpp-httplib's defaults are SO_REUSEPORT (a second listener on the same port would
-  // silently share it) and a listen backlog of 5 (bursts of connections get dropped).
-  int listen_fd = -1;
-  server.set_socket_options([&listen_fd](socket_t sock) {
-    int yes = 1;
-    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-    listen_fd = sock;
-  });
-  if (!server.bind_to_port(address.first.c_str(), address.second))
-    throw std::runtime_error("cannot listen on " + settings.address);
-  ::listen(listen_fd, WRPC_HTTP_LISTEN_BACKLOG);
-  listener->listen_fd = listen_fd;
-  listener->thread = std::thread([l = listener.get()] {
-    l->server->listen_after_bind();
-    std::lock_guard<std::mutex> lk(l->mu);
-    l->finished = true;
-    l->cv.notify_all();
-  });
+  listener->listen_fd = EdgeServer::open_listener(settings.address);
+  listener->thread = std::thread([l = listener.get()] { l->server->serve(l->listen_fd); });
   logger_.info("listening", {{"address", settings.address}, {"target", spec.target}});
   return listener;
 }
 
 // Stops accepting at once and gives running requests WRPC_HTTP_DRAIN_TIMEOUT_MS to finish.
-// cpp-httplib's stop() would cut streamed responses short, so the listening socket is shut
-// down first; stop() then only ends what outlives the drain (idle keep-alive connections).
 inline void Provider::stop_listener(Listener &listener) {
-  ::shutdown(listener.listen_fd, SHUT_RDWR);
-  {
-    std::unique_lock<std::mutex> lk(listener.mu);
-    listener.cv.wait_for(lk, std::chrono::milliseconds(WRPC_HTTP_DRAIN_TIMEOUT_MS), [&] { return listener.finished; });
-  }
-  listener.server->stop();
+  listener.server->stop(std::chrono::milliseconds(WRPC_HTTP_DRAIN_TIMEOUT_MS));
   listener.thread.join();
+  ::close(listener.listen_fd);
 }
 
 inline void Provider::stop_listeners() {

@@ -312,6 +312,79 @@ inline std::string host_data_fault(const std::string& text) {
   return "";
 }
 
+// ---------------------------------------------------------------------------------------
+// HTTP edge: request heads and chunked bodies from any client.
+// ---------------------------------------------------------------------------------------
+
+namespace http1 = wrpc_http::detail::http1;
+
+// The head parser never reads past the head it accepts, agrees with itself on every prefix
+// (a prefix of a request is never a whole one), and accepts only fields it could forward.
+inline std::string http_head_fault(const std::string& bytes) {
+  http1::Limits limits;
+  http1::Head head;
+  auto whole = http1::parse_request_head(bytes.data(), bytes.size(), limits, head);
+  if (whole.state == http1::HeadParse::State::refused) {
+    int status = http1::describe(whole.refusal).status;
+    if (status < 400 || status > 599) return "a refusal without an error status";
+    return "";
+  }
+  if (whole.state == http1::HeadParse::State::incomplete) return "";
+  if (whole.consumed == 0 || whole.consumed > bytes.size()) return "consumed outside the input";
+  for (auto& f : head.fields) {
+    if (!http1::is_token(f.first)) return "accepted a field name that is not a token";
+    for (unsigned char c : f.second)
+      if (!http1::is_field_value_byte(c)) return "accepted a control byte in a field value";
+  }
+  if (head.framing == http1::Framing::length && head.content_length > 999999999999999999ull)
+    return "accepted a Content-Length of more than 18 digits";
+  http1::Head again;
+  auto exact = http1::parse_request_head(bytes.data(), whole.consumed, limits, again);
+  if (exact.state != http1::HeadParse::State::complete || exact.consumed != whole.consumed)
+    return "the head alone parses differently from the head with what follows";
+  for (size_t cut : {whole.consumed - 1, whole.consumed / 2}) {
+    http1::Head part;
+    if (http1::parse_request_head(bytes.data(), cut, limits, part).state == http1::HeadParse::State::complete)
+      return "a prefix of the head parsed as a whole head";
+  }
+  return "";
+}
+
+struct ChunkedOutcome {
+  std::string body;
+  size_t consumed = 0;
+  bool done = false;
+  http1::Refusal refusal = http1::Refusal::none;
+};
+
+inline ChunkedOutcome decode_chunked(const std::string& bytes, size_t piece) {
+  http1::Limits limits;
+  http1::ChunkedDecoder decoder(limits);
+  ChunkedOutcome out;
+  while (out.consumed < bytes.size() && !decoder.done() && decoder.refusal() == http1::Refusal::none) {
+    size_t n = std::min(piece, bytes.size() - out.consumed);
+    size_t used = decoder.decode(bytes.data() + out.consumed, n, out.body);
+    out.consumed += used;
+    if (used < n) break;  // stopped inside the piece: done or refused
+  }
+  out.done = decoder.done();
+  out.refusal = decoder.refusal();
+  return out;
+}
+
+// The chunked decoder gives the same body, end and refusal whether its input comes whole or
+// byte by byte, and never consumes past the end of the coding.
+inline std::string chunked_fault(const std::string& bytes) {
+  auto whole = decode_chunked(bytes, bytes.size() + 1);
+  auto bytewise = decode_chunked(bytes, 1);
+  if (whole.body != bytewise.body || whole.done != bytewise.done || whole.refusal != bytewise.refusal)
+    return "whole and byte-by-byte decoding disagree";
+  if (whole.done && whole.consumed != bytewise.consumed) return "the end of the coding depends on how it arrived";
+  if (whole.consumed > bytes.size() || whole.body.size() > bytes.size()) return "decoded more than it was given";
+  if (whole.done && whole.refusal != http1::Refusal::none) return "both done and refused";
+  return "";
+}
+
 }  // namespace fuzz_checks
 
 #endif  // WRPC_HTTP_FUZZ_CHECKS_HPP

@@ -20,6 +20,8 @@ for target in "$@"; do
     wrpc_decoder) max_len=4096 ;;
     nats_parser) max_len=8192 ;;
     host_data) max_len=16384 ;;
+    http_head) max_len=70000 ;;
+    chunked) max_len=8192 ;;
     *) echo "unknown fuzz target $target" >&2; exit 2 ;;
   esac
   dict=

@@ -140,9 +140,9 @@ void check_refused(const testsupport::RawReply &reply, const std::string &what) 
   if (reply.bytes.empty()) {
     CHECK(reply.closed);
   } else {
+    // A client error, or the edge's "not implemented" / "version not supported".
     int status = raw_status(reply.bytes);
-    CHECK(status >= 400);
-    CHECK(status < 500);
+    CHECK(((status >= 400 && status < 500) || status == 501 || status == 505));
   }
 }
 
@@ -350,8 +350,7 @@ TEST_CASE("bad input: malformed request lines are refused and never forwarded") 
 TEST_CASE("bad input: a bad or negative Content-Length is refused and never forwarded") {
   Lattice lattice;
   lattice.count_invocations();
-  // (An empty value is not here: cpp-httplib drops empty header fields before we see them.)
-  for (std::string length : {"abc", "-1", "5x", "0x10", "99999999999999999999999"}) {
+  for (std::string length : {"abc", "-1", "5x", "0x10", "99999999999999999999999", ""}) {
     check_refused(testsupport::send_raw(lattice.http_port,
                                         post_head("/proxy/count", "Content-Length: " + length + "\r\n") + "hello"),
                   "Content-Length: " + length);
@@ -416,11 +415,13 @@ TEST_CASE("bad input: a request line over 8 KiB is refused and never forwarded")
   check_nothing_was_forwarded(lattice);
 }
 
-TEST_CASE("bad input: a header line over 8 KiB is refused and never forwarded") {
+TEST_CASE("bad input: a request head over 64 KiB is refused with 431 and never forwarded") {
   Lattice lattice;
   lattice.count_invocations();
-  auto request = "GET /proxy HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(9000, 'b') + "\r\n\r\n";
-  check_refused(testsupport::send_raw(lattice.http_port, request), "9000-byte header");
+  auto request = "GET /proxy HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(70000, 'b') + "\r\n\r\n";
+  auto reply = testsupport::send_raw(lattice.http_port, request);
+  check_refused(reply, "70000-byte header");
+  CHECK(raw_status(reply.bytes) == 431);
   check_nothing_was_forwarded(lattice);
 }
 
@@ -481,7 +482,8 @@ struct DirectedForwarder {
   wrpc_http::Logger logger;
   std::unique_ptr<wrpc_http::nats::Client> lattice, observer;
   std::unique_ptr<wrpc_http::Forwarder> forwarder;
-  httplib::Server server;
+  std::unique_ptr<wrpc_http::EdgeServer> server;
+  int listen_fd = -1;
   std::thread server_thread;
   int port = testsupport::free_port();
   std::atomic<int> published{0};
@@ -504,13 +506,16 @@ struct DirectedForwarder {
           return settings;
         },
         logger, "test-provider");
-    forwarder->mount(server, "/proxy");
-    server_thread = std::thread([this] { server.listen("127.0.0.1", port); });
+    server = std::make_unique<wrpc_http::EdgeServer>(wrpc_http::EdgeOptions{}, logger);
+    forwarder->mount(*server, "/proxy");
+    listen_fd = wrpc_http::EdgeServer::open_listener("127.0.0.1:" + std::to_string(port));
+    server_thread = std::thread([this] { server->serve(listen_fd); });
     REQUIRE(testsupport::wait_for_port(port));
   }
   ~DirectedForwarder() {
-    server.stop();
+    server->stop(0ms);
     server_thread.join();
+    ::close(listen_fd);
     lattice->close();
     observer->close();
   }
