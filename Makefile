@@ -2,6 +2,7 @@
 #
 #   make            build/http-server, build/demo-component, build/nats_lite, build/make_par
 #   make test       every test, under AddressSanitizer+UBSan (installs missing Debian packages first)
+#   make test-httplib-0.18  the edge tests built against cpp-httplib 0.18.7 (Debian 13), header-only
 #   make test-plain the same tests on optimized binaries
 #   make demo       nats-server + demo component + provider on loopback, then two curls
 #   make par        build/http-server.par.gz for `wash app deploy wadm.yaml`
@@ -23,13 +24,15 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian 12 package names of everything the build and the tests use.
 PACKAGES := g++ make pkg-config libcpp-httplib-dev nlohmann-json3-dev doctest-dev libssl-dev \
-            libsodium-dev zlib1g-dev openssl nats-server curl golang-go golang-github-nats-io-go-nats-dev
+            libsodium-dev zlib1g-dev openssl nats-server curl golang-go golang-github-nats-io-go-nats-dev \
+            dpkg-dev libbrotli-dev
 
 BINARIES := $(BUILD)/http-server $(BUILD)/demo-component $(BUILD)/nats_lite $(BUILD)/make_par
 TEST_SOURCES := $(wildcard tests/test_*.cpp)  # tests/dropin.cpp is compiled on its own
 TEST_OBJECTS := $(patsubst tests/%.cpp,$(BUILD)/tests/%.o,$(TEST_SOURCES))
 
-.PHONY: all deps test test-plain test-unit test-go test-asan test-tsan demo par bench fuzz clean
+.PHONY: all deps test test-plain test-unit test-edge test-httplib-0.18 test-go test-asan test-tsan demo par bench \
+        fuzz clean
 
 all: $(BINARIES)
 
@@ -63,7 +66,7 @@ $(BUILD)/fault-component: tests/fault_component.cpp $(HEADER)
 	@mkdir -p $(@D)
 	$(CXX) $(ALL_CXXFLAGS) $< -o $@ $(LDLIBS)
 
-$(BUILD)/tests/%.o: tests/%.cpp $(HEADER) tests/support.hpp fuzz/fuzz_checks.hpp
+$(BUILD)/tests/%.o: tests/%.cpp $(HEADER) tests/support.hpp tests/lattice.hpp fuzz/fuzz_checks.hpp
 	@mkdir -p $(@D)
 	$(CXX) $(ALL_CXXFLAGS) -c $< -o $@
 
@@ -73,6 +76,10 @@ $(BUILD)/tests/dropin.o: tests/dropin.cpp $(HEADER)
 	$(CXX) -std=c++17 -Wall -Wextra -c $< -o $@
 
 $(BUILD)/tests/run-tests: $(TEST_OBJECTS)
+	$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(LDLIBS)
+
+# The HTTP edge tests alone (tests/test_edge.cpp), in a test binary of their own.
+$(BUILD)/tests/run-edge-tests: $(BUILD)/tests/test_main.o $(BUILD)/tests/test_edge.o
 	$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/nats_peer: tests/interop/nats_peer.go tests/go_build.sh
@@ -85,12 +92,29 @@ $(BUILD)/go-gateway: $(wildcard bench/go-gateway/*.go) tests/go_build.sh
 SANITIZE_ASAN := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 test: deps
 	$(MAKE) -j2 test-unit BUILD=build/asan CXXFLAGS="$(SANITIZE_ASAN)"
+	$(MAKE) test-httplib-0.18
 	$(MAKE) test-go
 
 # The doctest suite: unit tests and integration tests against real processes.
 test-unit: $(BINARIES) $(BUILD)/fault-component $(BUILD)/tests/dropin.o $(BUILD)/tests/run-tests $(BUILD)/nats_peer
 	WRPC_HTTP_BUILD=$(BUILD) $(BUILD)/tests/run-tests
 	tests/par_test.sh $(BUILD)/make_par $(BUILD)/http-server
+
+test-edge: $(BUILD)/http-server $(BUILD)/demo-component $(BUILD)/fault-component $(BUILD)/tests/run-edge-tests
+	WRPC_HTTP_BUILD=$(BUILD) $(BUILD)/tests/run-edge-tests -ts=edge
+
+# The edge tests (ASan+UBSan) against Debian 13's cpp-httplib 0.18.7, used header-only from its
+# Debian source package (tests/httplib_source.sh: apt-get source with a private apt directory,
+# cached in build/httplib-0.18.7). Defines as Debian 13 builds its libcpp-httplib.
+HTTPLIB_018_VERSION := 0.18.7
+HTTPLIB_018_DIR := build/httplib-$(HTTPLIB_018_VERSION)
+HTTPLIB_018_DEFINES := -DCPPHTTPLIB_OPENSSL_SUPPORT -DCPPHTTPLIB_ZLIB_SUPPORT -DCPPHTTPLIB_BROTLI_SUPPORT \
+                       -DCPPHTTPLIB_USE_POLL
+HTTPLIB_018_LDLIBS := -lssl -lcrypto -lsodium -lz -lbrotlienc -lbrotlidec -pthread
+test-httplib-0.18: deps
+	include=$$(tests/httplib_source.sh $(HTTPLIB_018_VERSION) $(HTTPLIB_018_DIR)) && \
+	$(MAKE) -j2 test-edge BUILD=$(HTTPLIB_018_DIR)/asan CXXFLAGS="$(SANITIZE_ASAN)" \
+	  HTTPLIB_CFLAGS="-I$$include $(HTTPLIB_018_DEFINES)" LDLIBS="$(HTTPLIB_018_LDLIBS)"
 
 test-go:
 	cache=$$(mktemp -d) && cd bench/go-gateway && GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS= \

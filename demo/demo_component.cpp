@@ -8,7 +8,8 @@
 // A few paths exist for tests and benchmarks:
 //   /proxy/bytes/N     N bytes of a repeating pattern, streamed
 //   /proxy/count       consumes the request body, answers "N bytes"
-//   /proxy/inspect     the request head as JSON; answers with x-multi: a, x-multi: b
+//   /proxy/inspect     the request (head, body as text, trailers or null) as JSON; answers
+//                      with x-multi: a, x-multi: b and x-body-bytes: <request body size>
 //   /proxy/status/N    an empty response with status N
 //   /proxy/trailers    a body followed by the trailer x-checksum
 //   /proxy/sleep/MS    answers after MS milliseconds
@@ -67,16 +68,23 @@ void handle(wrpc_http::wrpc::IncomingRequest &req, wrpc_http::wrpc::ResponseWrit
     return res.finish();
   }
   if (path == "/proxy/inspect") {
-    while (req.read_body(chunk, idle)) {
-    }
+    std::string body;
+    while (req.read_body(chunk, idle)) body += chunk;
+    auto trailers = req.read_trailers(idle);
     nlohmann::json j = {{"method", wrpc_http::to_string(req.head.method)},
+                        {"method_other", req.head.method.other},
                         {"path", req.head.path_with_query.value_or("")},
                         {"authority", req.head.authority.value_or("")},
                         {"scheme", req.head.scheme ? static_cast<int>(req.head.scheme->kind) : -1},
-                        {"headers", nlohmann::json::parse(fields_json(req.head.headers))}};
-    head.headers = {{"content-type", {"application/json"}}, {"x-multi", {"a", "b"}}};
+                        {"headers", nlohmann::json::parse(fields_json(req.head.headers))},
+                        {"body", body},
+                        {"trailers", trailers ? nlohmann::json::parse(fields_json(*trailers)) : nlohmann::json()}};
+    // The body's size also in a header: the answer to HEAD has no body.
+    head.headers = {{"content-type", {"application/json"}},
+                    {"x-multi", {"a", "b"}},
+                    {"x-body-bytes", {std::to_string(body.size())}}};
     res.send_head(head);
-    res.write_body(j.dump());
+    res.write_body(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
     return res.finish();
   }
   if (auto size = arg_after(path, "/proxy/bytes/"); !size.empty()) {

@@ -10,6 +10,8 @@
 //   /proxy/fault/partial-head   the first bytes of a valid result head, then the channel closes
 //   /proxy/fault/empty-result   the results channel closes without any value
 //   /proxy/fault/status/N       a well-formed response head with status N (e.g. 999)
+//   /proxy/fault/header-control a 200 whose header values hold control bytes (x-ctl-01, x-ctl-7f,
+//                               x-ctl-nul, x-ctl-cr), beside x-tab: a<HTAB>b and x-ok: fine
 //   /proxy/fault/die-mid-body   a 200 head and part of a streamed body, then the process exits
 // Any other path gets a well-formed 200 "fault component ok".
 #include "../wrpc_http_provider.hpp"
@@ -30,10 +32,11 @@ std::string request_path(const Message &invocation) {
   return path.substr(0, path.find('?'));
 }
 
-std::string result_head(uint16_t status) {
+std::string result_head(uint16_t status, const wrpc_http::Fields &extra_headers = {}) {
   wrpc_http::ResponseHead head;
   head.status = status;
   head.headers = {{"content-type", {"text/plain"}}};
+  head.headers.insert(head.headers.end(), extra_headers.begin(), extra_headers.end());
   std::string value;
   wrpc_http::detail::encode_handle_result_ok(head, value);
   return value;
@@ -41,8 +44,8 @@ std::string result_head(uint16_t status) {
 
 // Publishes a complete, well-formed response: head, body, end of body, no trailers.
 void publish_response(wrpc_http::nats::Batch &batch, const std::string &reply, uint16_t status,
-                      const std::string &body) {
-  batch.publish(reply + ".results", result_head(status));
+                      const std::string &body, const wrpc_http::Fields &extra_headers = {}) {
+  batch.publish(reply + ".results", result_head(status, extra_headers));
   batch.publish(reply + ".results", "");
   std::string chunk, end, trailers;
   wrpc_http::detail::encode_stream_chunk(body.data(), body.size(), chunk);
@@ -70,6 +73,15 @@ void answer(Client &nc, const std::string &reply, const std::string &path) {
     batch.publish(reply + ".results", "");
   } else if (fault.compare(0, 7, "status/") == 0) {
     publish_response(batch, reply, static_cast<uint16_t>(std::stoul(fault.substr(7))), "");
+  } else if (fault == "header-control") {
+    // Values with bytes no HTTP field may carry (wasi:http field values are any bytes).
+    publish_response(batch, reply, 200, "control bytes in header values",
+                     {{"x-ctl-01", {std::string("a\x01" "b")}},
+                      {"x-ctl-7f", {std::string("a\x7f" "b")}},
+                      {"x-ctl-nul", {std::string("a\0b", 3)}},
+                      {"x-ctl-cr", {std::string("a\rb")}},
+                      {"x-tab", {std::string("a\tb")}},
+                      {"x-ok", {std::string("fine")}}});
   } else if (fault == "die-mid-body") {
     batch.publish(reply + ".results", result_head(200));
     batch.publish(reply + ".results", "");
