@@ -121,11 +121,6 @@
 #ifndef WRPC_HTTP_KEEPALIVE_LINGER_MS
 #define WRPC_HTTP_KEEPALIVE_LINGER_MS 1
 #endif
-// Body bytes a route left unread that are read and dropped to keep the connection; a
-// longer rest closes it instead.
-#ifndef WRPC_HTTP_MAX_DISCARDED_BODY_BYTES
-#define WRPC_HTTP_MAX_DISCARDED_BODY_BYTES (256u * 1024u)
-#endif
 #ifndef WRPC_HTTP_WRITE_TIMEOUT_SECOND
 #define WRPC_HTTP_WRITE_TIMEOUT_SECOND 5
 #endif
@@ -5096,7 +5091,10 @@ public:
     return static_cast<ssize_t>(n);
   }
 
+  // The whole body was read and accepted (a refused body never is, even when its last
+  // bytes were decoded with the ones that broke the limit).
   bool complete() const {
+    if (refusal_ != http1::Refusal::none) return false;
     switch (framing_) {
     case http1::Framing::length: return length_left_ == 0;
     case http1::Framing::chunked: return decoder_.done();
@@ -5105,14 +5103,11 @@ public:
     return true;
   }
 
-  // Reads and drops what nobody read, up to `budget` bytes; false when it is more or broken.
-  bool discard_rest(size_t budget) {
+  // Reads and drops what nobody read (refusal() says whether the body was whole).
+  void discard_rest() {
     std::string piece;
     while (read_piece(piece)) {
-      if (piece.size() > budget) return false;
-      budget -= piece.size();
     }
-    return refusal_ == http1::Refusal::none;
   }
 
   http1::Refusal refusal() const { return refusal_; }
@@ -5155,6 +5150,29 @@ inline EdgeRequest *&current_edge_request() {
   return current;
 }
 
+inline const char *reason_phrase(int status) {
+  switch (status) {
+  case 400: return "Bad Request";
+  case 408: return "Request Timeout";
+  case 413: return "Content Too Large";
+  case 414: return "URI Too Long";
+  case 417: return "Expectation Failed";
+  case 431: return "Request Header Fields Too Large";
+  case 501: return "Not Implemented";
+  case 505: return "HTTP Version Not Supported";
+  default: return "Error";
+  }
+}
+
+// The edge's own answer to a request it refuses; the connection closes after it.
+inline std::string refusal_response(http1::Refusal refusal) {
+  auto info = http1::describe(refusal);
+  std::string body = std::string(info.text) + "\n";
+  return "HTTP/1.1 " + std::to_string(info.status) + " " + reason_phrase(info.status) +
+         "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: " + std::to_string(body.size()) +
+         "\r\nConnection: close\r\n\r\n" + body;
+}
+
 // What cpp-httplib reads and writes: a canonical head it parses without surprises, then
 // the request's decoded body and an end; writes go to the connection.
 class EdgeStream : public httplib::Stream {
@@ -5177,6 +5195,17 @@ public:
     return body_.read(ptr, size);
   }
   ssize_t write(const char *ptr, size_t size) override {
+    // A route that answers without reading the body (GET on the provider's own routes) still
+    // has it read first, within max_content_len: a body over it is refused, not answered.
+    if (!replaced_ && body_.refusal() == http1::Refusal::none && !body_.complete()) {
+      body_.discard_rest();
+      if (body_.refusal() != http1::Refusal::none) {
+        auto refusal = refusal_response(body_.refusal());
+        conn_.write_all(refusal.data(), refusal.size(), write_timeout_);
+        replaced_ = true;
+      }
+    }
+    if (replaced_) return -1;  // cpp-httplib's response is dropped; the connection closes
     return conn_.write_all(ptr, size, write_timeout_) ? static_cast<ssize_t>(size) : -1;
   }
   void get_remote_ip_and_port(std::string &ip, int &port) const override { address_of(::getpeername, ip, port); }
@@ -5205,30 +5234,8 @@ private:
   size_t head_used_ = 0;
   EdgeBody &body_;
   std::chrono::milliseconds write_timeout_;
+  bool replaced_ = false;  // the edge's refusal went out instead of the route's answer
 };
-
-inline const char *reason_phrase(int status) {
-  switch (status) {
-  case 400: return "Bad Request";
-  case 408: return "Request Timeout";
-  case 413: return "Content Too Large";
-  case 414: return "URI Too Long";
-  case 417: return "Expectation Failed";
-  case 431: return "Request Header Fields Too Large";
-  case 501: return "Not Implemented";
-  case 505: return "HTTP Version Not Supported";
-  default: return "Error";
-  }
-}
-
-// The edge's own answer to a request it refuses; the connection closes after it.
-inline std::string refusal_response(http1::Refusal refusal) {
-  auto info = http1::describe(refusal);
-  std::string body = std::string(info.text) + "\n";
-  return "HTTP/1.1 " + std::to_string(info.status) + " " + reason_phrase(info.status) +
-         "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: " + std::to_string(body.size()) +
-         "\r\nConnection: close\r\n\r\n" + body;
-}
 
 // The methods cpp-httplib routes; any other token reaches the routes as POST (the Forwarder
 // forwards the real one).
@@ -5577,8 +5584,7 @@ inline bool EdgeServer::serve_request(detail::EdgeConnection &conn, const detail
     if (!head.authority.empty()) req.headers.emplace("Host", head.authority);
   });
   detail::current_edge_request() = nullptr;
-  if (!written || !head.keep_alive || request.close_after) return false;
-  return body.complete() || body.discard_rest(WRPC_HTTP_MAX_DISCARDED_BODY_BYTES);
+  return written && head.keep_alive && !request.close_after && body.complete();
 }
 
 inline bool EdgeServer::process(httplib::Stream &stream, bool close_connection,
@@ -5956,8 +5962,9 @@ inline void Forwarder::handle(const httplib::Request &req, httplib::Response &re
       return detail::write_text(res, refusal.status, refusal.text);
     }
     if (!call) start_call();
-    call->finish_request(trailers_follow ? std::optional<Fields>(detail::forwarded_fields(edge->body.trailers()))
-                                         : std::nullopt);
+    std::optional<Fields> trailers;
+    if (!edge->body.trailers().empty()) trailers = detail::forwarded_fields(edge->body.trailers());
+    call->finish_request(trailers);
     ResponseHead response = call->await_response(deadline);
     send_response(req, res, std::move(call), response, settings);
     edge->answered_by_component = true;

@@ -104,7 +104,7 @@ TEST_CASE("a horizontal tab in a field value is kept") {
 }
 
 TEST_CASE("the request line is method SP target SP version, nothing else") {
-  CHECK(refusal_of("GET  / HTTP/1.1\r\nHost: x\r\n\r\n") == Refusal::bad_target);
+  CHECK(refusal_of("GET  / HTTP/1.1\r\nHost: x\r\n\r\n") == Refusal::bad_request_line);
   CHECK(refusal_of("GET / HTTP/1.1 \r\nHost: x\r\n\r\n") == Refusal::bad_request_line);
   CHECK(refusal_of("GET\r\nHost: x\r\n\r\n") == Refusal::bad_request_line);
   CHECK(refusal_of("G(T / HTTP/1.1\r\nHost: x\r\n\r\n") == Refusal::bad_method);
