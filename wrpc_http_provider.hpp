@@ -12,6 +12,9 @@
 //    wrpc_http::Forwarder    forwards HTTP requests to a component over wRPC; a Director
 //                            (or wrpc_http::single_target) picks the component per request
 //    wrpc_http::Launch       host data from stdin, or flags for local development
+//    wrpc_http::HttpPolicy   CORS, cache_control, readonly_mode of a listener (the Rust
+//                            provider's config keys), applied around every request
+//    wrpc_http::Telemetry    OTLP/HTTP export of spans, metrics and logs, as otel_config asks
 //
 //        int main(int argc, char **argv) {
 //          auto launch = wrpc_http::Launch::from(argc, argv, "http-http_component");
@@ -100,7 +103,8 @@
 #endif
 // OpenTelemetry export (telemetry section): spans and log records waiting, each queue; more
 // are dropped (counted). Sent in batches of WRPC_HTTP_OTEL_BATCH_SIZE at least every
-// WRPC_HTTP_OTEL_EXPORT_INTERVAL_MS; metrics every WRPC_HTTP_OTEL_METRICS_INTERVAL_MS. One
+// WRPC_HTTP_OTEL_EXPORT_INTERVAL_MS; metrics every WRPC_HTTP_OTEL_METRICS_INTERVAL_MS (or the
+// environment's OTEL_METRIC_EXPORT_INTERVAL, outside a host). One
 // export waits at most WRPC_HTTP_OTEL_TIMEOUT_MS and is retried WRPC_HTTP_OTEL_RETRIES times.
 #ifndef WRPC_HTTP_OTEL_QUEUE_LIMIT
 #define WRPC_HTTP_OTEL_QUEUE_LIMIT 4096
@@ -4470,6 +4474,12 @@ public:
       : config_(std::move(config)), resource_(std::move(resource_attributes)), logger_(logger),
         process_start_ns_(detail::unix_nanos()) {
     grpc_ = config_.protocol == "grpc";
+    // The OpenTelemetry SDKs' variable, for runs outside a host (a host clears the environment).
+    if (const char *interval = std::getenv("OTEL_METRIC_EXPORT_INTERVAL")) {
+      char *end = nullptr;
+      long ms = std::strtol(interval, &end, 10);
+      if (end && *end == '\0' && ms > 0) metrics_interval_ = std::chrono::milliseconds(ms);
+    }
   }
   ~Telemetry() { stop(); }
   Telemetry(const Telemetry &) = delete;
@@ -4524,6 +4534,7 @@ private:
   const Logger &logger_;
   bool grpc_ = false;
   uint64_t process_start_ns_;
+  std::chrono::milliseconds metrics_interval_{WRPC_HTTP_OTEL_METRICS_INTERVAL_MS};
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
@@ -4649,7 +4660,7 @@ inline void Telemetry::finish(const std::shared_ptr<detail::RequestTrace> &trace
     server.start_ns = trace->start_ns;
     server.end_ns = end_ns;
     server.attributes = trace->attributes;
-    server.error = status >= 500 || !body_ok;
+    server.error = status >= 500 || (!body_ok && status < 400);  // a refusal may close on purpose
     enqueue_span(std::move(server));
   }
   std::lock_guard<std::mutex> lk(mu_);
@@ -4791,6 +4802,14 @@ inline nlohmann::json Telemetry::encode_metrics() const {
 // retryable (429, 502, 503, 504). A failure is logged once until the collector recovers.
 inline bool Telemetry::send(const std::string &signal, const nlohmann::json &body, size_t items, bool final_attempt) {
   auto url = detail::split_url(config_.endpoint(signal));
+  if (final_attempt) {
+    // At shutdown a collector that is already failing is not waited for again.
+    std::lock_guard<std::mutex> lk(mu_);
+    if (failing_[signal]) {
+      counters_.dropped += items;
+      return false;
+    }
+  }
   std::string payload = body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   std::string failure;
   for (int attempt = 0; attempt <= (final_attempt ? 0 : WRPC_HTTP_OTEL_RETRIES); ++attempt) {
@@ -4839,8 +4858,7 @@ inline bool Telemetry::send(const std::string &signal, const nlohmann::json &bod
 
 inline void Telemetry::run() {
   auto interval = std::chrono::milliseconds(WRPC_HTTP_OTEL_EXPORT_INTERVAL_MS);
-  auto metrics_interval = std::chrono::milliseconds(WRPC_HTTP_OTEL_METRICS_INTERVAL_MS);
-  auto next_metrics = std::chrono::steady_clock::now() + metrics_interval;
+  auto next_metrics = std::chrono::steady_clock::now() + metrics_interval_;
   std::unique_lock<std::mutex> lk(mu_);
   while (true) {
     auto wake = std::min(std::chrono::steady_clock::now() + interval, next_metrics);
@@ -4868,7 +4886,7 @@ inline void Telemetry::run() {
     if (!logs.empty()) send("logs", encode_logs(logs), logs.size(), stopping);
     if (metrics() && (stopping || std::chrono::steady_clock::now() >= next_metrics)) {
       send("metrics", encode_metrics(), 1, stopping);
-      next_metrics = std::chrono::steady_clock::now() + metrics_interval;
+      next_metrics = std::chrono::steady_clock::now() + metrics_interval_;
     }
     lk.lock();
     if (stopping && !more) return;
@@ -5085,13 +5103,29 @@ inline bool answer_preflight(const HttpPolicy &policy, const httplib::Request &r
   return true;
 }
 
+// Answers `text` and then closes the connection. cpp-httplib 0.11 keeps a connection open
+// whatever the handler's `Connection: close` says, and would parse an unread request body as
+// the next request; a content provider that reports failure after the last byte is what
+// makes it close.
+inline void answer_and_close(httplib::Response &res, int status, const std::string &text) {
+  res.status = status;
+  res.set_header("Connection", "close");
+  std::string body = text + "\n";
+  res.set_content_provider(body.size(), "text/plain; charset=utf-8",
+                           [body](size_t offset, size_t, httplib::DataSink &sink) {
+                             sink.write(body.data() + offset, body.size() - offset);
+                             return false;
+                           });
+}
+
 // readonly_mode: anything but GET and HEAD gets 405 with `Allow`, before its body is read
 // (so the connection closes when there is one).
 inline bool readonly_refusal(const HttpPolicy &policy, const httplib::Request &req, httplib::Response &res) {
   if (!policy.readonly_mode || req.method == "GET" || req.method == "HEAD") return false;
   res.set_header("Allow", "GET, HEAD");
-  if (req.has_header("Content-Length") || req.has_header("Transfer-Encoding")) res.set_header("Connection", "close");
-  write_text(res, 405, "only GET and HEAD allowed in read-only mode");
+  const char *why = "only GET and HEAD allowed in read-only mode";
+  if (req.has_header("Content-Length") || req.has_header("Transfer-Encoding")) answer_and_close(res, 405, why);
+  else write_text(res, 405, why);
   return true;
 }
 

@@ -10,6 +10,7 @@
 //   /proxy/count       consumes the request body, answers "N bytes"
 //   /proxy/inspect     the request head as JSON; answers with x-multi: a, x-multi: b
 //   /proxy/status/N    an empty response with status N
+//   /proxy/cached      "cached" with its own cache-control: private, max-age=5
 //   /proxy/trailers    a body followed by the trailer x-checksum
 //   /proxy/sleep/MS    answers after MS milliseconds
 //   /proxy/error       the wasi:http error-code internal-error("boom")
@@ -64,6 +65,12 @@ void handle(wrpc_http::wrpc::IncomingRequest &req, wrpc_http::wrpc::ResponseWrit
   if (auto status = arg_after(path, "/proxy/status/"); !status.empty()) {
     head.status = static_cast<uint16_t>(number_or(status, 500));
     res.send_head(head);
+    return res.finish();
+  }
+  if (path == "/proxy/cached") {
+    head.headers.push_back({"cache-control", {"private, max-age=5"}});
+    res.send_head(head);
+    res.write_body("cached");
     return res.finish();
   }
   if (path == "/proxy/inspect") {
