@@ -4520,7 +4520,9 @@ private:
   }
 
   void finish(const std::shared_ptr<detail::RequestTrace> &trace, int status, bool body_ok);
-  void enqueue_span(detail::SpanRecord &&span);
+  // Both with mu_ held by the caller only for take_batch.
+  template <class Record> void enqueue(std::deque<Record> &queue, Record &&record);
+  template <class Record> static std::vector<Record> take_batch(std::deque<Record> &queue);
   void run();
   nlohmann::json envelope(const char *resource_key, const char *scope_key, const char *items_key,
                           nlohmann::json items) const;
@@ -4649,7 +4651,7 @@ inline void Telemetry::finish(const std::shared_ptr<detail::RequestTrace> &trace
                            detail::otlp_attribute("wasmcloud.component.id", trace->target),
                            detail::otlp_attribute("http.response.status_code", static_cast<int64_t>(status))};
       client.error = status >= 500;
-      enqueue_span(std::move(client));
+      enqueue(spans_, std::move(client));
     }
     detail::SpanRecord server;
     server.trace_id = trace->trace_id;
@@ -4661,7 +4663,7 @@ inline void Telemetry::finish(const std::shared_ptr<detail::RequestTrace> &trace
     server.end_ns = end_ns;
     server.attributes = trace->attributes;
     server.error = status >= 500 || (!body_ok && status < 400);  // a refusal may close on purpose
-    enqueue_span(std::move(server));
+    enqueue(spans_, std::move(server));
   }
   std::lock_guard<std::mutex> lk(mu_);
   --active_requests_;
@@ -4681,15 +4683,24 @@ inline void Telemetry::finish(const std::shared_ptr<detail::RequestTrace> &trace
   ++h.buckets[static_cast<size_t>(bucket)];
 }
 
-inline void Telemetry::enqueue_span(detail::SpanRecord &&span) {
+template <class Record> void Telemetry::enqueue(std::deque<Record> &queue, Record &&record) {
   std::lock_guard<std::mutex> lk(mu_);
-  if (spans_.size() >= WRPC_HTTP_OTEL_QUEUE_LIMIT) {
+  if (queue.size() >= WRPC_HTTP_OTEL_QUEUE_LIMIT) {
     ++counters_.dropped;
     queue_overflowed_ = true;
     return;
   }
-  spans_.push_back(std::move(span));
-  if (spans_.size() >= WRPC_HTTP_OTEL_BATCH_SIZE) cv_.notify_all();
+  queue.push_back(std::move(record));
+  if (queue.size() >= WRPC_HTTP_OTEL_BATCH_SIZE) cv_.notify_all();
+}
+
+template <class Record> std::vector<Record> Telemetry::take_batch(std::deque<Record> &queue) {
+  std::vector<Record> batch;
+  while (!queue.empty() && batch.size() < WRPC_HTTP_OTEL_BATCH_SIZE) {
+    batch.push_back(std::move(queue.front()));
+    queue.pop_front();
+  }
+  return batch;
 }
 
 inline void Telemetry::record_log(Logger::Level level, const std::string &message, const StringMap &fields) {
@@ -4705,14 +4716,7 @@ inline void Telemetry::record_log(Logger::Level level, const std::string &messag
     record.trace_id = t->trace_id;
     record.span_id = t->client_span_id.empty() ? t->server_span_id : t->client_span_id;
   }
-  std::lock_guard<std::mutex> lk(mu_);
-  if (logs_.size() >= WRPC_HTTP_OTEL_QUEUE_LIMIT) {
-    ++counters_.dropped;
-    queue_overflowed_ = true;
-    return;
-  }
-  logs_.push_back(std::move(record));
-  if (logs_.size() >= WRPC_HTTP_OTEL_BATCH_SIZE) cv_.notify_all();
+  enqueue(logs_, std::move(record));
 }
 
 inline nlohmann::json Telemetry::envelope(const char *resource_key, const char *scope_key, const char *items_key,
@@ -4866,16 +4870,8 @@ inline void Telemetry::run() {
       return stopping_ || spans_.size() >= WRPC_HTTP_OTEL_BATCH_SIZE || logs_.size() >= WRPC_HTTP_OTEL_BATCH_SIZE;
     });
     bool stopping = stopping_;
-    std::vector<detail::SpanRecord> spans;
-    std::vector<detail::LogRecord> logs;
-    while (!spans_.empty() && spans.size() < WRPC_HTTP_OTEL_BATCH_SIZE) {
-      spans.push_back(std::move(spans_.front()));
-      spans_.pop_front();
-    }
-    while (!logs_.empty() && logs.size() < WRPC_HTTP_OTEL_BATCH_SIZE) {
-      logs.push_back(std::move(logs_.front()));
-      logs_.pop_front();
-    }
+    auto spans = take_batch(spans_);
+    auto logs = take_batch(logs_);
     bool more = !spans_.empty() || !logs_.empty();
     bool report_overflow = queue_overflowed_ && !overflow_reported_;
     if (report_overflow) overflow_reported_ = true;
@@ -5781,6 +5777,7 @@ private:
   mutable std::mutex links_mu_;
   std::map<std::string, LinkDefinition> source_links_, target_links_;
   StringMap config_;
+  mutable std::shared_ptr<const HttpSettings> settings_cache_;  // of settings(); reset on change
 
   std::string routing_mode_;  // "", "address", "path" or "host"
   std::shared_ptr<const std::vector<Route>> route_table_ = std::make_shared<std::vector<Route>>();
@@ -5871,10 +5868,13 @@ inline Provider::~Provider() {
 
 inline HttpSettings Provider::settings() const {
   std::lock_guard<std::mutex> lk(links_mu_);
+  // Read for every request (and by its policy steps): parsed once per config or link change.
+  if (settings_cache_) return *settings_cache_;
   // The example has one listener: the first source link's config refines the provider's.
   StringMap overrides;
   if (!source_links_.empty()) overrides = source_links_.begin()->second.source_config;
-  return HttpSettings::from_config(config_, overrides);
+  settings_cache_ = std::make_shared<const HttpSettings>(HttpSettings::from_config(config_, overrides));
+  return *settings_cache_;
 }
 
 inline Forwarder Provider::forwarder(Director director) {
@@ -5951,6 +5951,7 @@ inline void Provider::put_link(const LinkDefinition &received) {
     fresh = it == table.end() || it->second.source_config != link.source_config ||
             it->second.target_config != link.target_config;
     table[key] = link;
+    settings_cache_.reset();
   }
   if (!fresh) return;  // the host re-sends links it already sent
   logger_.info("link put", {{"source_id", link.source_id}, {"target", link.target}, {"name", link.name}});
@@ -5969,6 +5970,7 @@ inline void Provider::delete_link(const LinkDefinition &link) {
     std::lock_guard<std::mutex> lk(links_mu_);
     auto &table = is_source ? source_links_ : target_links_;
     erased = table.erase(link.key(is_source ? link.target : link.source_id));
+    settings_cache_.reset();
   }
   if (!erased) return;
   logger_.info("link deleted", {{"source_id", link.source_id}, {"target", link.target}, {"name", link.name}});
@@ -6022,6 +6024,7 @@ inline void Provider::subscribe_lattice() {
       {
         std::lock_guard<std::mutex> lk(links_mu_);
         config_ = std::move(update);
+        settings_cache_.reset();
       }
       logger_.info("config updated");
       reconcile_listeners();

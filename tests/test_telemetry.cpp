@@ -122,14 +122,25 @@ const std::string kTraceId = "0af7651916cd43dd8448eb211c80319c";
 const std::string kParentSpan = "b7ad6b7169203331";
 const std::string kTraceparent = "00-" + kTraceId + "-" + kParentSpan + "-01";
 
+// A collector, and a provider whose otel_config exports everything to it.
+struct Exporting {
+  Collector collector;
+  ProviderUnderTest provider{ProviderOptions{{}, nlohmann::json::array(), otel_to(collector.endpoint())}};
+
+  // GETs `path` with kTraceparent, expecting `status`; returns the trace's spans once both
+  // (server and client) arrived.
+  std::vector<nlohmann::json> traced_request(const std::string &path, int status) {
+    REQUIRE(curl({provider.url(path), "-H", "traceparent: " + kTraceparent}).status == status);
+    REQUIRE(testsupport::eventually([&] { return spans_of_trace(collector, kTraceId).size() == 2; }, 10000ms));
+    return spans_of_trace(collector, kTraceId);
+  }
+};
+
 }  // namespace
 
 TEST_CASE("telemetry: the server span is a child of the incoming traceparent, the client span a child of it") {
-  Collector collector;
-  ProviderUnderTest p(ProviderOptions{{}, nlohmann::json::array(), otel_to(collector.endpoint())});
-  REQUIRE(curl({p.url("/proxy/inspect?q=1"), "-H", "traceparent: " + kTraceparent}).status == 200);
-  REQUIRE(testsupport::eventually([&] { return spans_of_trace(collector, kTraceId).size() == 2; }, 10000ms));
-  auto spans = spans_of_trace(collector, kTraceId);
+  Exporting e;
+  auto spans = e.traced_request("/proxy/inspect?q=1", 200);
   auto server = find_kind(spans, 2), client = find_kind(spans, 3);
   REQUIRE(server);
   REQUIRE(client);
@@ -141,12 +152,9 @@ TEST_CASE("telemetry: the server span is a child of the incoming traceparent, th
 }
 
 TEST_CASE("telemetry: the traceparent the component receives carries the client span's id") {
-  Collector collector;
-  ProviderUnderTest p(ProviderOptions{{}, nlohmann::json::array(), otel_to(collector.endpoint())});
-  InvocationRecorder recorder(p);
-  REQUIRE(curl({p.url("/proxy"), "-H", "traceparent: " + kTraceparent}).status == 200);
-  REQUIRE(testsupport::eventually([&] { return spans_of_trace(collector, kTraceId).size() == 2; }, 10000ms));
-  auto spans = spans_of_trace(collector, kTraceId);
+  Exporting e;
+  InvocationRecorder recorder(e.provider);
+  auto spans = e.traced_request("/proxy", 200);
   auto client = find_kind(spans, 3);
   REQUIRE(client);
   REQUIRE(recorder.seen().size() == 1);
@@ -154,11 +162,8 @@ TEST_CASE("telemetry: the traceparent the component receives carries the client 
 }
 
 TEST_CASE("telemetry: spans carry the semantic-convention attributes and the target component") {
-  Collector collector;
-  ProviderUnderTest p(ProviderOptions{{}, nlohmann::json::array(), otel_to(collector.endpoint())});
-  REQUIRE(curl({p.url("/proxy/status/404"), "-H", "traceparent: " + kTraceparent}).status == 404);
-  REQUIRE(testsupport::eventually([&] { return spans_of_trace(collector, kTraceId).size() == 2; }, 10000ms));
-  auto spans = spans_of_trace(collector, kTraceId);
+  Exporting e;
+  auto spans = e.traced_request("/proxy/status/404", 404);
   auto &server = *find_kind(spans, 2);
   CHECK(attribute(server, "http.request.method") == "GET");
   CHECK(attribute(server, "http.route") == "/proxy(/.*)?");
@@ -166,7 +171,7 @@ TEST_CASE("telemetry: spans carry the semantic-convention attributes and the tar
   CHECK(attribute(server, "url.path") == "/proxy/status/404");
   CHECK(attribute(server, "url.scheme") == "http");
   CHECK(attribute(server, "server.address") == "127.0.0.1");
-  CHECK(attribute(server, "server.port") == std::to_string(p.port()));
+  CHECK(attribute(server, "server.port") == std::to_string(e.provider.port()));
   CHECK(attribute(server, "wasmcloud.component.id") == testsupport::kFixtureComponent);
   auto &client = *find_kind(spans, 3);
   CHECK(client["name"] == "wrpc:http/incoming-handler@0.1.0.handle");
@@ -175,30 +180,25 @@ TEST_CASE("telemetry: spans carry the semantic-convention attributes and the tar
 }
 
 TEST_CASE("telemetry: a request without traceparent starts a trace: its server span is a root") {
-  Collector collector;
-  ProviderUnderTest p(ProviderOptions{{}, nlohmann::json::array(), otel_to(collector.endpoint())});
-  REQUIRE(curl({p.url("/")}).status == 200);
-  REQUIRE(testsupport::eventually([&] { return !collector.items("spans").empty(); }, 10000ms));
-  auto span = collector.items("spans").front();
+  Exporting e;
+  REQUIRE(curl({e.provider.url("/")}).status == 200);
+  REQUIRE(testsupport::eventually([&] { return !e.collector.items("spans").empty(); }, 10000ms));
+  auto span = e.collector.items("spans").front();
   CHECK_FALSE(span.contains("parentSpanId"));
   CHECK(span["name"] == "GET .*");
   CHECK(span["traceId"].get<std::string>().size() == 32);
 }
 
 TEST_CASE("telemetry: a failed call marks both spans as errors") {
-  Collector collector;
-  ProviderUnderTest p(ProviderOptions{{}, nlohmann::json::array(), otel_to(collector.endpoint())});
-  REQUIRE(curl({p.url("/proxy/error"), "-H", "traceparent: " + kTraceparent}).status == 500);
-  REQUIRE(testsupport::eventually([&] { return spans_of_trace(collector, kTraceId).size() == 2; }, 10000ms));
-  for (auto &span : spans_of_trace(collector, kTraceId)) CHECK(span["status"]["code"] == 2);
+  Exporting e;
+  for (auto &span : e.traced_request("/proxy/error", 500)) CHECK(span["status"]["code"] == 2);
 }
 
 TEST_CASE("telemetry: the provider's log lines arrive as OTLP logs, a request's with its trace and span ids") {
-  Collector collector;
-  ProviderUnderTest p(ProviderOptions{{}, nlohmann::json::array(), otel_to(collector.endpoint())});
-  REQUIRE(curl({p.url("/proxy"), "-H", "traceparent: " + kTraceparent}).status == 200);
+  Exporting e;
+  auto spans = e.traced_request("/proxy", 200);
   auto find_log = [&](const std::string &body) -> std::optional<nlohmann::json> {
-    for (auto &record : collector.items("logRecords"))
+    for (auto &record : e.collector.items("logRecords"))
       if (record["body"]["stringValue"] == body) return record;
     return std::nullopt;
   };
@@ -210,8 +210,6 @@ TEST_CASE("telemetry: the provider's log lines arrive as OTLP logs, a request's 
   CHECK(forwarded["severityNumber"] == 5);  // debug
   CHECK(forwarded["traceId"] == kTraceId);
   CHECK(attribute(forwarded, "status") == "200");
-  REQUIRE(testsupport::eventually([&] { return spans_of_trace(collector, kTraceId).size() == 2; }, 10000ms));
-  auto spans = spans_of_trace(collector, kTraceId);
   auto client = find_kind(spans, 3);
   REQUIRE(client);
   CHECK(forwarded["spanId"] == (*client)["spanId"]);
@@ -259,12 +257,11 @@ TEST_CASE("telemetry: metrics count requests by status and target, with a durati
 }
 
 TEST_CASE("telemetry: stopping the provider sends what is still queued") {
-  Collector collector;
-  ProviderUnderTest p(ProviderOptions{{}, nlohmann::json::array(), otel_to(collector.endpoint())});
-  REQUIRE(curl({p.url("/proxy"), "-H", "traceparent: " + kTraceparent}).status == 200);
-  p.process().signal(SIGTERM);
-  CHECK(p.process().wait(5000ms) == 0);
-  CHECK(spans_of_trace(collector, kTraceId).size() == 2);
+  Exporting e;
+  REQUIRE(curl({e.provider.url("/proxy"), "-H", "traceparent: " + kTraceparent}).status == 200);
+  e.provider.process().signal(SIGTERM);
+  CHECK(e.provider.process().wait(5000ms) == 0);
+  CHECK(spans_of_trace(e.collector, kTraceId).size() == 2);
 }
 
 TEST_CASE("telemetry: with the collector down, requests are answered at once and the failure is logged once") {
