@@ -4419,6 +4419,15 @@ struct LogRecord {
   nlohmann::json attributes = nlohmann::json::array();
 };
 
+// A method the semantic conventions know, else "_OTHER": a client cannot grow the metric
+// series with made-up methods.
+inline std::string known_method(const std::string &method) {
+  static const char *const known[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"};
+  for (auto k : known)
+    if (method == k) return method;
+  return "_OTHER";
+}
+
 inline nlohmann::json otlp_attribute(const std::string &key, const std::string &value) {
   return {{"key", key}, {"value", {{"stringValue", value}}}};
 }
@@ -4512,6 +4521,8 @@ private:
     double sum = 0;
     std::vector<uint64_t> buckets;
   };
+  // Distinct attribute sets (method, status, route, target) kept; requests beyond are not counted.
+  static constexpr size_t max_series = 1000;
   static const std::vector<double> &duration_bounds() {
     // seconds, the semantic conventions' advice for http.server.request.duration
     static const std::vector<double> bounds = {0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25,
@@ -4581,7 +4592,7 @@ inline void Telemetry::begin_request(const httplib::Request &req) {
   if (!traces() && !metrics()) return;
   auto t = std::make_shared<detail::RequestTrace>();
   t->telemetry = this;
-  t->method = req.method;
+  t->method = detail::known_method(req.method);
   t->start_ns = detail::unix_nanos();
   t->started = std::chrono::steady_clock::now();
   auto incoming = req.get_header_value("traceparent");
@@ -4606,12 +4617,14 @@ inline void Telemetry::end_request(const httplib::Request &req, httplib::Respons
   std::string host = req.get_header_value("Host");
   auto colon = host.rfind(':');
   if (colon != std::string::npos && host.back() != ']') host.resize(colon);
-  trace->attributes = {detail::otlp_attribute("http.request.method", req.method),
+  trace->attributes = {detail::otlp_attribute("http.request.method", trace->method),
                        detail::otlp_attribute("url.path", req.path),
                        detail::otlp_attribute("url.scheme", detail::arrived_over_tls(req) ? "https" : "http"),
                        detail::otlp_attribute("server.address", host.empty() ? req.local_addr : host),
                        detail::otlp_attribute("server.port", static_cast<int64_t>(req.local_port)),
                        detail::otlp_attribute("http.response.status_code", static_cast<int64_t>(res.status))};
+  if (trace->method != req.method)
+    trace->attributes.push_back(detail::otlp_attribute("http.request.method_original", req.method));
   if (!trace->route.empty()) trace->attributes.push_back(detail::otlp_attribute("http.route", trace->route));
   if (!trace->target.empty())
     trace->attributes.push_back(detail::otlp_attribute("wasmcloud.component.id", trace->target));
@@ -4672,7 +4685,12 @@ inline void Telemetry::finish(const std::shared_ptr<detail::RequestTrace> &trace
                                detail::otlp_attribute("http.response.status_code", static_cast<int64_t>(status))};
   if (!trace->route.empty()) attributes.push_back(detail::otlp_attribute("http.route", trace->route));
   if (!trace->target.empty()) attributes.push_back(detail::otlp_attribute("wasmcloud.component.id", trace->target));
-  auto &h = durations_[attributes.dump()];
+  auto key = attributes.dump();
+  if (durations_.size() >= max_series && !durations_.count(key)) {
+    ++counters_.dropped;
+    return;
+  }
+  auto &h = durations_[key];
   if (h.buckets.empty()) {
     h.attributes = attributes;
     h.buckets.assign(duration_bounds().size() + 1, 0);

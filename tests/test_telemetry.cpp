@@ -346,3 +346,12 @@ TEST_CASE("otel_config: protocol grpc is refused with a warning, and requests st
   CHECK(curl({p.url("/proxy")}).status == 200);
   CHECK(p.log().find("exports OTLP/HTTP only") != std::string::npos);
 }
+
+TEST_CASE("telemetry: a method the semantic conventions do not know is recorded as _OTHER, with the original") {
+  Exporting e;
+  curl({"-X", "BREW", e.provider.url("/")});
+  REQUIRE(testsupport::eventually([&] { return !e.collector.items("spans").empty(); }, 10000ms));
+  auto span = e.collector.items("spans").front();
+  CHECK(attribute(span, "http.request.method") == "_OTHER");
+  CHECK(attribute(span, "http.request.method_original") == "BREW");
+}
