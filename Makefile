@@ -25,7 +25,7 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian 12 package names of everything the build and the tests use.
 PACKAGES := g++ make pkg-config libcpp-httplib-dev nlohmann-json3-dev doctest-dev libssl-dev \
             libsodium-dev zlib1g-dev openssl nats-server curl golang-go golang-github-nats-io-go-nats-dev \
-            dpkg-dev libbrotli-dev
+            dpkg-dev libbrotli-dev chromium
 
 BINARIES := $(BUILD)/http-server $(BUILD)/demo-component $(BUILD)/nats_lite $(BUILD)/make_par
 TEST_SOURCES := $(wildcard tests/test_*.cpp)  # tests/dropin.cpp is compiled on its own
@@ -66,7 +66,8 @@ $(BUILD)/fault-component: tests/fault_component.cpp $(HEADER)
 	@mkdir -p $(@D)
 	$(CXX) $(ALL_CXXFLAGS) $< -o $@ $(LDLIBS)
 
-$(BUILD)/tests/%.o: tests/%.cpp $(HEADER) tests/support.hpp tests/lattice.hpp fuzz/fuzz_checks.hpp
+$(BUILD)/tests/%.o: tests/%.cpp $(HEADER) tests/support.hpp tests/lattice.hpp tests/provider_fixture.hpp \
+                    fuzz/fuzz_checks.hpp
 	@mkdir -p $(@D)
 	$(CXX) $(ALL_CXXFLAGS) -c $< -o $@
 
@@ -88,6 +89,14 @@ $(BUILD)/nats_peer: tests/interop/nats_peer.go tests/go_build.sh
 $(BUILD)/go-gateway: $(wildcard bench/go-gateway/*.go) tests/go_build.sh
 	tests/go_build.sh bench/go-gateway $@
 
+# The OpenTelemetry Collector of the telemetry tests (OTLP/HTTP receiver, file exporter), built
+# once from the Go module proxy at the versions tests/otel/go.sum pins (a few minutes the
+# first time), then cached in build/otel whatever BUILD is.
+OTEL_COLLECTOR := build/otel/otel-file-collector
+$(OTEL_COLLECTOR): tests/otel/main.go tests/otel/go.mod tests/otel/go.sum
+	@mkdir -p $(@D)
+	cd tests/otel && GOFLAGS=-mod=readonly nice -n 10 go build -o $(CURDIR)/$@ .
+
 # Every test, on binaries built with AddressSanitizer and UBSan (any finding fails the run).
 SANITIZE_ASAN := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 test: deps
@@ -96,8 +105,9 @@ test: deps
 	$(MAKE) test-go
 
 # The doctest suite: unit tests and integration tests against real processes.
-test-unit: $(BINARIES) $(BUILD)/fault-component $(BUILD)/tests/dropin.o $(BUILD)/tests/run-tests $(BUILD)/nats_peer
-	WRPC_HTTP_BUILD=$(BUILD) $(BUILD)/tests/run-tests
+test-unit: $(BINARIES) $(BUILD)/fault-component $(BUILD)/tests/dropin.o $(BUILD)/tests/run-tests $(BUILD)/nats_peer \
+           $(OTEL_COLLECTOR)
+	WRPC_HTTP_BUILD=$(BUILD) WRPC_HTTP_OTEL_COLLECTOR=$(OTEL_COLLECTOR) $(BUILD)/tests/run-tests
 	tests/par_test.sh $(BUILD)/make_par $(BUILD)/http-server
 
 test-edge: $(BUILD)/http-server $(BUILD)/demo-component $(BUILD)/fault-component $(BUILD)/tests/run-edge-tests

@@ -12,6 +12,9 @@
 //    wrpc_http::Forwarder    forwards HTTP requests to a component over wRPC; a Director
 //                            (or wrpc_http::single_target) picks the component per request
 //    wrpc_http::Launch       host data from stdin, or flags for local development
+//    wrpc_http::HttpPolicy   CORS, cache_control, readonly_mode of a listener (the Rust
+//                            provider's config keys), applied around every request
+//    wrpc_http::Telemetry    OTLP/HTTP export of spans, metrics and logs, as otel_config asks
 //
 //        int main(int argc, char **argv) {
 //          auto launch = wrpc_http::Launch::from(argc, argv, "http-http_component");
@@ -28,12 +31,14 @@
 //    wrpc_http::wrpc::Server        serves `handle` (the demo component is built on it)
 //
 //  Sections, in order: configuration macros, utilities, nkeys, NATS client, wRPC codec,
-//  wRPC transport, provider runtime, HTTP edge, HTTP bridge, provider.
+//  wRPC transport, provider runtime, HTTP edge, telemetry (OTLP export), HTTP policies
+//  (CORS, cache-control, read-only mode), HTTP bridge, provider.
 //
 //  Configuration macros (define before including; defaults below):
 //    WRPC_HTTP_OPENSSL_SUPPORT  nkey/JWT auth and TLS to NATS, HTTPS (needs OpenSSL: -lssl -lcrypto)
 //    WRPC_HTTP_SODIUM_SUPPORT   opens link secrets sealed with xkeys (needs libsodium: -lsodium)
 //    WRPC_HTTP_NATS_*           NATS client tuning
+//    WRPC_HTTP_OTEL_*           OpenTelemetry export queue, batches, intervals, timeout
 //    WRPC_HTTP_*                limits and timeouts of the wRPC transport and the HTTP edge
 //
 //  Needs: cpp-httplib, nlohmann/json, a C++17 compiler, POSIX sockets.
@@ -127,6 +132,29 @@
 // On shutdown or listener close: how long running requests get to finish.
 #ifndef WRPC_HTTP_DRAIN_TIMEOUT_MS
 #define WRPC_HTTP_DRAIN_TIMEOUT_MS 3000
+#endif
+// OpenTelemetry export (telemetry section): spans and log records waiting, each queue; more
+// are dropped (counted). Sent in batches of WRPC_HTTP_OTEL_BATCH_SIZE at least every
+// WRPC_HTTP_OTEL_EXPORT_INTERVAL_MS; metrics every WRPC_HTTP_OTEL_METRICS_INTERVAL_MS (or the
+// environment's OTEL_METRIC_EXPORT_INTERVAL, outside a host). One
+// export waits at most WRPC_HTTP_OTEL_TIMEOUT_MS and is retried WRPC_HTTP_OTEL_RETRIES times.
+#ifndef WRPC_HTTP_OTEL_QUEUE_LIMIT
+#define WRPC_HTTP_OTEL_QUEUE_LIMIT 4096
+#endif
+#ifndef WRPC_HTTP_OTEL_BATCH_SIZE
+#define WRPC_HTTP_OTEL_BATCH_SIZE 512
+#endif
+#ifndef WRPC_HTTP_OTEL_EXPORT_INTERVAL_MS
+#define WRPC_HTTP_OTEL_EXPORT_INTERVAL_MS 1000
+#endif
+#ifndef WRPC_HTTP_OTEL_METRICS_INTERVAL_MS
+#define WRPC_HTTP_OTEL_METRICS_INTERVAL_MS 5000
+#endif
+#ifndef WRPC_HTTP_OTEL_TIMEOUT_MS
+#define WRPC_HTTP_OTEL_TIMEOUT_MS 2000
+#endif
+#ifndef WRPC_HTTP_OTEL_RETRIES
+#define WRPC_HTTP_OTEL_RETRIES 2
 #endif
 // Longest component id accepted as a NATS subject token.
 #ifndef WRPC_HTTP_MAX_TARGET_BYTES
@@ -4015,6 +4043,10 @@ public:
     level_ = level;
     structured_ = structured;
   }
+  // Each line that passes the level also goes to `hook` (the OTLP log export). Set it before
+  // other threads log, and clear it before what it calls goes away.
+  using Hook = std::function<void(Level, const std::string &, const StringMap &)>;
+  void set_hook(Hook hook) { hook_ = std::move(hook); }
   bool enabled(Level level) const { return level >= level_; }
 
   void log(Level level, const std::string &message, const StringMap &fields = {}) const {
@@ -4029,8 +4061,11 @@ public:
       for (auto &f : fields) line += " " + f.first + "=" + f.second;
     }
     line += "\n";
-    std::lock_guard<std::mutex> lk(mu_);
-    std::fwrite(line.data(), 1, line.size(), stderr);
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      std::fwrite(line.data(), 1, line.size(), stderr);
+    }
+    if (hook_) hook_(level, message, fields);
   }
   void trace(const std::string &m, const StringMap &f = {}) const { log(Level::trace, m, f); }
   void debug(const std::string &m, const StringMap &f = {}) const { log(Level::debug, m, f); }
@@ -4062,6 +4097,7 @@ private:
   std::atomic<Level> level_{Level::info};
   std::atomic<bool> structured_{false};
   mutable std::mutex mu_;
+  Hook hook_;
 };
 
 // A secret from the host: text or bytes. Never logged.
@@ -5150,6 +5186,17 @@ inline EdgeRequest *&current_edge_request() {
   return current;
 }
 
+// The method as the client sent it (cpp-httplib's routes see methods it does not know as POST).
+inline std::string sent_method(const httplib::Request &req) {
+  auto *edge = current_edge_request();
+  return edge ? edge->head.method : req.method;
+}
+
+inline bool arrived_over_tls() {
+  auto *edge = current_edge_request();
+  return edge && edge->over_tls;
+}
+
 inline const char *reason_phrase(int status) {
   switch (status) {
   case 400: return "Bad Request";
@@ -5177,8 +5224,8 @@ inline std::string refusal_response(http1::Refusal refusal) {
 // the request's decoded body and an end; writes go to the connection.
 class EdgeStream : public httplib::Stream {
 public:
-  EdgeStream(EdgeConnection &conn, std::string head, EdgeBody &body, std::chrono::milliseconds write_timeout)
-      : conn_(conn), head_(std::move(head)), body_(body), write_timeout_(write_timeout) {}
+  EdgeStream(EdgeConnection &conn, std::string head, EdgeRequest &request, std::chrono::milliseconds write_timeout)
+      : conn_(conn), head_(std::move(head)), request_(request), body_(request.body), write_timeout_(write_timeout) {}
 
   bool is_readable() const override { return true; }
   bool is_writable() const override {
@@ -5197,7 +5244,8 @@ public:
   ssize_t write(const char *ptr, size_t size) override {
     // A route that answers without reading the body (GET on the provider's own routes) still
     // has it read first, within max_content_len: a body over it is refused, not answered.
-    if (!replaced_ && body_.refusal() == http1::Refusal::none && !body_.complete()) {
+    // After the provider's own error answer the connection closes: nothing to read then.
+    if (!replaced_ && !request_.close_after && body_.refusal() == http1::Refusal::none && !body_.complete()) {
       body_.discard_rest();
       if (body_.refusal() != http1::Refusal::none) {
         auto refusal = refusal_response(body_.refusal());
@@ -5232,6 +5280,7 @@ private:
   EdgeConnection &conn_;
   std::string head_;
   size_t head_used_ = 0;
+  EdgeRequest &request_;
   EdgeBody &body_;
   std::chrono::milliseconds write_timeout_;
   bool replaced_ = false;  // the edge's refusal went out instead of the route's answer
@@ -5279,6 +5328,16 @@ public:
   // and cuts the rest; serve() returns. Joins every worker.
   void stop(std::chrono::milliseconds drain);
 
+  // Steps around every request (policies, telemetry), in place of cpp-httplib's pre- and
+  // post-routing handlers, which the edge keeps for itself: `before` may answer the request
+  // (returns true), `after` sees every response before it is written.
+  using BeforeRouting = std::function<bool(const httplib::Request &, httplib::Response &)>;
+  using AfterRouting = std::function<void(const httplib::Request &, httplib::Response &)>;
+  void around_requests(BeforeRouting before, AfterRouting after) {
+    before_ = std::move(before);
+    after_ = std::move(after);
+  }
+
 private:
   struct Parked {
     std::shared_ptr<detail::EdgeConnection> conn;
@@ -5298,6 +5357,8 @@ private:
 
   EdgeOptions options_;
   const Logger &logger_;
+  BeforeRouting before_;
+  AfterRouting after_;
   std::unique_ptr<detail::TlsServerContext> tls_;
   int epoll_fd_ = -1;
   int wake_fd_ = -1;
@@ -5346,8 +5407,12 @@ inline EdgeServer::EdgeServer(EdgeOptions options, const Logger &logger)
     }
     return HandlerResponse::Unhandled;
   }));
-  // 1xx, 204 and 304 carry no body and so no framing (RFC 9110 8.6, 9112 6.1).
-  set_post_routing_handler([](const httplib::Request &, httplib::Response &res) {
+  set_pre_routing_handler([this](const httplib::Request &req, httplib::Response &res) {
+    return before_ && before_(req, res) ? HandlerResponse::Handled : HandlerResponse::Unhandled;
+  });
+  set_post_routing_handler([this](const httplib::Request &req, httplib::Response &res) {
+    if (after_) after_(req, res);
+    // 1xx, 204 and 304 carry no body and so no framing (RFC 9110 8.6, 9112 6.1).
     if (res.status < 200 || res.status == 204 || res.status == 304) {
       res.headers.erase("Content-Length");
       res.headers.erase("Transfer-Encoding");
@@ -5570,7 +5635,7 @@ inline bool EdgeServer::serve_request(detail::EdgeConnection &conn, const detail
   std::string method = detail::httplib_routes_method(head.method) ? head.method : "POST";
   // cpp-httplib sees origin-form only; the absolute form's authority becomes Host below.
   std::string target = head.path_with_query;
-  detail::EdgeStream stream(conn, method + " " + target + " HTTP/1.1\r\n\r\n", body, options_.write_timeout);
+  detail::EdgeStream stream(conn, method + " " + target + " HTTP/1.1\r\n\r\n", request, options_.write_timeout);
   detail::current_edge_request() = &request;
   bool written = process(stream, !head.keep_alive, [&head](httplib::Request &req) {
     // The fields as sent, never percent-decoded; the edge has decoded the body already, so
@@ -5622,6 +5687,872 @@ inline void EdgeServer::stop(std::chrono::milliseconds drain) {
 
 }  // namespace wrpc_http
 
+// ---- telemetry ----
+//
+// OpenTelemetry as a wasmCloud host asks for it in the host data's `otel_config`: a server
+// span per HTTP request and a client span per wRPC call, request metrics, and the provider's
+// log lines, exported as OTLP/HTTP JSON by one background thread. Requests only append to
+// bounded queues: a slow or dead collector costs dropped telemetry, never request time.
+
+namespace wrpc_http {
+
+// `otel_config` of the host data: the fields of wasmCloud's OtelConfig.
+struct OtelConfig {
+  bool enable_observability = false;
+  std::optional<bool> enable_traces, enable_metrics, enable_logs;
+  std::string observability_endpoint, traces_endpoint, metrics_endpoint, logs_endpoint;
+  std::string protocol = "http";  // "http" or "grpc"; only OTLP/HTTP is exported
+  std::vector<std::string> additional_ca_paths;
+  std::string trace_level;
+
+  // Throws std::invalid_argument naming the bad field.
+  static OtelConfig from_json(const nlohmann::json &j);
+  bool traces_enabled() const { return enable_traces.value_or(enable_observability); }
+  bool metrics_enabled() const { return enable_metrics.value_or(enable_observability); }
+  bool logs_enabled() const { return enable_logs.value_or(enable_observability); }
+  // As the host resolves it: the signal's own endpoint as given; else observability_endpoint,
+  // with `/v1/<signal>` added when it has no path; else the OTLP/HTTP default.
+  std::string endpoint(const std::string &signal) const;
+};
+
+namespace detail {
+
+inline std::optional<bool> json_optional_bool(const nlohmann::json &j, const char *key) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return std::nullopt;
+  if (!it->is_boolean()) throw std::invalid_argument(std::string("otel_config field '") + key + "' must be a boolean");
+  return it->get<bool>();
+}
+
+// "http://host:port/path" -> {"http://host:port", "/path"} (path "" when there is none).
+inline std::pair<std::string, std::string> split_url(const std::string &url) {
+  auto scheme_end = url.find("://");
+  if (scheme_end == std::string::npos) return {url, ""};
+  auto path_start = url.find('/', scheme_end + 3);
+  if (path_start == std::string::npos) return {url, ""};
+  return {url.substr(0, path_start), url.substr(path_start)};
+}
+
+}  // namespace detail
+
+inline OtelConfig OtelConfig::from_json(const nlohmann::json &j) {
+  OtelConfig c;
+  if (j.is_null()) return c;
+  if (!j.is_object()) throw std::invalid_argument("otel_config must be a JSON object");
+  c.enable_observability = detail::json_optional_bool(j, "enable_observability").value_or(false);
+  c.enable_traces = detail::json_optional_bool(j, "enable_traces");
+  c.enable_metrics = detail::json_optional_bool(j, "enable_metrics");
+  c.enable_logs = detail::json_optional_bool(j, "enable_logs");
+  c.observability_endpoint = detail::json_string(j, "observability_endpoint");
+  c.traces_endpoint = detail::json_string(j, "traces_endpoint");
+  c.metrics_endpoint = detail::json_string(j, "metrics_endpoint");
+  c.logs_endpoint = detail::json_string(j, "logs_endpoint");
+  // serde writes the enum as "Http"/"Grpc"; hand-written host data says "http"/"grpc".
+  c.protocol = detail::json_string(j, "protocol", "http");
+  for (auto &ch : c.protocol) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  if (c.protocol != "http" && c.protocol != "grpc")
+    throw std::invalid_argument("otel_config 'protocol' must be http or grpc, not '" + c.protocol + "'");
+  auto cas = j.find("additional_ca_paths");
+  if (cas != j.end() && !cas->is_null()) {
+    if (!cas->is_array()) throw std::invalid_argument("otel_config 'additional_ca_paths' must be an array");
+    for (auto &p : *cas) {
+      if (!p.is_string()) throw std::invalid_argument("otel_config 'additional_ca_paths' must hold strings");
+      c.additional_ca_paths.push_back(p.get<std::string>());
+    }
+  }
+  auto level = j.find("trace_level");
+  if (level != j.end() && level->is_string()) c.trace_level = level->get<std::string>();
+  return c;
+}
+
+inline std::string OtelConfig::endpoint(const std::string &signal) const {
+  const std::string &own = signal == "traces" ? traces_endpoint : signal == "metrics" ? metrics_endpoint : logs_endpoint;
+  if (!own.empty()) return own;
+  if (observability_endpoint.empty()) return "http://localhost:4318/v1/" + signal;
+  auto parts = detail::split_url(observability_endpoint);
+  if (parts.second.empty() || parts.second == "/") return parts.first + "/v1/" + signal;
+  return observability_endpoint;
+}
+
+class Telemetry;
+
+namespace detail {
+
+// Defined with the HTTP bridge: the W3C trace-context helpers.
+inline bool valid_traceparent(const std::string &t);
+inline std::string random_hex(size_t digits);
+
+inline uint64_t unix_nanos() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+}
+
+// One finished span, as OTLP wants it.
+struct SpanRecord {
+  enum Kind { server = 2, client = 3 };
+  std::string trace_id, span_id, parent_span_id, name;
+  Kind kind = server;
+  uint64_t start_ns = 0, end_ns = 0;
+  nlohmann::json attributes = nlohmann::json::array();
+  bool error = false;
+};
+
+struct LogRecord {
+  uint64_t time_ns = 0;
+  int severity = 9;
+  std::string severity_text, body, trace_id, span_id;
+  nlohmann::json attributes = nlohmann::json::array();
+};
+
+// A method the semantic conventions know, else "_OTHER": a client cannot grow the metric
+// series with made-up methods.
+inline std::string known_method(const std::string &method) {
+  static const char *const known[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"};
+  for (auto k : known)
+    if (method == k) return method;
+  return "_OTHER";
+}
+
+inline nlohmann::json otlp_attribute(const std::string &key, const std::string &value) {
+  return {{"key", key}, {"value", {{"stringValue", value}}}};
+}
+inline nlohmann::json otlp_attribute(const std::string &key, int64_t value) {
+  return {{"key", key}, {"value", {{"intValue", std::to_string(value)}}}};
+}
+
+// The request being served on this thread (cpp-httplib serves a request, from routing to
+// the last body byte, on one thread): what its spans and metrics need.
+struct RequestTrace {
+  Telemetry *telemetry = nullptr;
+  std::string trace_id, parent_span_id, server_span_id, client_span_id, flags;
+  std::string method, route, target;
+  uint64_t start_ns = 0, client_start_ns = 0, client_end_ns = 0;
+  std::chrono::steady_clock::time_point started;
+  nlohmann::json attributes = nlohmann::json::array();
+  bool sampled() const { return flags.size() == 2 && (std::stoi(flags, nullptr, 16) & 1); }
+};
+
+inline std::shared_ptr<RequestTrace> &current_request_trace() {
+  thread_local std::shared_ptr<RequestTrace> trace;
+  return trace;
+}
+
+// Names the route (the handler's pattern or the link's path) of the request on this thread.
+inline void note_route(const std::string &route) {
+  if (auto &t = current_request_trace()) t->route = route;
+}
+
+// The traceparent a wRPC call to `target` sends: with tracing on, that of a new client span,
+// child of the request's server span; empty when tracing is off (the caller falls back).
+inline std::string traced_call(const std::string &target) {
+  auto &t = current_request_trace();
+  if (!t) return "";
+  t->target = target;
+  t->client_span_id = random_hex(16);
+  t->client_start_ns = unix_nanos();
+  return "00-" + t->trace_id + "-" + t->client_span_id + "-" + t->flags;
+}
+
+}  // namespace detail
+
+// The OTLP/HTTP JSON exporter and the instruments. Without any signal enabled it does nothing
+// and starts no thread.
+class Telemetry {
+public:
+  struct Counters {
+    uint64_t exported = 0;  // spans, log records and metric batches accepted by the collector
+    uint64_t dropped = 0;   // lost to a full queue or a failed export
+  };
+
+  Telemetry(OtelConfig config, nlohmann::json resource_attributes, const Logger &logger)
+      : config_(std::move(config)), resource_(std::move(resource_attributes)), logger_(logger),
+        process_start_ns_(detail::unix_nanos()) {
+    grpc_ = config_.protocol == "grpc";
+    // The OpenTelemetry SDKs' variable, for runs outside a host (a host clears the environment).
+    if (const char *interval = std::getenv("OTEL_METRIC_EXPORT_INTERVAL")) {
+      char *end = nullptr;
+      long ms = std::strtol(interval, &end, 10);
+      if (end && *end == '\0' && ms > 0) metrics_interval_ = std::chrono::milliseconds(ms);
+    }
+  }
+  ~Telemetry() { stop(); }
+  Telemetry(const Telemetry &) = delete;
+  Telemetry &operator=(const Telemetry &) = delete;
+
+  bool traces() const { return config_.traces_enabled() && !grpc_; }
+  bool metrics() const { return config_.metrics_enabled() && !grpc_; }
+  bool logs() const { return config_.logs_enabled() && !grpc_; }
+  bool any() const { return traces() || metrics() || logs(); }
+
+  // Starts the exporter thread when a signal is enabled.
+  void start();
+  // Sends what is queued (one attempt each, bounded by WRPC_HTTP_OTEL_TIMEOUT_MS) and joins.
+  void stop();
+  Counters counters() const {
+    std::lock_guard<std::mutex> lk(mu_);
+    return counters_;
+  }
+
+  // Request path: the pre-routing step and the post-routing step (see detail::install_request_hooks).
+  void begin_request(const httplib::Request &req);
+  void end_request(const httplib::Request &req, httplib::Response &res);
+  // A log line (the Logger hook), tied to the request on this thread if any.
+  void record_log(Logger::Level level, const std::string &message, const StringMap &fields);
+
+private:
+  struct Histogram {
+    nlohmann::json attributes;
+    uint64_t count = 0;
+    double sum = 0;
+    std::vector<uint64_t> buckets;
+  };
+  // Distinct attribute sets (method, status, route, target) kept; requests beyond are not counted.
+  static constexpr size_t max_series = 1000;
+  static const std::vector<double> &duration_bounds() {
+    // seconds, the semantic conventions' advice for http.server.request.duration
+    static const std::vector<double> bounds = {0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25,
+                                               0.5,   0.75, 1,     2.5,  5,     7.5, 10};
+    return bounds;
+  }
+
+  void finish(const std::shared_ptr<detail::RequestTrace> &trace, int status, bool body_ok);
+  // Both with mu_ held by the caller only for take_batch.
+  template <class Record> void enqueue(std::deque<Record> &queue, Record &&record);
+  template <class Record> static std::vector<Record> take_batch(std::deque<Record> &queue);
+  void run();
+  nlohmann::json envelope(const char *resource_key, const char *scope_key, const char *items_key,
+                          nlohmann::json items) const;
+  nlohmann::json encode_spans(std::vector<detail::SpanRecord> &spans) const;
+  nlohmann::json encode_logs(std::vector<detail::LogRecord> &logs) const;
+  nlohmann::json encode_metrics() const;
+  bool send(const std::string &signal, const nlohmann::json &body, size_t items, bool final_attempt);
+
+  OtelConfig config_;
+  nlohmann::json resource_;
+  const Logger &logger_;
+  bool grpc_ = false;
+  uint64_t process_start_ns_;
+  std::chrono::milliseconds metrics_interval_{WRPC_HTTP_OTEL_METRICS_INTERVAL_MS};
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<detail::SpanRecord> spans_;
+  std::deque<detail::LogRecord> logs_;
+  std::map<std::string, Histogram> durations_;  // by attribute set
+  int64_t active_requests_ = 0;
+  Counters counters_;
+  bool stopping_ = false;
+  bool queue_overflowed_ = false;  // set by a full queue, logged once by the exporter
+  bool overflow_reported_ = false;
+  std::map<std::string, bool> failing_;  // by signal: failure logged, not yet recovered
+  std::thread thread_;
+};
+
+inline void Telemetry::start() {
+  if (grpc_ && config_.enable_observability)
+    logger_.warn("otel_config asks for OTLP over gRPC; this provider exports OTLP/HTTP only, so telemetry is off");
+  if (!any() || thread_.joinable()) return;
+  thread_ = std::thread([this] { run(); });
+  logger_.info("exporting telemetry", {{"traces", traces() ? config_.endpoint("traces") : "off"},
+                                       {"metrics", metrics() ? config_.endpoint("metrics") : "off"},
+                                       {"logs", logs() ? config_.endpoint("logs") : "off"}});
+}
+
+inline void Telemetry::stop() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+inline void Telemetry::begin_request(const httplib::Request &req) {
+  auto &current = detail::current_request_trace();
+  if (current) {  // a request whose response was never written
+    current.reset();
+    std::lock_guard<std::mutex> lk(mu_);
+    --active_requests_;
+  }
+  if (!traces() && !metrics()) return;
+  auto t = std::make_shared<detail::RequestTrace>();
+  t->telemetry = this;
+  t->method = detail::known_method(detail::sent_method(req));
+  t->start_ns = detail::unix_nanos();
+  t->started = std::chrono::steady_clock::now();
+  auto incoming = req.get_header_value("traceparent");
+  if (detail::valid_traceparent(incoming)) {
+    t->trace_id = incoming.substr(3, 32);
+    t->parent_span_id = incoming.substr(36, 16);
+    t->flags = incoming.substr(53, 2);
+  } else {
+    t->trace_id = detail::random_hex(32);
+    t->flags = "01";
+  }
+  t->server_span_id = detail::random_hex(16);
+  current = t;
+  std::lock_guard<std::mutex> lk(mu_);
+  ++active_requests_;
+}
+
+inline void Telemetry::end_request(const httplib::Request &req, httplib::Response &res) {
+  auto trace = std::move(detail::current_request_trace());
+  detail::current_request_trace().reset();
+  if (!trace) return;
+  std::string host = req.get_header_value("Host");
+  auto colon = host.rfind(':');
+  if (colon != std::string::npos && host.back() != ']') host.resize(colon);
+  trace->attributes = {detail::otlp_attribute("http.request.method", trace->method),
+                       detail::otlp_attribute("url.path", req.path),
+                       detail::otlp_attribute("url.scheme", detail::arrived_over_tls() ? "https" : "http"),
+                       detail::otlp_attribute("server.address", host.empty() ? req.local_addr : host),
+                       detail::otlp_attribute("server.port", static_cast<int64_t>(req.local_port)),
+                       detail::otlp_attribute("http.response.status_code", static_cast<int64_t>(res.status))};
+  if (trace->method != detail::sent_method(req))
+    trace->attributes.push_back(detail::otlp_attribute("http.request.method_original", detail::sent_method(req)));
+  if (!trace->route.empty()) trace->attributes.push_back(detail::otlp_attribute("http.route", trace->route));
+  if (!trace->target.empty())
+    trace->attributes.push_back(detail::otlp_attribute("wasmcloud.component.id", trace->target));
+  if (req.has_header("User-Agent"))
+    trace->attributes.push_back(detail::otlp_attribute("user_agent.original", req.get_header_value("User-Agent")));
+  trace->client_end_ns = detail::unix_nanos();  // the call's response head is here
+  // A streamed body is still to be written: the server span ends with its last byte, when
+  // cpp-httplib releases the content provider.
+  if (res.content_provider_) {
+    auto previous = std::move(res.content_provider_resource_releaser_);
+    int status = res.status;
+    res.content_provider_resource_releaser_ = [this, trace, status, previous](bool success) {
+      if (previous) previous(success);
+      finish(trace, status, success);
+    };
+    return;
+  }
+  finish(trace, res.status, true);
+}
+
+inline void Telemetry::finish(const std::shared_ptr<detail::RequestTrace> &trace, int status, bool body_ok) {
+  uint64_t end_ns = detail::unix_nanos();
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - trace->started).count();
+  if (traces() && trace->sampled()) {
+    if (!trace->client_span_id.empty()) {
+      detail::SpanRecord client;
+      client.trace_id = trace->trace_id;
+      client.span_id = trace->client_span_id;
+      client.parent_span_id = trace->server_span_id;
+      client.name = "wrpc:http/incoming-handler@0.1.0.handle";
+      client.kind = detail::SpanRecord::client;
+      client.start_ns = trace->client_start_ns;
+      client.end_ns = trace->client_end_ns;
+      client.attributes = {detail::otlp_attribute("rpc.system", "wrpc"),
+                           detail::otlp_attribute("rpc.service", "wrpc:http/incoming-handler@0.1.0"),
+                           detail::otlp_attribute("rpc.method", "handle"),
+                           detail::otlp_attribute("wasmcloud.component.id", trace->target),
+                           detail::otlp_attribute("http.response.status_code", static_cast<int64_t>(status))};
+      client.error = status >= 500;
+      enqueue(spans_, std::move(client));
+    }
+    detail::SpanRecord server;
+    server.trace_id = trace->trace_id;
+    server.span_id = trace->server_span_id;
+    server.parent_span_id = trace->parent_span_id;
+    server.name = trace->route.empty() ? trace->method : trace->method + " " + trace->route;
+    server.kind = detail::SpanRecord::server;
+    server.start_ns = trace->start_ns;
+    server.end_ns = end_ns;
+    server.attributes = trace->attributes;
+    server.error = status >= 500 || (!body_ok && status < 400);  // a refusal may close on purpose
+    enqueue(spans_, std::move(server));
+  }
+  std::lock_guard<std::mutex> lk(mu_);
+  --active_requests_;
+  if (!metrics()) return;
+  nlohmann::json attributes = {detail::otlp_attribute("http.request.method", trace->method),
+                               detail::otlp_attribute("http.response.status_code", static_cast<int64_t>(status))};
+  if (!trace->route.empty()) attributes.push_back(detail::otlp_attribute("http.route", trace->route));
+  if (!trace->target.empty()) attributes.push_back(detail::otlp_attribute("wasmcloud.component.id", trace->target));
+  auto key = attributes.dump();
+  if (durations_.size() >= max_series && !durations_.count(key)) {
+    ++counters_.dropped;
+    return;
+  }
+  auto &h = durations_[key];
+  if (h.buckets.empty()) {
+    h.attributes = attributes;
+    h.buckets.assign(duration_bounds().size() + 1, 0);
+  }
+  ++h.count;
+  h.sum += seconds;
+  auto bucket = std::lower_bound(duration_bounds().begin(), duration_bounds().end(), seconds) - duration_bounds().begin();
+  ++h.buckets[static_cast<size_t>(bucket)];
+}
+
+template <class Record> void Telemetry::enqueue(std::deque<Record> &queue, Record &&record) {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (queue.size() >= WRPC_HTTP_OTEL_QUEUE_LIMIT) {
+    ++counters_.dropped;
+    queue_overflowed_ = true;
+    return;
+  }
+  queue.push_back(std::move(record));
+  if (queue.size() >= WRPC_HTTP_OTEL_BATCH_SIZE) cv_.notify_all();
+}
+
+template <class Record> std::vector<Record> Telemetry::take_batch(std::deque<Record> &queue) {
+  std::vector<Record> batch;
+  while (!queue.empty() && batch.size() < WRPC_HTTP_OTEL_BATCH_SIZE) {
+    batch.push_back(std::move(queue.front()));
+    queue.pop_front();
+  }
+  return batch;
+}
+
+inline void Telemetry::record_log(Logger::Level level, const std::string &message, const StringMap &fields) {
+  if (!logs()) return;
+  static const int severities[] = {1, 5, 9, 13, 17, 21, 0};  // OTLP SeverityNumber per Logger::Level
+  detail::LogRecord record;
+  record.time_ns = detail::unix_nanos();
+  record.severity = severities[static_cast<int>(level)];
+  record.severity_text = Logger::level_name(level);
+  record.body = message;
+  for (auto &f : fields) record.attributes.push_back(detail::otlp_attribute(f.first, f.second));
+  if (auto &t = detail::current_request_trace()) {
+    record.trace_id = t->trace_id;
+    record.span_id = t->client_span_id.empty() ? t->server_span_id : t->client_span_id;
+  }
+  enqueue(logs_, std::move(record));
+}
+
+inline nlohmann::json Telemetry::envelope(const char *resource_key, const char *scope_key, const char *items_key,
+                                          nlohmann::json items) const {
+  nlohmann::json scope = {{"scope", {{"name", "wrpc-http-provider"}, {"version", WRPC_HTTP_VERSION}}},
+                          {items_key, std::move(items)}};
+  return {{resource_key, nlohmann::json::array({{{"resource", {{"attributes", resource_}}},
+                                                 {scope_key, nlohmann::json::array({std::move(scope)})}}})}};
+}
+
+inline nlohmann::json Telemetry::encode_spans(std::vector<detail::SpanRecord> &spans) const {
+  auto items = nlohmann::json::array();
+  for (auto &s : spans) {
+    nlohmann::json span = {{"traceId", s.trace_id},
+                           {"spanId", s.span_id},
+                           {"name", s.name},
+                           {"kind", static_cast<int>(s.kind)},
+                           {"startTimeUnixNano", std::to_string(s.start_ns)},
+                           {"endTimeUnixNano", std::to_string(s.end_ns)},
+                           {"attributes", std::move(s.attributes)},
+                           {"status", {{"code", s.error ? 2 : 0}}}};
+    if (!s.parent_span_id.empty()) span["parentSpanId"] = s.parent_span_id;
+    items.push_back(std::move(span));
+  }
+  return envelope("resourceSpans", "scopeSpans", "spans", std::move(items));
+}
+
+inline nlohmann::json Telemetry::encode_logs(std::vector<detail::LogRecord> &logs) const {
+  auto items = nlohmann::json::array();
+  for (auto &l : logs) {
+    nlohmann::json record = {{"timeUnixNano", std::to_string(l.time_ns)},
+                             {"observedTimeUnixNano", std::to_string(l.time_ns)},
+                             {"severityNumber", l.severity},
+                             {"severityText", l.severity_text},
+                             {"body", {{"stringValue", l.body}}},
+                             {"attributes", std::move(l.attributes)}};
+    if (!l.trace_id.empty()) {
+      record["traceId"] = l.trace_id;
+      record["spanId"] = l.span_id;
+    }
+    items.push_back(std::move(record));
+  }
+  return envelope("resourceLogs", "scopeLogs", "logRecords", std::move(items));
+}
+
+// Cumulative since the process started, as OTLP's default temporality.
+inline nlohmann::json Telemetry::encode_metrics() const {
+  std::string start = std::to_string(process_start_ns_), now = std::to_string(detail::unix_nanos());
+  auto durations = nlohmann::json::array(), counts = nlohmann::json::array();
+  std::lock_guard<std::mutex> lk(mu_);
+  for (auto &entry : durations_) {
+    auto &h = entry.second;
+    auto buckets = nlohmann::json::array();
+    for (auto b : h.buckets) buckets.push_back(std::to_string(b));
+    durations.push_back({{"attributes", h.attributes},
+                         {"startTimeUnixNano", start},
+                         {"timeUnixNano", now},
+                         {"count", std::to_string(h.count)},
+                         {"sum", h.sum},
+                         {"bucketCounts", std::move(buckets)},
+                         {"explicitBounds", duration_bounds()}});
+    counts.push_back({{"attributes", h.attributes},
+                      {"startTimeUnixNano", start},
+                      {"timeUnixNano", now},
+                      {"asInt", std::to_string(h.count)}});
+  }
+  nlohmann::json active = {{"startTimeUnixNano", start}, {"timeUnixNano", now},
+                           {"asInt", std::to_string(active_requests_)}};
+  auto metrics = nlohmann::json::array(
+      {{{"name", "http.server.request.duration"},
+        {"description", "Duration of HTTP server requests"},
+        {"unit", "s"},
+        {"histogram", {{"aggregationTemporality", 2}, {"dataPoints", std::move(durations)}}}},
+       {{"name", "http.server.request.count"},
+        {"description", "HTTP server requests served"},
+        {"unit", "{request}"},
+        {"sum", {{"aggregationTemporality", 2}, {"isMonotonic", true}, {"dataPoints", std::move(counts)}}}},
+       {{"name", "http.server.active_requests"},
+        {"description", "HTTP server requests in flight"},
+        {"unit", "{request}"},
+        {"sum",
+         {{"aggregationTemporality", 2}, {"isMonotonic", false}, {"dataPoints", nlohmann::json::array({active})}}}}});
+  return envelope("resourceMetrics", "scopeMetrics", "metrics", std::move(metrics));
+}
+
+// One POST, retried with backoff on connection failures and on the statuses OTLP calls
+// retryable (429, 502, 503, 504). A failure is logged once until the collector recovers.
+inline bool Telemetry::send(const std::string &signal, const nlohmann::json &body, size_t items, bool final_attempt) {
+  auto url = detail::split_url(config_.endpoint(signal));
+  if (final_attempt) {
+    // At shutdown a collector that is already failing is not waited for again.
+    std::lock_guard<std::mutex> lk(mu_);
+    if (failing_[signal]) {
+      counters_.dropped += items;
+      return false;
+    }
+  }
+  std::string payload = body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  std::string failure;
+  for (int attempt = 0; attempt <= (final_attempt ? 0 : WRPC_HTTP_OTEL_RETRIES); ++attempt) {
+    if (attempt > 0) {
+      std::unique_lock<std::mutex> lk(mu_);
+      if (cv_.wait_for(lk, std::chrono::milliseconds(100 << attempt), [&] { return stopping_; })) break;
+    }
+    try {
+      httplib::Client client(url.first);
+#ifdef CPPHTTPLIB_OPENSSL_SUPPORT
+      // cpp-httplib takes one CA file: the first of additional_ca_paths.
+      if (!config_.additional_ca_paths.empty()) client.set_ca_cert_path(config_.additional_ca_paths.front().c_str());
+#endif
+      auto timeout = std::chrono::milliseconds(WRPC_HTTP_OTEL_TIMEOUT_MS);
+      client.set_connection_timeout(timeout);
+      client.set_read_timeout(timeout);
+      client.set_write_timeout(timeout);
+      auto res = client.Post(url.second.empty() ? "/" : url.second.c_str(), payload, "application/json");
+      if (res && res->status >= 200 && res->status < 300) {
+        std::lock_guard<std::mutex> lk(mu_);
+        counters_.exported += items;
+        bool recovered = failing_[signal];
+        failing_[signal] = false;
+        if (recovered) logger_.info("telemetry export recovered", {{"signal", signal}});
+        return true;
+      }
+      failure = res ? "status " + std::to_string(res->status) : httplib::to_string(res.error());
+      if (res && res->status != 429 && res->status != 502 && res->status != 503 && res->status != 504) break;
+    } catch (const std::exception &e) {
+      failure = e.what();
+      break;
+    }
+  }
+  bool first;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    counters_.dropped += items;
+    first = !failing_[signal];
+    failing_[signal] = true;
+  }
+  if (first)
+    logger_.warn("telemetry export failed; dropping " + signal + " until the collector answers",
+                 {{"endpoint", config_.endpoint(signal)}, {"error", failure}});
+  return false;
+}
+
+inline void Telemetry::run() {
+  auto interval = std::chrono::milliseconds(WRPC_HTTP_OTEL_EXPORT_INTERVAL_MS);
+  auto next_metrics = std::chrono::steady_clock::now() + metrics_interval_;
+  std::unique_lock<std::mutex> lk(mu_);
+  while (true) {
+    auto wake = std::min(std::chrono::steady_clock::now() + interval, next_metrics);
+    cv_.wait_until(lk, wake, [&] {
+      return stopping_ || spans_.size() >= WRPC_HTTP_OTEL_BATCH_SIZE || logs_.size() >= WRPC_HTTP_OTEL_BATCH_SIZE;
+    });
+    bool stopping = stopping_;
+    auto spans = take_batch(spans_);
+    auto logs = take_batch(logs_);
+    bool more = !spans_.empty() || !logs_.empty();
+    bool report_overflow = queue_overflowed_ && !overflow_reported_;
+    if (report_overflow) overflow_reported_ = true;
+    lk.unlock();
+    if (report_overflow) logger_.warn("telemetry queue full: dropping telemetry (WRPC_HTTP_OTEL_QUEUE_LIMIT)");
+    // At shutdown everything left gets one attempt, so stopping is bounded.
+    if (!spans.empty()) send("traces", encode_spans(spans), spans.size(), stopping);
+    if (!logs.empty()) send("logs", encode_logs(logs), logs.size(), stopping);
+    if (metrics() && (stopping || std::chrono::steady_clock::now() >= next_metrics)) {
+      send("metrics", encode_metrics(), 1, stopping);
+      next_metrics = std::chrono::steady_clock::now() + metrics_interval_;
+    }
+    lk.lock();
+    if (stopping && !more) return;
+  }
+}
+
+}  // namespace wrpc_http
+
+// ---- HTTP policies ----
+//
+// What wasmCloud's Rust HTTP server provider does around every request, with its config keys:
+// CORS (preflights answered here, allow/expose headers on the rest), a default Cache-Control
+// and read-only mode. One step before routing and one after (detail::install_request_hooks).
+
+namespace wrpc_http {
+
+// CORS of a listener; an empty list means "any" (the Rust provider's meaning).
+struct CorsPolicy {
+  std::vector<std::string> allowed_origins;  // "http[s]://host[:port]"
+  std::vector<std::string> allowed_headers = {"accept", "accept-language", "content-type", "content-language"};
+  std::vector<std::string> allowed_methods = {"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS"};
+  std::vector<std::string> exposed_headers;
+  uint64_t max_age_secs = 300;
+
+  bool allows_origin(const std::string &origin) const {
+    return allowed_origins.empty() ||
+           std::find(allowed_origins.begin(), allowed_origins.end(), origin) != allowed_origins.end();
+  }
+};
+
+// The keys cors_*, cache_control and readonly_mode of a listener's settings.
+struct HttpPolicy {
+  CorsPolicy cors;
+  std::string cache_control;  // added to 2xx/3xx responses that have none
+  bool readonly_mode = false;  // only GET and HEAD
+
+  // `config` has lower-case keys (detail::lower_keys). Throws std::invalid_argument naming the key.
+  static HttpPolicy from_config(const StringMap &config);
+  // Changes when any field changes (a listener with a fixed policy is reopened).
+  std::string signature() const;
+};
+
+namespace detail {
+
+// Defined with the HTTP bridge.
+inline uint64_t parse_unsigned(const std::string &key, const std::string &text);
+inline std::string lower(std::string s);
+inline bool valid_header_value(const std::string &value);
+inline void write_text(httplib::Response &res, int status, const std::string &text);
+
+// Config keys are case-insensitive, as in the Rust provider; two keys that differ only in
+// case are refused rather than one picked at random.
+inline StringMap lower_keys(const StringMap &config) {
+  StringMap out;
+  for (auto &kv : config) {
+    std::string key = kv.first;
+    for (auto &c : key) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (!out.emplace(key, kv.second).second)
+      throw std::invalid_argument("config key '" + kv.first + "' is given twice (keys are case-insensitive)");
+  }
+  return out;
+}
+
+inline bool is_http_token(const std::string &s) {
+  if (s.empty()) return false;
+  for (unsigned char c : s)
+    if (!(std::isalnum(c) || std::strchr("!#$%&'*+-.^_`|~", c))) return false;
+  return true;
+}
+
+// A JSON array of strings, as the Rust provider takes list values: '["a", "b"]'.
+inline std::vector<std::string> parse_json_list(const std::string &key, const std::string &text) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception &) {
+    throw std::invalid_argument("config '" + key + "' must be a JSON array of strings, got '" + text + "'");
+  }
+  if (!j.is_array()) throw std::invalid_argument("config '" + key + "' must be a JSON array of strings");
+  std::vector<std::string> out;
+  for (auto &item : j) {
+    if (!item.is_string()) throw std::invalid_argument("config '" + key + "' must hold strings only");
+    out.push_back(item.get<std::string>());
+  }
+  return out;
+}
+
+// "http[s]://host[:port]" with at most a trailing "/" (dropped): what a browser sends as Origin.
+inline std::string parse_cors_origin(const std::string &origin) {
+  auto scheme_end = origin.find("://");
+  std::string scheme = scheme_end == std::string::npos ? "" : origin.substr(0, scheme_end);
+  if (scheme != "http" && scheme != "https")
+    throw std::invalid_argument("config 'cors_allowed_origins': '" + origin + "' must start with http:// or https://");
+  std::string rest = origin.substr(scheme_end + 3);
+  if (!rest.empty() && rest.back() == '/') rest.pop_back();
+  if (rest.empty() || rest.find_first_of("/?#@ \t\r\n") != std::string::npos)
+    throw std::invalid_argument("config 'cors_allowed_origins': '" + origin + "' must be scheme://host[:port]");
+  return scheme + "://" + rest;
+}
+
+// `listen_address` (the Rust provider's name) or its alias `default_address`, from lower-case
+// keys; "" when neither is set.
+inline std::string listen_address(const StringMap &config) {
+  auto named = config.find("listen_address"), alias = config.find("default_address");
+  if (named != config.end() && alias != config.end() && named->second != alias->second)
+    throw std::invalid_argument("config 'listen_address' and 'default_address' disagree");
+  if (named != config.end()) return named->second;
+  return alias != config.end() ? alias->second : "";
+}
+
+inline std::string join(const std::vector<std::string> &items, const char *separator = ", ") {
+  std::string out;
+  for (auto &item : items) out += (out.empty() ? "" : separator) + item;
+  return out;
+}
+
+}  // namespace detail
+
+inline HttpPolicy HttpPolicy::from_config(const StringMap &config) {
+  HttpPolicy p;
+  auto get = [&](const char *key) -> const std::string * {
+    auto it = config.find(key);
+    return it == config.end() ? nullptr : &it->second;
+  };
+  auto header_names = [](const char *key, const std::string &text) {
+    auto names = detail::parse_json_list(key, text);
+    for (auto &n : names) {
+      if (!detail::is_http_token(n)) throw std::invalid_argument(std::string("config '") + key + "': bad header name '" + n + "'");
+      for (auto &c : n) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    }
+    return names;
+  };
+  if (auto v = get("cors_allowed_origins")) {
+    p.cors.allowed_origins.clear();
+    for (auto &origin : detail::parse_json_list("cors_allowed_origins", *v))
+      p.cors.allowed_origins.push_back(detail::parse_cors_origin(origin));
+  }
+  if (auto v = get("cors_allowed_headers")) p.cors.allowed_headers = header_names("cors_allowed_headers", *v);
+  if (auto v = get("cors_exposed_headers")) p.cors.exposed_headers = header_names("cors_exposed_headers", *v);
+  if (auto v = get("cors_allowed_methods")) {
+    p.cors.allowed_methods = detail::parse_json_list("cors_allowed_methods", *v);
+    for (auto &m : p.cors.allowed_methods)
+      if (!detail::is_http_token(m)) throw std::invalid_argument("config 'cors_allowed_methods': bad method '" + m + "'");
+  }
+  if (auto v = get("cors_max_age_secs")) p.cors.max_age_secs = detail::parse_unsigned("cors_max_age_secs", *v);
+  if (auto v = get("cache_control")) {
+    if (v->empty() || v->find_first_of("\r\n") != std::string::npos || v->find('\0') != std::string::npos)
+      throw std::invalid_argument("config 'cache_control' is not a valid header value");
+    p.cache_control = *v;
+  }
+  if (auto v = get("readonly_mode")) {
+    std::string flag = detail::lower(*v);
+    if (flag != "true" && flag != "false")
+      throw std::invalid_argument("config 'readonly_mode' must be true or false, got '" + *v + "'");
+    p.readonly_mode = flag == "true";
+  }
+  return p;
+}
+
+inline std::string HttpPolicy::signature() const {
+  return detail::join(cors.allowed_origins, " ") + "|" + detail::join(cors.allowed_headers, " ") + "|" +
+         detail::join(cors.allowed_methods, " ") + "|" + detail::join(cors.exposed_headers, " ") + "|" +
+         std::to_string(cors.max_age_secs) + "|" + cache_control + "|" + (readonly_mode ? "ro" : "rw");
+}
+
+namespace detail {
+
+inline bool is_preflight(const httplib::Request &req) {
+  return req.method == "OPTIONS" && req.has_header("Origin") && req.has_header("Access-Control-Request-Method");
+}
+
+// Adds `name` to the response's Vary list (a component's own Vary is kept).
+inline void add_vary(httplib::Response &res, const std::string &names) {
+  std::string vary = res.get_header_value("Vary");
+  if (vary == "*") return;
+  if (lower(vary).find(lower(names)) != std::string::npos) return;
+  res.headers.erase("Vary");
+  res.set_header("Vary", vary.empty() ? names : vary + ", " + names);
+}
+
+// The provider owns CORS: a component's own Access-Control-* answers are replaced.
+inline void set_allowed_origin(const CorsPolicy &cors, const std::string &origin, httplib::Response &res) {
+  for (auto name : {"Access-Control-Allow-Origin", "Access-Control-Allow-Credentials", "Access-Control-Expose-Headers",
+                    "Access-Control-Allow-Methods", "Access-Control-Allow-Headers", "Access-Control-Max-Age"})
+    res.headers.erase(name);
+  if (cors.allowed_origins.empty()) {
+    res.set_header("Access-Control-Allow-Origin", "*");
+  } else {
+    // A listed origin is trusted with credentials; browsers refuse credentials with "*".
+    res.set_header("Access-Control-Allow-Origin", origin);
+    res.set_header("Access-Control-Allow-Credentials", "true");
+  }
+}
+
+// A CORS preflight (OPTIONS with Origin and Access-Control-Request-Method) is answered here,
+// never forwarded. An origin that is not allowed gets no Access-Control-* headers, so the
+// browser refuses the actual request. Returns whether it answered.
+inline bool answer_preflight(const HttpPolicy &policy, const httplib::Request &req, httplib::Response &res) {
+  if (!is_preflight(req)) return false;
+  const auto &cors = policy.cors;
+  res.status = 200;
+  add_vary(res, "Origin, Access-Control-Request-Method, Access-Control-Request-Headers");
+  auto origin = req.get_header_value("Origin");
+  if (!cors.allows_origin(origin)) return true;
+  set_allowed_origin(cors, origin, res);
+  // "Any" echoes what was asked: a literal "*" means nothing to a credentialed request.
+  res.set_header("Access-Control-Allow-Methods", cors.allowed_methods.empty()
+                                                     ? req.get_header_value("Access-Control-Request-Method")
+                                                     : join(cors.allowed_methods));
+  std::string asked_headers = req.get_header_value("Access-Control-Request-Headers");
+  std::string headers = cors.allowed_headers.empty() ? asked_headers : join(cors.allowed_headers);
+  if (!headers.empty() && valid_header_value(headers)) res.set_header("Access-Control-Allow-Headers", headers);
+  res.set_header("Access-Control-Max-Age", std::to_string(cors.max_age_secs));
+  return true;
+}
+
+// readonly_mode: anything but GET and HEAD gets 405 with `Allow`, before its body is read
+// (the edge closes the connection after the provider's own errors).
+inline bool readonly_refusal(const HttpPolicy &policy, const httplib::Request &req, httplib::Response &res) {
+  if (!policy.readonly_mode || req.method == "GET" || req.method == "HEAD") return false;
+  res.set_header("Allow", "GET, HEAD");
+  write_text(res, 405, "only GET and HEAD allowed in read-only mode");
+  return true;
+}
+
+// After routing: CORS headers for an allowed Origin, Vary: Origin, and cache_control on
+// successful responses that have no Cache-Control (error answers are never made cacheable).
+inline void decorate_response(const HttpPolicy &policy, const httplib::Request &req, httplib::Response &res) {
+  if (is_preflight(req)) return;
+  add_vary(res, "Origin");
+  auto origin = req.get_header_value("Origin");
+  if (!origin.empty() && policy.cors.allows_origin(origin)) {
+    set_allowed_origin(policy.cors, origin, res);
+    res.set_header("Access-Control-Expose-Headers",
+                   policy.cors.exposed_headers.empty() ? "*" : join(policy.cors.exposed_headers));
+  }
+  if (!policy.cache_control.empty() && res.status >= 200 && res.status < 400 && !res.has_header("Cache-Control"))
+    res.set_header("Cache-Control", policy.cache_control);
+}
+
+// Installs the policies and the telemetry around every request of `server`. `policy` is read
+// per request, so config changes apply from the next one.
+inline void install_request_hooks(EdgeServer &server, std::function<HttpPolicy()> policy, Telemetry &telemetry,
+                                  const Logger &logger) {
+  server.around_requests([policy, &telemetry](const httplib::Request &req, httplib::Response &res) {
+    telemetry.begin_request(req);
+    auto p = policy();
+    return answer_preflight(p, req, res) || readonly_refusal(p, req, res);
+  },
+  // cpp-httplib calls this outside its exception handling: nothing may escape.
+  [policy, &telemetry, &logger](const httplib::Request &req, httplib::Response &res) {
+    try {
+      decorate_response(policy(), req, res);
+    } catch (const std::exception &e) {
+      logger.warn(std::string("response headers not decorated: ") + e.what());
+    }
+    try {
+      telemetry.end_request(req, res);
+    } catch (const std::exception &e) {
+      logger.warn(std::string("request not traced: ") + e.what());
+    }
+  });
+}
+
+}  // namespace detail
+}  // namespace wrpc_http
+
 // ---- HTTP bridge ----
 //
 // HTTP requests in (cpp-httplib's blocking thread pool), wRPC `handle` calls out.
@@ -5638,6 +6569,7 @@ struct HttpSettings {
   std::chrono::milliseconds head_timeout{WRPC_HTTP_HEAD_TIMEOUT_MS};  // whole request head, else 408
   // Both set: the listener serves HTTPS with this certificate chain and key (PEM files).
   std::string tls_cert_file, tls_priv_key_file;
+  HttpPolicy policy;  // CORS, cache_control, readonly_mode
 
   // Throws std::invalid_argument naming the bad key.
   static HttpSettings from_config(const StringMap &config, const StringMap &overrides = {});
@@ -5693,9 +6625,16 @@ inline std::pair<std::string, int> parse_address(const std::string &address) {
 }  // namespace detail
 
 inline HttpSettings HttpSettings::from_config(const StringMap &config, const StringMap &overrides) {
-  StringMap merged = config;
-  for (auto &kv : overrides) merged[kv.first] = kv.second;
+  StringMap merged = detail::lower_keys(config);
+  for (auto &kv : detail::lower_keys(overrides)) merged[kv.first] = kv.second;
   HttpSettings s;
+  s.policy = HttpPolicy::from_config(merged);
+  // The Rust provider's listen_address (alias default_address) is where a listener without
+  // its own `address` listens.
+  if (!merged.count("address")) {
+    auto fallback = detail::listen_address(merged);
+    if (!fallback.empty()) merged["address"] = fallback;
+  }
   auto get = [&](const char *key) -> const std::string * {
     auto it = merged.find(key);
     return it == merged.end() ? nullptr : &it->second;
@@ -5728,12 +6667,16 @@ inline Director single_target(std::string target) {
 // Registers `handler` for every method cpp-httplib routes (GET, HEAD, POST, PUT, DELETE,
 // OPTIONS, PATCH) under `pattern`.
 inline void route_all(httplib::Server &server, const std::string &pattern, const httplib::Server::Handler &handler) {
-  server.Get(pattern, handler);
-  server.Post(pattern, handler);
-  server.Put(pattern, handler);
-  server.Delete(pattern, handler);
-  server.Options(pattern, handler);
-  server.Patch(pattern, handler);
+  auto routed = [pattern, handler](const httplib::Request &req, httplib::Response &res) {
+    detail::note_route(pattern);
+    handler(req, res);
+  };
+  server.Get(pattern, routed);
+  server.Post(pattern, routed);
+  server.Put(pattern, routed);
+  server.Delete(pattern, routed);
+  server.Options(pattern, routed);
+  server.Patch(pattern, routed);
 }
 
 namespace detail {
@@ -5842,8 +6785,13 @@ public:
   // as POST); the body streams from the edge, so no handler lets cpp-httplib read it.
   void mount(httplib::Server &server, const std::string &prefix) {
     std::string pattern = prefix + "(/.*)?";
-    auto plain = [this](const httplib::Request &req, httplib::Response &res) { handle(req, res); };
-    auto streamed = [this](const httplib::Request &req, httplib::Response &res, const httplib::ContentReader &) {
+    auto plain = [this, pattern](const httplib::Request &req, httplib::Response &res) {
+      detail::note_route(pattern);
+      handle(req, res);
+    };
+    auto streamed = [this, pattern](const httplib::Request &req, httplib::Response &res,
+                                    const httplib::ContentReader &) {
+      detail::note_route(pattern);
       handle(req, res);
     };
     server.Get(pattern, plain);
@@ -5921,7 +6869,8 @@ inline void Forwarder::handle(const httplib::Request &req, httplib::Response &re
   if (!detail::valid_target(target)) return detail::write_text(res, 400, "bad request: invalid target");
 
   // Trace context travels in the invocation's NATS headers, with the ids the Rust SDK sends.
-  std::string traceparent = detail::trace_parent_for(req);
+  std::string traceparent = detail::traced_call(target);
+  if (traceparent.empty()) traceparent = detail::trace_parent_for(req);
   std::string trace_id = traceparent.substr(3, 32);
   nats::Headers nats_headers = {{"traceparent", traceparent}, {"source-id", source_id_}, {"target-id", target}};
   if (req.has_header("tracestate") && detail::valid_header_value(req.get_header_value("tracestate")))
@@ -6122,7 +7071,7 @@ private:
       return settings.address + "|" + target + "|" + std::to_string(settings.timeout.count()) + "|" +
              std::to_string(settings.max_content_len) + "|" + std::to_string(settings.body_idle_timeout.count()) +
              "|" + std::to_string(settings.head_timeout.count()) + "|" + settings.tls_cert_file + "|" +
-             settings.tls_priv_key_file;
+             settings.tls_priv_key_file + "|" + settings.policy.signature();
     }
   };
   struct Listener {
@@ -6156,6 +7105,7 @@ private:
 
   HostData host_;
   Logger logger_;
+  std::unique_ptr<Telemetry> telemetry_;  // before nc_: the client logs until it is destroyed
   nats::Client nc_;
   Routes routes_;
   LinkCallback on_source_put_, on_target_put_, on_source_del_, on_target_del_;
@@ -6163,6 +7113,7 @@ private:
   mutable std::mutex links_mu_;
   std::map<std::string, LinkDefinition> source_links_, target_links_;
   StringMap config_;
+  mutable std::shared_ptr<const HttpSettings> settings_cache_;  // of settings(); reset on change
 
   std::string routing_mode_;  // "", "address", "path" or "host"
   std::shared_ptr<const std::vector<Route>> route_table_ = std::make_shared<std::vector<Route>>();
@@ -6176,6 +7127,24 @@ private:
 };
 
 namespace detail {
+// The exporter the host data's otel_config asks for. A bad otel_config costs the telemetry,
+// not the provider.
+inline std::unique_ptr<Telemetry> make_telemetry(const HostData &h, const Logger &logger) {
+  OtelConfig config;
+  try {
+    config = OtelConfig::from_json(h.otel_config);
+  } catch (const std::exception &e) {
+    logger.error(std::string("telemetry off: ") + e.what());
+  }
+  nlohmann::json resource = {otlp_attribute("service.name", "wrpc-http-provider"),
+                             otlp_attribute("service.version", WRPC_HTTP_VERSION),
+                             otlp_attribute("service.instance.id", h.instance_id),
+                             otlp_attribute("wasmcloud.provider.id", h.provider_key),
+                             otlp_attribute("wasmcloud.host.id", h.host_id),
+                             otlp_attribute("wasmcloud.lattice", h.lattice_rpc_prefix)};
+  return std::make_unique<Telemetry>(std::move(config), std::move(resource), logger);
+}
+
 inline nats::Options lattice_options(const HostData &h, const Logger &logger) {
   nats::Options o;
   o.url = h.lattice_rpc_url;
@@ -6183,8 +7152,9 @@ inline nats::Options lattice_options(const HostData &h, const Logger &logger) {
   o.user_jwt = h.lattice_rpc_user_jwt;
   o.user_seed = h.lattice_rpc_user_seed;
   // The host data carries no CA: a lattice behind a private CA names its PEM file in the config.
-  auto ca_file = h.config.find("nats_tls_ca_file");
-  if (ca_file != h.config.end()) o.tls_ca_file = ca_file->second;
+  auto config = lower_keys(h.config);
+  auto ca_file = config.find("nats_tls_ca_file");
+  if (ca_file != config.end()) o.tls_ca_file = ca_file->second;
   o.log = logger.nats_sink();
   return o;
 }
@@ -6192,11 +7162,16 @@ inline nats::Options lattice_options(const HostData &h, const Logger &logger) {
 
 inline Provider::Provider(HostData host_data)
     : host_(std::move(host_data)),
-      nc_([&] {
+      telemetry_([&] {
         logger_.configure(Logger::parse_level(host_.log_level), host_.structured_logging);
-        return detail::lattice_options(host_, logger_);
+        return detail::make_telemetry(host_, logger_);
       }()),
-      config_(host_.config) {
+      nc_(detail::lattice_options(host_, logger_)),
+      config_(detail::lower_keys(host_.config)) {
+  if (telemetry_->logs())
+    logger_.set_hook([t = telemetry_.get()](Logger::Level level, const std::string &message, const StringMap &fields) {
+      t->record_log(level, message, fields);
+    });
   HttpSettings::from_config(config_);  // reject a bad config before anything starts
   auto mode = config_.find("routing_mode");
   if (mode != config_.end()) {
@@ -6208,6 +7183,7 @@ inline Provider::Provider(HostData host_data)
     LinkDefinition link = received;
     try {
       link.secrets = open_link_secrets(received);
+      link.source_config = detail::lower_keys(link.source_config);
     } catch (const std::exception &e) {
       logger_.error(std::string("skipping link from host data: ") + e.what(),
                     {{"source_id", link.source_id}, {"target", link.target}});
@@ -6222,14 +7198,19 @@ inline Provider::Provider(HostData host_data)
 inline Provider::~Provider() {
   stop_listeners();
   nc_.close();
+  telemetry_->stop();
+  logger_.set_hook(nullptr);
 }
 
 inline HttpSettings Provider::settings() const {
   std::lock_guard<std::mutex> lk(links_mu_);
+  // Read for every request (and by its policy steps): parsed once per config or link change.
+  if (settings_cache_) return *settings_cache_;
   // The example has one listener: the first source link's config refines the provider's.
   StringMap overrides;
   if (!source_links_.empty()) overrides = source_links_.begin()->second.source_config;
-  return HttpSettings::from_config(config_, overrides);
+  settings_cache_ = std::make_shared<const HttpSettings>(HttpSettings::from_config(config_, overrides));
+  return *settings_cache_;
 }
 
 inline Forwarder Provider::forwarder(Director director) {
@@ -6289,6 +7270,7 @@ inline Secrets Provider::open_link_secrets(const LinkDefinition &link) const {
 inline void Provider::put_link(const LinkDefinition &received) {
   LinkDefinition link = received;
   link.secrets = open_link_secrets(received);
+  link.source_config = detail::lower_keys(link.source_config);
   bool is_source = link.source_id == host_.provider_key;
   bool is_target = link.target == host_.provider_key;
   if (!is_source && !is_target) {
@@ -6305,6 +7287,7 @@ inline void Provider::put_link(const LinkDefinition &received) {
     fresh = it == table.end() || it->second.source_config != link.source_config ||
             it->second.target_config != link.target_config;
     table[key] = link;
+    settings_cache_.reset();
   }
   if (!fresh) return;  // the host re-sends links it already sent
   logger_.info("link put", {{"source_id", link.source_id}, {"target", link.target}, {"name", link.name}});
@@ -6323,6 +7306,7 @@ inline void Provider::delete_link(const LinkDefinition &link) {
     std::lock_guard<std::mutex> lk(links_mu_);
     auto &table = is_source ? source_links_ : target_links_;
     erased = table.erase(link.key(is_source ? link.target : link.source_id));
+    settings_cache_.reset();
   }
   if (!erased) return;
   logger_.info("link deleted", {{"source_id", link.source_id}, {"target", link.target}, {"name", link.name}});
@@ -6370,11 +7354,13 @@ inline void Provider::subscribe_lattice() {
   });
   nc_.subscribe(topic("config.update", p), [this](nats::Message &m) {
     try {
-      StringMap update = detail::json_string_map(nlohmann::json{{"config", nlohmann::json::parse(m.data)}}, "config");
+      StringMap update = detail::lower_keys(
+          detail::json_string_map(nlohmann::json{{"config", nlohmann::json::parse(m.data)}}, "config"));
       HttpSettings::from_config(update);  // refuse a config that would not apply
       {
         std::lock_guard<std::mutex> lk(links_mu_);
         config_ = std::move(update);
+        settings_cache_.reset();
       }
       logger_.info("config updated");
       reconcile_listeners();
@@ -6394,8 +7380,8 @@ inline std::map<std::string, Provider::ListenerSpec> Provider::wanted_listeners(
     } else {
       std::lock_guard<std::mutex> lk(links_mu_);
       spec.settings = HttpSettings::from_config(config_);
-      auto fallback = config_.find("default_address");
-      if (fallback != config_.end()) spec.settings.address = fallback->second;
+      auto fallback = detail::listen_address(config_);
+      if (!fallback.empty()) spec.settings.address = fallback;
     }
     wanted[spec.settings.address] = spec;
     return wanted;
@@ -6462,6 +7448,11 @@ inline std::unique_ptr<Provider::Listener> Provider::start_listener(const Listen
   listener->signature = spec.signature();
   listener->server = std::make_unique<EdgeServer>(options, logger_);
   auto &server = *listener->server;
+  detail::install_request_hooks(
+      server,
+      routing_mode_.empty() ? std::function<HttpPolicy()>([this] { return this->settings().policy; })
+                            : std::function<HttpPolicy()>([policy = settings.policy] { return policy; }),
+      *telemetry_, logger_);
   if (routing_mode_.empty()) {
     if (routes_) routes_(server);
   } else {
@@ -6569,10 +7560,12 @@ inline std::string Provider::route(const httplib::Request &req) const {
   }
   const std::string &path = req.path;
   for (auto &r : *table) {
-    if (r.match == "/") return r.target;
     // Segment-aware: `/api` matches `/api` and `/api/...`, not `/apix`.
-    if (path.compare(0, r.match.size(), r.match) == 0 && (path.size() == r.match.size() || path[r.match.size()] == '/'))
+    if (r.match == "/" || (path.compare(0, r.match.size(), r.match) == 0 &&
+                           (path.size() == r.match.size() || path[r.match.size()] == '/'))) {
+      detail::note_route(r.match);
       return r.target;
+    }
   }
   return "";
 }
@@ -6602,6 +7595,7 @@ inline void Provider::wait_for_shutdown() {
 
 inline int Provider::run() {
   block_termination_signals();
+  telemetry_->start();
   try {
     nc_.connect();
     subscribe_lattice();
@@ -6616,6 +7610,7 @@ inline int Provider::run() {
     logger_.error(std::string("provider failed to start: ") + e.what());
     stop_listeners();
     nc_.close();
+    telemetry_->stop();
     return 1;
   }
   logger_.info("provider started", {{"provider_key", host_.provider_key}, {"lattice", host_.lattice_rpc_prefix}});
@@ -6624,6 +7619,7 @@ inline int Provider::run() {
   stop_listeners();
   nc_.close();
   logger_.info("provider stopped");
+  telemetry_->stop();
   return 0;
 }
 

@@ -11,6 +11,7 @@
 //   /proxy/inspect     the request (head, body as text, trailers or null) as JSON; answers
 //                      with x-multi: a, x-multi: b and x-body-bytes: <request body size>
 //   /proxy/status/N    an empty response with status N
+//   /proxy/cached      "cached" with its own cache-control: private, max-age=5
 //   /proxy/trailers    a body followed by the trailer x-checksum
 //   /proxy/sleep/MS    answers after MS milliseconds
 //   /proxy/error       the wasi:http error-code internal-error("boom")
@@ -65,6 +66,12 @@ void handle(wrpc_http::wrpc::IncomingRequest &req, wrpc_http::wrpc::ResponseWrit
   if (auto status = arg_after(path, "/proxy/status/"); !status.empty()) {
     head.status = static_cast<uint16_t>(number_or(status, 500));
     res.send_head(head);
+    return res.finish();
+  }
+  if (path == "/proxy/cached") {
+    head.headers.push_back({"cache-control", {"private, max-age=5"}});
+    res.send_head(head);
+    res.write_body("cached");
     return res.finish();
   }
   if (path == "/proxy/inspect") {
