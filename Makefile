@@ -7,7 +7,7 @@
 #   make demo       nats-server + demo component + provider on loopback, then two curls
 #   make par        build/http-server.par.gz for `wash app deploy wadm.yaml`
 #   make test-tsan  the tests under ThreadSanitizer
-#   make bench      the benchmark (bench/results.md)
+#   make bench      the benchmark against wasmCloud's Rust provider and a Go gateway (bench/results.md)
 
 CXX      ?= g++
 CXXSTD   := -std=c++17
@@ -97,6 +97,17 @@ $(OTEL_COLLECTOR): tests/otel/main.go tests/otel/go.mod tests/otel/go.sum
 	@mkdir -p $(@D)
 	cd tests/otel && GOFLAGS=-mod=readonly nice -n 10 go build -o $(CURDIR)/$@ .
 
+$(BUILD)/nats-probe: $(wildcard bench/nats-probe/*.go) tests/go_build.sh
+	tests/go_build.sh bench/nats-probe $@
+
+# wasmCloud's Rust HTTP server provider from crates.io, a benchmark anchor (bench/rust-provider,
+# versions pinned by its Cargo.lock). A long build on 2 cores, so niced and cached here.
+BENCH_CACHE   := build/bench-cache
+RUST_PROVIDER := $(BENCH_CACHE)/rust-target/release/rust-http-server-provider
+$(RUST_PROVIDER): $(wildcard bench/rust-provider/Cargo.*) $(wildcard bench/rust-provider/src/*.rs)
+	cd bench/rust-provider && CARGO_TARGET_DIR=$(CURDIR)/$(BENCH_CACHE)/rust-target \
+	  nice -n 10 cargo build --release --locked
+
 # Every test, on binaries built with AddressSanitizer and UBSan (any finding fails the run).
 SANITIZE_ASAN := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 test: deps
@@ -155,8 +166,8 @@ $(BUILD)/http-server.par.gz: $(BUILD)/http-server $(BUILD)/make_par
 	$(BUILD)/make_par --bin $(BUILD)/http-server --name http-server --vendor wrpc-http-provider \
 	  --version 0.1.0 --rev 0 --keys-dir $(KEYS_DIR) --out $@
 
-bench: deps all $(BUILD)/go-gateway
-	bench/run.sh $(BUILD)
+bench: deps all $(BUILD)/go-gateway $(BUILD)/nats-probe $(RUST_PROVIDER)
+	bench/run.sh $(BUILD) $(RUST_PROVIDER)
 
 # libFuzzer targets (fuzz/): each parser of untrusted input under ASan+UBSan. `make fuzz` runs
 # each for FUZZ_SECONDS on a scratch copy of its seed corpus and fails on the first finding.

@@ -978,8 +978,12 @@ private:
   std::thread reader_, writer_;
 
   std::mutex out_mu_;
-  std::condition_variable out_cv_;      // writer waits for data
-  std::condition_variable space_cv_;    // publishers wait for room
+  // The writer thread is woken only when a write ends with more gathered behind it (or on
+  // close): a publisher that finds the socket free writes itself, so waking the writer after
+  // every write would cost two context switches per publish for nothing.
+  std::condition_variable out_cv_;         // writer waits for data gathered during a write
+  std::condition_variable write_done_cv_;  // close() and lost_connection() wait for a write to end
+  std::condition_variable space_cv_;       // publishers wait for room
   std::string out_buf_;
   bool writer_busy_ = false;
 
@@ -1261,6 +1265,22 @@ public:
     return wait_for(POLLIN, timeout);
   }
 
+  // read_some() that waits at most `timeout` for the first byte (0 when none came). A plain
+  // socket blocks in recv() under a receive timeout: one system call per wake-up of the
+  // reader instead of poll() and then recv().
+  size_t read_within(char *buf, size_t size, std::chrono::milliseconds timeout) {
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+    if (ssl_) return wait_readable(timeout) ? tls_read_some(buf, size) : 0;
+#endif
+    timeout = std::max(timeout, std::chrono::milliseconds(1));  // a zero SO_RCVTIMEO waits forever
+    if (timeout != recv_timeout_) {
+      timeval tv{static_cast<time_t>(timeout.count() / 1000), static_cast<suseconds_t>(timeout.count() % 1000 * 1000)};
+      ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+      recv_timeout_ = timeout;
+    }
+    return read_some(buf, size);
+  }
+
   // Returns the number of bytes read, 0 when none are there yet; throws
   // nats::Error(disconnected) with the reason once the connection has ended.
   size_t read_some(char *buf, size_t size) {
@@ -1269,7 +1289,7 @@ public:
 #endif
     ssize_t n = ::recv(fd_, buf, size, 0);
     if (n > 0) return static_cast<size_t>(n);
-    if (n < 0 && (errno == EINTR || errno == EAGAIN)) return 0;
+    if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
     throw nats::Error(nats::Error::Kind::disconnected,
                       n == 0 ? "connection closed by server" : std::strerror(errno));
   }
@@ -1296,6 +1316,7 @@ private:
   }
 
   int fd_;
+  std::chrono::milliseconds recv_timeout_{0};  // SO_RCVTIMEO as last set; 0: none (blocking)
 
 #ifdef WRPC_HTTP_OPENSSL_SUPPORT
   // Bounds a wait for the socket during TLS I/O; the call is then simply tried again.
@@ -1742,7 +1763,7 @@ inline void Client::close() {
   {
     // A publisher may still be in write_pending() with the socket: let it fail out first.
     std::unique_lock<std::mutex> lk(out_mu_);
-    out_cv_.wait(lk, [&] { return !writer_busy_; });
+    write_done_cv_.wait(lk, [&] { return !writer_busy_; });
   }
   socket_.reset();
   std::unordered_map<std::string, std::shared_ptr<InboxHandler>> orphans;
@@ -1787,7 +1808,8 @@ inline void Client::write_pending(std::unique_lock<std::mutex> &lk) {
   writer_busy_ = false;
   // A failed write means the connection is gone; the reader sees it too and reconnects.
   if (!ok && socket_.get() == socket) socket->shutdown();
-  out_cv_.notify_all();  // the writer thread takes what gathered meanwhile
+  write_done_cv_.notify_all();
+  if (!out_buf_.empty() || closing_) out_cv_.notify_one();  // the writer takes what gathered meanwhile
 }
 
 inline void Client::writer_loop() {
@@ -1975,13 +1997,11 @@ inline void Client::reader_loop() {
   auto last_ping = std::chrono::steady_clock::now();
   while (!closing_) {
     std::string lost_reason;
-    if (socket_->wait_readable(std::chrono::milliseconds(250))) {
-      try {
-        size_t n = socket_->read_some(buf.data(), buf.size());
-        if (n > 0) parser.feed(buf.data(), n);
-      } catch (const Error &e) {
-        lost_reason = e.what();
-      }
+    try {
+      size_t n = socket_->read_within(buf.data(), buf.size(), std::chrono::milliseconds(250));
+      if (n > 0) parser.feed(buf.data(), n);
+    } catch (const Error &e) {
+      lost_reason = e.what();
     }
     auto now = std::chrono::steady_clock::now();
     if (lost_reason.empty() && now - last_ping >= opts_.ping_interval) {
@@ -2013,7 +2033,7 @@ inline void Client::lost_connection(const std::string &why) {
     std::unique_lock<std::mutex> lk(out_mu_);
     connected_ = false;
     socket_->shutdown();
-    out_cv_.wait(lk, [&] { return !writer_busy_; });
+    write_done_cv_.wait(lk, [&] { return !writer_busy_; });
     socket_.reset();
     out_buf_.clear();
   }

@@ -1,15 +1,16 @@
-# Throughput vs connections for bench/run.sh.
+# Throughput vs connections for bench/run.sh: /proxy GET (left) and POST 1 KiB (right).
 #   gnuplot -e "datafile='throughput.dat'; outfile='throughput.png'; subtitle='...'" bench/plot.gp
-# datafile columns: connections, / GET, /proxy GET, Go /proxy GET, /proxy POST 1 KiB (req/s).
+# datafile: two blocks (GET, then POST 1 KiB) separated by two blank lines; columns:
+# connections, provider, Rust provider (path mode), Rust provider (address mode), Go gateway (req/s).
 if (!exists("datafile") || !exists("outfile")) {
   print "plot.gp: set datafile and outfile with -e"
   exit status 2
 }
 if (!exists("subtitle")) subtitle = ""
 
-set terminal pngcairo size 960,600 enhanced font "sans,11"
+set terminal pngcairo size 1280,560 enhanced font "sans,11"
 set output outfile
-set title "wrpc-http-provider: throughput vs connections\n{/*0.8 ".subtitle."}"
+set multiplot layout 1,2 title "wrpc-http-provider against its anchors: /proxy throughput vs connections\n{/*0.8 ".subtitle."}"
 set xlabel "connections (wrk)"
 set ylabel "requests/s"
 set logscale x 2
@@ -21,7 +22,11 @@ set grid
 set key inside left top box opaque
 set datafile missing "-"
 
-plot datafile using 1:2 with linespoints lw 2 pt 7 title "/ GET (provider)", \
-     datafile using 1:3 with linespoints lw 2 pt 5 title "/proxy GET", \
-     datafile using 1:4 with linespoints lw 2 pt 9 dt 2 title "Go gateway /proxy GET", \
-     datafile using 1:5 with linespoints lw 2 pt 11 title "/proxy POST 1 KiB"
+do for [block = 0:1] {
+  set title (block == 0 ? "GET /proxy" : "POST 1 KiB /proxy")
+  plot datafile index block using 1:2 with linespoints lw 2 pt 7 title "provider (C++)", \
+       datafile index block using 1:3 with linespoints lw 2 pt 5 title "Rust provider, path mode", \
+       datafile index block using 1:4 with linespoints lw 2 pt 13 dt 3 title "Rust provider, address mode", \
+       datafile index block using 1:5 with linespoints lw 2 pt 9 dt 2 title "Go gateway (nats.go)"
+}
+unset multiplot

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the Go program in SOURCE_DIR (tests/interop: the nats.go peer of the interop tests;
-# bench/go-gateway: the comparison gateway of the benchmark) to OUTPUT_BINARY, offline, in
+# bench/go-gateway and bench/nats-probe: the benchmark's gateway and NATS probe) to OUTPUT_BINARY, offline, in
 # GOPATH mode against Debian's packaged Go sources
 # (apt-get install golang-go golang-github-nats-io-go-nats-dev).
 set -euo pipefail
