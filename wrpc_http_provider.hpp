@@ -909,6 +909,8 @@ private:
     InboxHandler handler;
     std::string prefix;  // the inbox subscription its replies come through
   };
+  // How long both connections keep the subscriptions after a lame duck move.
+  static constexpr std::chrono::milliseconds kInterestSettle{250};
   // A connection replaced after lame duck: read until its calls are answered.
   struct Retired {
     std::unique_ptr<detail::NatsSocket> socket;
@@ -2223,9 +2225,9 @@ inline bool Client::reconnect() {
 //   1. the lame duck thread opens a connection to another server (standby_);
 //   2. the reader thread adopts it between two reads: every subscription is sent there, the
 //      inbox under a new prefix, and publishing switches to it at once;
-//   3. the lame duck thread reads the retired connection, which keeps only the old inbox,
-//      until every call that registered an inbox on it has finished (or the server closes
-//      it: those calls then fail as on any lost connection), and closes it.
+//   3. the lame duck thread reads the retired connection, which soon keeps only the old
+//      inbox, until every call that registered an inbox on it has finished (or the server
+//      closes it: those calls then fail as on any lost connection), and closes it.
 
 // Reader thread, on INFO `ldm`.
 inline void Client::start_lame_duck() {
@@ -2321,13 +2323,16 @@ inline void Client::adopt_standby(detail::NatsParser &parser) {
 
 // Lame duck thread: reads the retired connection until the calls waiting on it are done.
 inline void Client::drain(Retired &old) {
-  // After the UNSUBs, a message to ourselves: when it is back, the server has ended those
-  // subscriptions and everything it sent for them before has been read.
+  // The subscriptions end on the old connection only once the cluster has had time to learn
+  // of them on the new one (servers spread interest asynchronously; until then they may
+  // still route a message to the old server only). After the UNSUBs, a message to
+  // ourselves: when it is back, the server has ended them and all it sent before is read.
+  auto unsubscribe_at = std::chrono::steady_clock::now() + kInterestSettle;
   std::string barrier = old.inbox_prefix + ".drained";
   std::string wire;
   for (auto sid : old.sids) wire += "UNSUB " + std::to_string(sid) + "\r\n";
   wire += "PUB " + barrier + " 0\r\n\r\n";
-  bool unsubscribed = false, ended = false;
+  bool unsubscribing = false, unsubscribed = false, ended = false;
   detail::NatsParser parser({[&](Message &m, uint64_t sid) {
                                if (m.subject == barrier) {
                                  unsubscribed = true;
@@ -2345,10 +2350,13 @@ inline void Client::drain(Retired &old) {
                              [] {}, [this](const std::string &e) { log(LogLevel::warn, "NATS server error: " + e); }});
   std::vector<char> buf(64 * 1024);
   try {
-    if (!old.socket->write_all(wire.data(), wire.size()))
-      throw Error(Error::Kind::disconnected, "connection closed by server");
     parser.feed(old.unparsed.data(), old.unparsed.size());
     while (!closing_ && !(unsubscribed && !inbox_in_use(old.inbox_prefix))) {
+      if (!unsubscribing && std::chrono::steady_clock::now() >= unsubscribe_at) {
+        unsubscribing = true;
+        if (!old.socket->write_all(wire.data(), wire.size()))
+          throw Error(Error::Kind::disconnected, "connection closed by server");
+      }
       if (!old.socket->wait_readable(std::chrono::milliseconds(20))) continue;
       size_t n = old.socket->read_some(buf.data(), buf.size());
       if (n > 0) parser.feed(buf.data(), n);
