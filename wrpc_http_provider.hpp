@@ -21,8 +21,7 @@
 //          return provider.run();
 //        }
 //
-//    wrpc_http::nats::Client        a small NATS client (pub/sub, request/reply, reconnect, TLS,
-//                                   cluster discovery and failover, lame duck moves)
+//    wrpc_http::nats::Client        a small NATS client (pub/sub, request/reply, reconnect, TLS)
 //    wrpc_http::wrpc::OutgoingCall  one `handle` invocation, client side
 //    wrpc_http::wrpc::Server        serves `handle` (the demo component is built on it)
 //
