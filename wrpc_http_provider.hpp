@@ -66,6 +66,10 @@
 #ifndef WRPC_HTTP_NATS_MAX_CONTROL_LINE
 #define WRPC_HTTP_NATS_MAX_CONTROL_LINE 4096
 #endif
+// Servers one client knows at most: the configured ones plus those a cluster announces.
+#ifndef WRPC_HTTP_NATS_MAX_SERVERS
+#define WRPC_HTTP_NATS_MAX_SERVERS 64
+#endif
 // Upper bound for one head value (request params, response result, trailers), and for any
 // single string or list length declared inside one. A hostile length above it is an error at
 // once instead of a wait for bytes that will never come.
@@ -808,10 +812,17 @@ inline std::string xkey_open(const std::string &sealed,
 // since its last write into one send), one wildcard inbox subscription for
 // all request/reply traffic, reconnect with jittered backoff. TLS (tls:// URLs or
 // servers that require it) with WRPC_HTTP_OPENSSL_SUPPORT.
+//
+// Clusters: the servers a cluster announces in INFO `connect_urls` join the configured
+// ones (with their scheme and credentials); a lost connection fails over to the next
+// server. A server entering lame duck mode (INFO `ldm`) is left in the background: a
+// second connection takes the subscriptions and new traffic, while the old one stays
+// open until the calls that started on it have their answers.
 
 namespace wrpc_http {
 namespace detail {
 class NatsSocket;
+class NatsParser;
 }
 namespace nats {
 
@@ -846,9 +857,13 @@ enum class LogLevel { trace, debug, info, warn, error };
 using LogSink = std::function<void(LogLevel, const std::string &)>;
 
 struct Options {
-  // One URL or a comma-separated list, tried in order: nats://[user:pass@|token@]host[:port];
-  // tls://... asks for TLS (needs WRPC_HTTP_OPENSSL_SUPPORT).
+  // One URL or a comma-separated list: nats://[user:pass@|token@]host[:port]; tls://...
+  // asks for TLS (needs WRPC_HTTP_OPENSSL_SUPPORT). Servers learned from a cluster get the
+  // scheme and credentials of the first URL.
   std::string url = "nats://127.0.0.1:4222";
+  // Servers are tried in random order (spreading clients over a cluster); true keeps the
+  // configured order, with learned servers after them.
+  bool no_randomize = false;
   std::string name = "wrpc-http-provider";
   // JWT/nkey auth: with a seed, the server's nonce is signed (needs WRPC_HTTP_OPENSSL_SUPPORT);
   // with a JWT too, the JWT is sent, otherwise the seed's public nkey.
@@ -915,6 +930,10 @@ public:
   void close();
 
   bool connected() const { return connected_.load(); }
+  // `host:port` of the server in use ("" before connect()).
+  std::string connected_server() const;
+  // `host:port` of every known server, configured and learned, in the order they are tried.
+  std::vector<std::string> known_servers() const;
   size_t max_payload() const { return max_payload_.load(); }
   Batch batch() const { return Batch(max_payload()); }
 
@@ -944,15 +963,46 @@ private:
     MessageHandler handler;
     unsigned max_messages = 0, received = 0;
   };
+  struct KnownServer {
+    std::string url;      // with scheme and credentials
+    std::string address;  // host:port, the server's identity in the pool
+    bool learned = false; // from INFO connect_urls (dropped when the cluster stops announcing it)
+  };
+  struct Inbox {
+    InboxHandler handler;
+    std::string prefix;  // the inbox subscription its replies come through
+  };
+  // How long both connections keep the subscriptions after a lame duck move.
+  static constexpr std::chrono::milliseconds kInterestSettle{250};
+  // A connection replaced after lame duck: read until its calls are answered.
+  struct Retired {
+    std::unique_ptr<detail::NatsSocket> socket;
+    std::string unparsed;            // bytes the reader had not parsed yet
+    std::string inbox_prefix;
+    std::vector<uint64_t> sids;      // subscriptions to end on it (all but the inbox)
+  };
 
-  // Socket (TLS when asked for) + INFO/CONNECT handshake; returns the connection or throws.
-  std::unique_ptr<detail::NatsSocket> open_connection();
+  // Socket (TLS when asked for) + INFO/CONNECT handshake with `url`; returns the
+  // connection or throws.
+  std::unique_ptr<detail::NatsSocket> open_connection(const std::string &url);
   void reader_loop();
   void writer_loop();
   bool reconnect();
   void lost_connection(const std::string &why);
-  // Applies an INFO (max_payload, nonce) and returns it parsed.
+  // Applies an INFO (max_payload, connect_urls) and returns it parsed.
   nlohmann::json handle_info(const std::string &json);
+  void learn_servers(const nlohmann::json &connect_urls);
+  // The server after `address` in the pool (the first when `address` is not in it).
+  KnownServer next_server(const std::string &address) const;
+  std::string subscribe_wire(uint64_t sid, const Subscription &sub) const;
+  // Lame duck: opens a connection to another server, hands it to the reader thread, then
+  // drains the connection it replaced.
+  void start_lame_duck();
+  void run_lame_duck(const std::string &from);
+  void adopt_standby(detail::NatsParser &parser);
+  void drain(Retired &old);
+  bool inbox_in_use(const std::string &prefix);
+  void notify_lost(const std::string &prefix);
   void dispatch(Message &msg, uint64_t sid);
   void dispatch_inbox(Message &msg);
   void enqueue(std::string &&wire);
@@ -962,9 +1012,11 @@ private:
   }
 
   Options opts_;
-  std::vector<std::string> urls_;
-  size_t url_index_ = 0;
-  std::string inbox_prefix_;  // `_INBOX.<random>`
+  std::string credentials_url_;  // scheme and credentials given to learned servers
+  mutable std::mutex pool_mu_;
+  std::vector<KnownServer> pool_;
+  std::string current_address_;
+  std::string inbox_prefix_;  // `_INBOX.<random>`, under inbox_mu_; a new one after lame duck
 
   // Owned by the reader thread (replaced on reconnect under out_mu_); the writer uses it
   // while connected_, and lost_connection() waits for the writer before destroying it.
@@ -973,9 +1025,21 @@ private:
   std::atomic<bool> closing_{false};
   std::mutex close_mu_;
   std::atomic<size_t> max_payload_{1024 * 1024};
-  std::string nonce_;
 
   std::thread reader_, writer_;
+  // Subscription handlers run one at a time, also while a retired connection is drained.
+  std::mutex dispatch_mu_;
+
+  // Lame duck. The thread runs once per lame duck notice; standby_ is its new connection
+  // until the reader thread adopts it and hands back the retired one.
+  std::thread lame_duck_;
+  std::atomic<bool> lame_duck_running_{false};
+  std::mutex standby_mu_;
+  std::condition_variable standby_cv_;
+  std::unique_ptr<detail::NatsSocket> standby_;
+  std::string standby_address_;
+  std::atomic<bool> standby_ready_{false};
+  std::optional<Retired> retired_;
 
   std::mutex out_mu_;
   // The writer thread is woken only when a write ends with more gathered behind it (or on
@@ -993,7 +1057,7 @@ private:
   uint64_t inbox_sid_ = 0;
 
   std::mutex inbox_mu_;
-  std::unordered_map<std::string, std::shared_ptr<InboxHandler>> inboxes_;
+  std::unordered_map<std::string, std::shared_ptr<Inbox>> inboxes_;
   std::atomic<uint64_t> next_token_{1};
 
   std::mutex pong_mu_;
@@ -1059,6 +1123,23 @@ inline NatsUrl parse_nats_url(const std::string &url) {
   return out;
 }
 
+// `host:port` (`[v6]:port`): a server's identity, whatever its URL's scheme or credentials.
+inline std::string server_address(const NatsUrl &url) {
+  bool v6 = url.host.find(':') != std::string::npos;
+  return (v6 ? "[" + url.host + "]" : url.host) + ":" + url.port;
+}
+
+// The URL of a server learned from a cluster's INFO (`host:port`): the scheme and
+// credentials of a configured URL, so that TLS and auth apply to every member.
+inline std::string learned_server_url(const std::string &configured, const std::string &address) {
+  auto scheme_end = configured.find("://");
+  std::string scheme = scheme_end == std::string::npos ? "nats" : configured.substr(0, scheme_end);
+  std::string rest = scheme_end == std::string::npos ? configured : configured.substr(scheme_end + 3);
+  rest = rest.substr(0, rest.find('/'));
+  auto at = rest.rfind('@');
+  return scheme + "://" + (at == std::string::npos ? "" : rest.substr(0, at + 1)) + address;
+}
+
 inline std::vector<std::string> split(const std::string &s, char sep) {
   std::vector<std::string> parts;
   size_t start = 0;
@@ -1079,6 +1160,10 @@ inline std::string random_token(size_t length) {
   for (auto &c : out) c = alphabet[pick(rng)];
   return out;
 }
+
+// A connection's inbox prefix, `_INBOX.<random>`: all prefixes have the same length.
+constexpr size_t kInboxRandomLength = 22;
+inline std::string new_inbox_prefix() { return "_INBOX." + random_token(kInboxRandomLength); }
 
 // A NATS subject (for publishing) must be non-empty tokens separated by dots, without
 // whitespace; wildcards are only for subscriptions.
@@ -1435,7 +1520,13 @@ public:
   void reset() {
     buf_.clear();
     pos_ = 0;
-    pending_ = false;
+  }
+
+  // The bytes not parsed yet (a partial operation), for another parser to continue with.
+  std::string take_unparsed() {
+    std::string rest = buf_.substr(pos_);
+    reset();
+    return rest;
   }
 
 private:
@@ -1451,15 +1542,16 @@ private:
     return std::stoull(s);
   }
 
-  // Returns true when an operation was consumed and another may follow.
+  // Returns true when an operation was consumed and another may follow. A message is
+  // consumed whole: until its payload is complete its control line stays unparsed.
   bool step() {
-    if (pending_) return take_payload();
     auto eol = buf_.find("\r\n", pos_);
     if (eol == std::string::npos) {
       if (buf_.size() - pos_ > kMaxControlLine) fail("control line too long");
       return false;
     }
     std::string line = buf_.substr(pos_, eol - pos_);
+    size_t line_start = pos_;
     pos_ = eol + 2;
     auto space = line.find_first_of(" \t");
     std::string op = line.substr(0, space);
@@ -1469,7 +1561,12 @@ private:
     std::string args = args_start == std::string::npos ? "" : line.substr(args_start);
     if (op == "MSG" || op == "HMSG") {
       start_message(op == "HMSG", args);
-      return take_payload();
+      if (buf_.size() - pos_ < total_ + 2) {
+        pos_ = line_start;
+        return false;
+      }
+      take_payload();
+      return true;
     }
     if (op == "PING") {
       ev_.ping();
@@ -1505,18 +1602,15 @@ private:
     if (total_ > WRPC_HTTP_NATS_MAX_MESSAGE_BYTES) fail("message larger than WRPC_HTTP_NATS_MAX_MESSAGE_BYTES");
     header_size_ = with_headers ? parse_size(fields[fields.size() - 2]) : 0;
     if (header_size_ > total_) fail("header size larger than message");
-    pending_ = true;
   }
 
-  bool take_payload() {
-    if (buf_.size() - pos_ < total_ + 2) return false;
+  // With the whole payload in buf_.
+  void take_payload() {
     if (buf_.compare(pos_ + total_, 2, "\r\n") != 0) fail("message not terminated by CRLF");
     if (header_size_ > 0) parse_headers(buf_.data() + pos_, header_size_);
     msg_.data.assign(buf_, pos_ + header_size_, total_ - header_size_);
     pos_ += total_ + 2;
-    pending_ = false;
     ev_.msg(msg_, sid_);
-    return true;
   }
 
   // `NATS/1.0[ status[ text]]\r\n(Name: value\r\n)*\r\n`
@@ -1553,7 +1647,6 @@ private:
   Events ev_;
   std::string buf_;
   size_t pos_ = 0;
-  bool pending_ = false;
   nats::Message msg_;
   uint64_t sid_ = 0;
   size_t total_ = 0, header_size_ = 0;
@@ -1601,21 +1694,52 @@ inline void Batch::publish(const std::string &subject, const char *data, size_t 
 
 inline Client::Client(Options options) : opts_(std::move(options)) {
   for (auto &u : detail::split(opts_.url.empty() ? "nats://127.0.0.1:4222" : opts_.url, ',')) {
-    if (!u.empty()) urls_.push_back(u);
+    if (u.empty()) continue;
+    auto address = detail::server_address(detail::parse_nats_url(u));  // rejects bad URLs up front
+    bool known = std::any_of(pool_.begin(), pool_.end(), [&](const KnownServer &k) { return k.address == address; });
+    if (!known) pool_.push_back({u, address, false});
   }
-  for (auto &u : urls_) detail::parse_nats_url(u);  // reject bad URLs up front
-  inbox_prefix_ = "_INBOX." + detail::random_token(22);
+  if (pool_.empty()) throw Error(Error::Kind::connect, "no NATS server URL");
+  if (pool_.size() > WRPC_HTTP_NATS_MAX_SERVERS)
+    throw Error(Error::Kind::connect, "more than WRPC_HTTP_NATS_MAX_SERVERS NATS server URLs");
+  credentials_url_ = pool_.front().url;
+  if (!opts_.no_randomize) std::shuffle(pool_.begin(), pool_.end(), std::mt19937_64{std::random_device{}()});
+  inbox_prefix_ = detail::new_inbox_prefix();
 }
 
 inline Client::~Client() { close(); }
 
+inline std::string Client::connected_server() const {
+  std::lock_guard<std::mutex> lk(pool_mu_);
+  return current_address_;
+}
+
+inline std::vector<std::string> Client::known_servers() const {
+  std::lock_guard<std::mutex> lk(pool_mu_);
+  std::vector<std::string> out;
+  for (auto &k : pool_) out.push_back(k.address);
+  return out;
+}
+
+inline Client::KnownServer Client::next_server(const std::string &address) const {
+  std::lock_guard<std::mutex> lk(pool_mu_);
+  auto it = std::find_if(pool_.begin(), pool_.end(), [&](const KnownServer &k) { return k.address == address; });
+  return it == pool_.end() || std::next(it) == pool_.end() ? pool_.front() : *std::next(it);
+}
+
 inline void Client::connect() {
   if (reader_.joinable()) throw Error(Error::Kind::connect, "already connected");
+  std::vector<KnownServer> servers;
+  {
+    std::lock_guard<std::mutex> lk(pool_mu_);
+    servers = pool_;
+  }
   std::string errors;
-  for (size_t i = 0; i < urls_.size(); ++i) {
-    url_index_ = i;
+  for (auto &server : servers) {  // the first INFO may add servers: they count from the next failure on
     try {
-      socket_ = open_connection();
+      socket_ = open_connection(server.url);
+      std::lock_guard<std::mutex> lk(pool_mu_);
+      current_address_ = server.address;
       errors.clear();
       break;
     } catch (const Error &e) {
@@ -1628,8 +1752,7 @@ inline void Client::connect() {
     inbox_sid_ = next_sid_++;
     auto sub = std::make_shared<Subscription>();
     sub->subject = inbox_prefix_ + ".>";
-    sub->handler = [this](Message &m) { dispatch_inbox(m); };
-    subs_[inbox_sid_] = sub;
+    subs_[inbox_sid_] = sub;  // dispatch() routes it to dispatch_inbox()
     std::string wire = "SUB " + sub->subject + " " + std::to_string(inbox_sid_) + "\r\n";
     if (!socket_->write_all(wire.data(), wire.size()))
       throw Error(Error::Kind::connect, "connection lost while subscribing");
@@ -1639,11 +1762,11 @@ inline void Client::connect() {
   reader_ = std::thread([this] { reader_loop(); });
 }
 
-// Opens the socket to urls_[url_index_], reads INFO (always in plain text), switches to
-// TLS when the URL or the server asks for it, sends CONNECT and waits for the server to
+// Opens the socket to `server_url`, reads INFO (always in plain text), switches to TLS
+// when the URL or the server asks for it, sends CONNECT and waits for the server to
 // accept it (PONG) or refuse it (-ERR). Returns the handshaken connection.
-inline std::unique_ptr<detail::NatsSocket> Client::open_connection() {
-  auto url = detail::parse_nats_url(urls_[url_index_]);
+inline std::unique_ptr<detail::NatsSocket> Client::open_connection(const std::string &server_url) {
+  auto url = detail::parse_nats_url(server_url);
   auto socket = std::make_unique<detail::NatsSocket>(detail::tcp_connect(url.host, url.port, opts_.connect_timeout));
   auto fail = [&](const std::string &why) {
     throw Error(Error::Kind::connect, "NATS handshake with " + url.host + ":" + url.port + " failed: " + why);
@@ -1702,7 +1825,7 @@ inline std::unique_ptr<detail::NatsSocket> Client::open_connection() {
   if (!url.token.empty()) connect_json["auth_token"] = url.token;
   if (!opts_.user_seed.empty()) {
 #ifdef WRPC_HTTP_OPENSSL_SUPPORT
-    connect_json["sig"] = detail::nkeys::sign_nonce(opts_.user_seed, nonce_);
+    connect_json["sig"] = detail::nkeys::sign_nonce(opts_.user_seed, info.value("nonce", std::string()));
     if (!opts_.user_jwt.empty()) {
       connect_json["jwt"] = opts_.user_jwt;
     } else {
@@ -1720,15 +1843,53 @@ inline std::unique_ptr<detail::NatsSocket> Client::open_connection() {
 }
 
 inline nlohmann::json Client::handle_info(const std::string &json) {
+  nlohmann::json info;
   try {
-    auto info = nlohmann::json::parse(json);
+    info = nlohmann::json::parse(json);
+    if (!info.is_object()) throw Error(Error::Kind::protocol, "bad INFO from server: not an object");
     if (info.contains("max_payload") && info["max_payload"].is_number_unsigned())
       max_payload_ = info["max_payload"].get<size_t>();
-    nonce_ = info.value("nonce", std::string());
-    return info;
   } catch (const nlohmann::json::exception &e) {
     throw Error(Error::Kind::protocol, std::string("bad INFO from server: ") + e.what());
   }
+  if (info.contains("connect_urls")) learn_servers(info["connect_urls"]);
+  return info;
+}
+
+// The cluster's client URLs (`host:port` strings) join the pool; learned servers the
+// cluster no longer announces (gone, or in lame duck mode) leave it. Configured ones stay.
+inline void Client::learn_servers(const nlohmann::json &connect_urls) {
+  if (!connect_urls.is_array()) return log(LogLevel::warn, "INFO connect_urls is not an array: ignored");
+  std::vector<KnownServer> announced;
+  for (auto &entry : connect_urls) {
+    try {
+      if (!entry.is_string()) throw Error(Error::Kind::protocol, "not a string");
+      auto text = entry.get<std::string>();
+      if (text.empty() || text.size() > 256 || text.find_first_of("/@, ") != std::string::npos)
+        throw Error(Error::Kind::protocol, "not host:port");
+      auto url = detail::learned_server_url(credentials_url_, text);
+      announced.push_back({url, detail::server_address(detail::parse_nats_url(url)), true});
+    } catch (const Error &e) {
+      log(LogLevel::warn, std::string("INFO connect_urls entry ignored: ") + e.what());
+    }
+  }
+  std::lock_guard<std::mutex> lk(pool_mu_);
+  auto announced_address = [&](const std::string &address) {
+    return std::any_of(announced.begin(), announced.end(), [&](const KnownServer &k) { return k.address == address; });
+  };
+  pool_.erase(std::remove_if(pool_.begin(), pool_.end(),
+                             [&](const KnownServer &k) {
+                               return k.learned && k.address != current_address_ && !announced_address(k.address);
+                             }),
+              pool_.end());
+  std::vector<KnownServer> added;
+  for (auto &a : announced) {
+    bool known = std::any_of(pool_.begin(), pool_.end(), [&](const KnownServer &k) { return k.address == a.address; });
+    bool twice = std::any_of(added.begin(), added.end(), [&](const KnownServer &k) { return k.address == a.address; });
+    if (!known && !twice && pool_.size() + added.size() < WRPC_HTTP_NATS_MAX_SERVERS) added.push_back(a);
+  }
+  if (!opts_.no_randomize) std::shuffle(added.begin(), added.end(), std::mt19937_64{std::random_device{}()});
+  pool_.insert(pool_.end(), added.begin(), added.end());
 }
 
 inline void Client::close() {
@@ -1758,21 +1919,27 @@ inline void Client::close() {
   out_cv_.notify_all();
   space_cv_.notify_all();
   pong_cv_.notify_all();
+  {
+    std::lock_guard<std::mutex> lk(standby_mu_);  // so that the lame duck thread sees closing_
+  }
+  standby_cv_.notify_all();
   if (reader_.joinable()) reader_.join();
   if (writer_.joinable()) writer_.join();
+  if (lame_duck_.joinable()) lame_duck_.join();
   {
     // A publisher may still be in write_pending() with the socket: let it fail out first.
     std::unique_lock<std::mutex> lk(out_mu_);
     write_done_cv_.wait(lk, [&] { return !writer_busy_; });
   }
   socket_.reset();
-  std::unordered_map<std::string, std::shared_ptr<InboxHandler>> orphans;
+  standby_.reset();
+  std::unordered_map<std::string, std::shared_ptr<Inbox>> orphans;
   {
     std::lock_guard<std::mutex> lk(inbox_mu_);
     orphans.swap(inboxes_);
   }
   for (auto &o : orphans)
-    if (o.second->on_disconnected) o.second->on_disconnected();
+    if (o.second->handler.on_disconnected) o.second->handler.on_disconnected();
 }
 
 inline void Client::enqueue(std::string &&wire) {
@@ -1880,7 +2047,7 @@ inline std::string Client::next_inbox_token() {
 
 inline std::string Client::register_inbox(const std::string &token, InboxHandler handler) {
   std::lock_guard<std::mutex> lk(inbox_mu_);
-  inboxes_[token] = std::make_shared<InboxHandler>(std::move(handler));
+  inboxes_[token] = std::make_shared<Inbox>(Inbox{std::move(handler), inbox_prefix_});
   return inbox_prefix_ + "." + token;
 }
 
@@ -1944,6 +2111,8 @@ inline void Client::flush(std::chrono::milliseconds timeout) {
 }
 
 inline void Client::dispatch(Message &msg, uint64_t sid) {
+  if (sid == inbox_sid_) return dispatch_inbox(msg);  // call state has its own locks
+  std::lock_guard<std::mutex> one_at_a_time(dispatch_mu_);
   std::shared_ptr<Subscription> sub;
   {
     std::lock_guard<std::mutex> lk(subs_mu_);
@@ -1961,24 +2130,28 @@ inline void Client::dispatch(Message &msg, uint64_t sid) {
 
 inline void Client::dispatch_inbox(Message &msg) {
   // `_INBOX.<random>.<token>[.<suffix>]`
-  size_t token_start = inbox_prefix_.size() + 1;
+  size_t token_start = std::strlen("_INBOX.") + detail::kInboxRandomLength + 1;
   if (msg.subject.size() <= token_start) return;
   size_t token_end = msg.subject.find('.', token_start);
   std::string token = msg.subject.substr(token_start, token_end - token_start);
   std::string suffix = token_end == std::string::npos ? "" : msg.subject.substr(token_end);
-  std::shared_ptr<InboxHandler> handler;
+  std::shared_ptr<Inbox> inbox;
   {
     std::lock_guard<std::mutex> lk(inbox_mu_);
     auto it = inboxes_.find(token);
     if (it == inboxes_.end()) return;  // late reply for a finished call: dropped
-    handler = it->second;
+    inbox = it->second;
   }
-  handler->on_message(suffix, msg);
+  if (msg.subject.compare(0, inbox->prefix.size(), inbox->prefix) != 0) return;  // not this call's inbox
+  inbox->handler.on_message(suffix, msg);
 }
 
 inline void Client::reader_loop() {
   detail::NatsParser parser({[this](Message &m, uint64_t sid) { dispatch(m, sid); },
-                             [this](const std::string &j) { handle_info(j); },
+                             [this](const std::string &j) {
+                               auto info = handle_info(j);
+                               if (info.value("ldm", false) == true) start_lame_duck();
+                             },
                              [this] {
                                try {
                                  enqueue("PONG\r\n");
@@ -1996,6 +2169,7 @@ inline void Client::reader_loop() {
   std::vector<char> buf(64 * 1024);
   auto last_ping = std::chrono::steady_clock::now();
   while (!closing_) {
+    if (standby_ready_) adopt_standby(parser);
     std::string lost_reason;
     try {
       size_t n = socket_->read_within(buf.data(), buf.size(), std::chrono::milliseconds(250));
@@ -2026,9 +2200,9 @@ inline void Client::reader_loop() {
 }
 
 // Marks the connection down, drops unsent bytes (they belonged to calls that now fail) and
-// tells every waiting inbox, so that no caller waits for a reply that cannot come.
+// tells every inbox waiting on it, so that no caller waits for a reply that cannot come.
 inline void Client::lost_connection(const std::string &why) {
-  log(LogLevel::warn, "NATS connection lost: " + why);
+  log(LogLevel::warn, "NATS connection to " + connected_server() + " lost: " + why);
   {
     std::unique_lock<std::mutex> lk(out_mu_);
     connected_ = false;
@@ -2040,21 +2214,50 @@ inline void Client::lost_connection(const std::string &why) {
   space_cv_.notify_all();
   pong_cv_.notify_all();
   pings_out_ = 0;
-  std::vector<std::shared_ptr<InboxHandler>> waiting;
+  {
+    // A lame duck move under way was for the connection that is gone.
+    std::lock_guard<std::mutex> lk(standby_mu_);
+    standby_.reset();
+    standby_ready_ = false;
+  }
+  standby_cv_.notify_all();
+  std::string prefix;
   {
     std::lock_guard<std::mutex> lk(inbox_mu_);
-    for (auto &i : inboxes_) waiting.push_back(i.second);
+    prefix = inbox_prefix_;
   }
-  for (auto &w : waiting)
-    if (w->on_disconnected) w->on_disconnected();
+  notify_lost(prefix);
   if (opts_.on_disconnected) opts_.on_disconnected();
 }
 
+// Tells the inboxes whose replies come through `prefix` that nothing more will come.
+inline void Client::notify_lost(const std::string &prefix) {
+  std::vector<std::shared_ptr<Inbox>> waiting;
+  {
+    std::lock_guard<std::mutex> lk(inbox_mu_);
+    for (auto &i : inboxes_)
+      if (i.second->prefix == prefix) waiting.push_back(i.second);
+  }
+  for (auto &w : waiting)
+    if (w->handler.on_disconnected) w->handler.on_disconnected();
+}
+
+inline bool Client::inbox_in_use(const std::string &prefix) {
+  std::lock_guard<std::mutex> lk(inbox_mu_);
+  return std::any_of(inboxes_.begin(), inboxes_.end(), [&](auto &i) { return i.second->prefix == prefix; });
+}
+
+inline std::string Client::subscribe_wire(uint64_t sid, const Subscription &sub) const {
+  return "SUB " + sub.subject + (sub.queue.empty() ? "" : " " + sub.queue) + " " + std::to_string(sid) + "\r\n";
+}
+
 // Retries with exponential backoff and jitter until connected, close() or the attempt
-// limit. Restores every subscription before publishers may write again.
+// limit, each attempt with the next server of the pool (the lost one last). Restores every
+// subscription before publishers may write again.
 inline bool Client::reconnect() {
   std::mt19937_64 rng{std::random_device{}()};
   auto wait = opts_.reconnect_wait_min;
+  std::string last_tried = connected_server();
   for (int attempt = 1; !closing_; ++attempt) {
     if (opts_.max_reconnect_attempts >= 0 && attempt > opts_.max_reconnect_attempts) {
       log(LogLevel::error, "giving up reconnecting to NATS");
@@ -2067,10 +2270,11 @@ inline bool Client::reconnect() {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     if (closing_) return false;
     wait = std::min(wait * 2, opts_.reconnect_wait_max);
-    url_index_ = (url_index_ + (attempt > 1 ? 1 : 0)) % urls_.size();
+    auto server = next_server(last_tried);
+    last_tried = server.address;
     std::unique_ptr<detail::NatsSocket> socket;
     try {
-      socket = open_connection();
+      socket = open_connection(server.url);
     } catch (const Error &e) {
       log(LogLevel::debug, std::string("reconnect attempt ") + std::to_string(attempt) + ": " + e.what());
       continue;
@@ -2080,19 +2284,172 @@ inline bool Client::reconnect() {
       // this list or waits and then sends its own SUB on the new connection.
       std::lock_guard<std::mutex> subs_lock(subs_mu_);
       std::string wire;
-      for (auto &s : subs_)
-        wire += "SUB " + s.second->subject + (s.second->queue.empty() ? "" : " " + s.second->queue) + " " +
-                std::to_string(s.first) + "\r\n";
+      for (auto &s : subs_) wire += subscribe_wire(s.first, *s.second);
       if (!socket->write_all(wire.data(), wire.size())) continue;
       std::lock_guard<std::mutex> lk(out_mu_);
       socket_ = std::move(socket);
       connected_ = true;
     }
-    log(LogLevel::info, "NATS reconnected after " + std::to_string(attempt) + " attempt(s)");
+    {
+      std::lock_guard<std::mutex> lk(pool_mu_);
+      current_address_ = server.address;
+    }
+    log(LogLevel::info, "NATS reconnected to " + server.address + " after " + std::to_string(attempt) + " attempt(s)");
     if (opts_.on_reconnected) opts_.on_reconnected();
     return true;
   }
   return false;
+}
+
+// ---- lame duck ----
+//
+// A server in lame duck mode announces it (INFO `ldm`), stops accepting connections and
+// later closes its clients. The move to another server happens in the background:
+//   1. the lame duck thread opens a connection to another server (standby_);
+//   2. the reader thread adopts it between two reads: every subscription is sent there, the
+//      inbox under a new prefix, and publishing switches to it at once;
+//   3. the lame duck thread reads the retired connection, which soon keeps only the old
+//      inbox, until every call that registered an inbox on it has finished (or the server
+//      closes it: those calls then fail as on any lost connection), and closes it.
+
+// Reader thread, on INFO `ldm`.
+inline void Client::start_lame_duck() {
+  if (lame_duck_running_.exchange(true)) return;  // one move at a time
+  if (lame_duck_.joinable()) lame_duck_.join();   // the previous move, finished
+  std::string from = connected_server();
+  log(LogLevel::info, "NATS server " + from + " entered lame duck mode: moving to another server");
+  lame_duck_ = std::thread([this, from] {
+    run_lame_duck(from);
+    lame_duck_running_ = false;
+  });
+}
+
+inline void Client::run_lame_duck(const std::string &from) {
+  std::vector<KnownServer> others;
+  {
+    std::lock_guard<std::mutex> lk(pool_mu_);
+    for (auto &k : pool_)
+      if (k.address != from) others.push_back(k);
+  }
+  std::unique_ptr<detail::NatsSocket> socket;
+  std::string address;
+  for (auto &server : others) {
+    if (closing_) return;
+    try {
+      socket = open_connection(server.url);
+      address = server.address;
+      break;
+    } catch (const Error &e) {
+      log(LogLevel::debug, std::string("lame duck: ") + e.what());
+    }
+  }
+  if (!socket)
+    return log(LogLevel::warn, "NATS server " + from + " is in lame duck mode and no other server answers: "
+                                   "staying until it closes the connection");
+  std::unique_lock<std::mutex> lk(standby_mu_);
+  if (closing_) return;
+  standby_ = std::move(socket);
+  standby_address_ = address;
+  standby_ready_ = true;
+  standby_cv_.wait(lk, [&] { return closing_ || retired_ || !standby_ready_; });
+  if (!retired_) return;  // closing, or the old connection was lost first (then reconnect() took over)
+  Retired old = std::move(*retired_);
+  retired_.reset();
+  lk.unlock();
+  drain(old);
+}
+
+// Reader thread: switches to the standby connection.
+inline void Client::adopt_standby(detail::NatsParser &parser) {
+  std::unique_lock<std::mutex> standby_lock(standby_mu_);
+  if (!standby_ready_) return;
+  standby_ready_ = false;
+  auto socket = std::move(standby_);
+  Retired old;
+  auto prefix = detail::new_inbox_prefix();
+  {
+    std::lock_guard<std::mutex> subs_lock(subs_mu_);
+    std::string wire;
+    for (auto &s : subs_) {
+      if (s.first == inbox_sid_) {
+        s.second->subject = prefix + ".>";
+      } else {
+        old.sids.push_back(s.first);
+      }
+      wire += subscribe_wire(s.first, *s.second);
+    }
+    if (!socket->write_all(wire.data(), wire.size())) {
+      subs_[inbox_sid_]->subject = inbox_prefix_ + ".>";  // reader thread: nobody else changes it
+      standby_cv_.notify_all();
+      return log(LogLevel::warn, "lame duck: the new connection broke at once; staying");
+    }
+    {
+      std::lock_guard<std::mutex> lk(inbox_mu_);
+      old.inbox_prefix = inbox_prefix_;
+      inbox_prefix_ = prefix;
+    }
+    std::unique_lock<std::mutex> lk(out_mu_);
+    out_cv_.wait(lk, [&] { return !writer_busy_; });
+    old.socket = std::move(socket_);
+    socket_ = std::move(socket);
+  }
+  old.unparsed = parser.take_unparsed();
+  pings_out_ = 0;
+  {
+    std::lock_guard<std::mutex> lk(pool_mu_);
+    current_address_ = standby_address_;
+  }
+  log(LogLevel::info, "NATS moved to " + standby_address_ + " (lame duck)");
+  retired_ = std::move(old);
+  standby_cv_.notify_all();
+}
+
+// Lame duck thread: reads the retired connection until the calls waiting on it are done.
+inline void Client::drain(Retired &old) {
+  // The subscriptions end on the old connection only once the cluster has had time to learn
+  // of them on the new one (servers spread interest asynchronously; until then they may
+  // still route a message to the old server only). After the UNSUBs, a message to
+  // ourselves: when it is back, the server has ended them and all it sent before is read.
+  auto unsubscribe_at = std::chrono::steady_clock::now() + kInterestSettle;
+  std::string barrier = old.inbox_prefix + ".drained";
+  std::string wire;
+  for (auto sid : old.sids) wire += "UNSUB " + std::to_string(sid) + "\r\n";
+  wire += "PUB " + barrier + " 0\r\n\r\n";
+  bool unsubscribing = false, unsubscribed = false, ended = false;
+  detail::NatsParser parser({[&](Message &m, uint64_t sid) {
+                               if (m.subject == barrier) {
+                                 unsubscribed = true;
+                               } else {
+                                 dispatch(m, sid);
+                               }
+                             },
+                             [this](const std::string &j) { handle_info(j); },
+                             [&] { old.socket->write_all("PONG\r\n", 6); },
+                             [this] {  // answers a flush() or keep-alive PING sent before the move
+                               std::lock_guard<std::mutex> lk(pong_mu_);
+                               ++pongs_received_;
+                               pong_cv_.notify_all();
+                             },
+                             [] {}, [this](const std::string &e) { log(LogLevel::warn, "NATS server error: " + e); }});
+  std::vector<char> buf(64 * 1024);
+  try {
+    parser.feed(old.unparsed.data(), old.unparsed.size());
+    while (!closing_ && !(unsubscribed && !inbox_in_use(old.inbox_prefix))) {
+      if (!unsubscribing && std::chrono::steady_clock::now() >= unsubscribe_at) {
+        unsubscribing = true;
+        if (!old.socket->write_all(wire.data(), wire.size()))
+          throw Error(Error::Kind::disconnected, "connection closed by server");
+      }
+      if (!old.socket->wait_readable(std::chrono::milliseconds(20))) continue;
+      size_t n = old.socket->read_some(buf.data(), buf.size());
+      if (n > 0) parser.feed(buf.data(), n);
+    }
+  } catch (const Error &e) {
+    ended = true;
+    log(LogLevel::debug, std::string("lame duck connection ended: ") + e.what());
+  }
+  if (ended) notify_lost(old.inbox_prefix);
+  old.socket.reset();
 }
 
 }  // namespace nats

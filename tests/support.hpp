@@ -456,4 +456,127 @@ inline std::string build_path(const std::string &name) {
   return std::string(dir && *dir ? dir : "build") + "/" + name;
 }
 
+// A nats-server started from a config file, on fixed ports so that it can be restarted in
+// place. `monitor_port` serves /routez and /leafz (readiness of routes and leaf nodes).
+class ConfiguredNatsServer {
+public:
+  ConfiguredNatsServer(std::string config_path, int port, int monitor_port)
+      : config_(std::move(config_path)), port_(port), monitor_port_(monitor_port) {
+    start();
+  }
+  void start() {
+    proc_.reset(new Process({"nats-server", "-c", config_}, "", true, "/dev/null"));
+    if (!wait_for_port(port_)) throw std::runtime_error("nats-server did not start on port " + std::to_string(port_));
+  }
+  // A crash: SIGKILL, no goodbye to clients or routes.
+  void kill() {
+    if (!proc_) return;
+    proc_->signal(SIGKILL);
+    proc_->wait(std::chrono::milliseconds(3000));
+    proc_.reset();
+  }
+  bool running() { return proc_ && proc_->running(); }
+  pid_t pid() const { return proc_ ? proc_->pid() : -1; }
+  int port() const { return port_; }
+  int monitor_port() const { return monitor_port_; }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  std::string url() const { return "nats://" + address(); }
+
+private:
+  std::string config_;
+  int port_, monitor_port_;
+  std::unique_ptr<Process> proc_;
+};
+
+// Listen, monitoring and lame duck lines shared by every node's config.
+inline std::string nats_node_config(const std::string &name, int port, int monitor_port) {
+  return "server_name: " + name + "\nlisten: 127.0.0.1:" + std::to_string(port) +
+         "\nhttp: 127.0.0.1:" + std::to_string(monitor_port) +
+         // The shortest lame duck duration nats-server accepts; clients are evicted after the grace period.
+         "\nlame_duck_duration: \"30s\"\nlame_duck_grace_period: \"1s\"\n";
+}
+
+// Three nats-server nodes on loopback, each with routes to the other two (a full mesh).
+// `extra_config` is added to every node (e.g. an authorization block).
+class NatsCluster {
+public:
+  explicit NatsCluster(const std::string &extra_config = "") {
+    std::vector<int> route_ports;
+    for (int i = 0; i < 3; ++i) route_ports.push_back(free_port());
+    for (int i = 0; i < 3; ++i) {
+      std::string routes;
+      for (int j = 0; j < 3; ++j)
+        if (j != i) routes += (routes.empty() ? "" : ", ") + std::string("nats-route://127.0.0.1:") + std::to_string(route_ports[j]);
+      int port = free_port(), monitor = free_port();
+      std::string name(1, static_cast<char>('A' + i));
+      std::string config = nats_node_config(name, port, monitor) + extra_config + "\ncluster {\n  name: wrpc-test\n" +
+                           "  listen: 127.0.0.1:" + std::to_string(route_ports[i]) + "\n  routes: [" + routes + "]\n}\n";
+      std::string path = dir_.file(name + ".conf");
+      std::ofstream(path) << config;
+      nodes_.push_back(std::make_unique<ConfiguredNatsServer>(path, port, monitor));
+    }
+    for (int i = 0; i < 3; ++i)
+      if (!wait_until_routed(i)) throw std::runtime_error("the NATS cluster did not form");
+  }
+  ConfiguredNatsServer &node(int i) { return *nodes_.at(static_cast<size_t>(i)); }
+  // Waits until node `i` has routes to both others (after a start or restart).
+  bool wait_until_routed(int i, std::chrono::milliseconds timeout = std::chrono::milliseconds(10000)) {
+    return wait_for_monitor(node(i).monitor_port(), "/routez", "\"num_routes\": 2", timeout);
+  }
+
+  // True once GET `path` of the monitoring port contains `text`.
+  static bool wait_for_monitor(int monitor_port, const std::string &path, const std::string &text,
+                               std::chrono::milliseconds timeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (http_get(monitor_port, path).find(text) != std::string::npos) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return false;
+  }
+
+private:
+  static std::string http_get(int port, const std::string &path) {
+    try {
+      return send_raw(port, "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").bytes;
+    } catch (const std::runtime_error &) {
+      return "";  // not listening (yet)
+    }
+  }
+  TempDir dir_;
+  std::vector<std::unique_ptr<ConfiguredNatsServer>> nodes_;
+};
+
+// A hub and two leaf nodes connected to it (leaf 0 and leaf 1), on loopback.
+class NatsLeafNodes {
+public:
+  NatsLeafNodes() {
+    int leaf_listen = free_port();
+    int port = free_port(), monitor = free_port();
+    std::string hub_path = dir_.file("hub.conf");
+    std::ofstream(hub_path) << nats_node_config("hub", port, monitor) << "leafnodes { listen: 127.0.0.1:"
+                            << leaf_listen << " }\n";
+    hub_ = std::make_unique<ConfiguredNatsServer>(hub_path, port, monitor);
+    for (int i = 0; i < 2; ++i) {
+      int leaf_port = free_port(), leaf_monitor = free_port();
+      std::string name = "leaf" + std::to_string(i);
+      std::string path = dir_.file(name + ".conf");
+      std::ofstream(path) << nats_node_config(name, leaf_port, leaf_monitor)
+                          << "leafnodes { remotes: [ { url: \"nats-leaf://127.0.0.1:" << leaf_listen << "\" } ] }\n";
+      leaves_.push_back(std::make_unique<ConfiguredNatsServer>(path, leaf_port, leaf_monitor));
+    }
+    if (!wait_until_leaves_connected()) throw std::runtime_error("the leaf nodes did not connect to the hub");
+  }
+  ConfiguredNatsServer &hub() { return *hub_; }
+  ConfiguredNatsServer &leaf(int i) { return *leaves_.at(static_cast<size_t>(i)); }
+  bool wait_until_leaves_connected(std::chrono::milliseconds timeout = std::chrono::milliseconds(10000)) {
+    return NatsCluster::wait_for_monitor(hub_->monitor_port(), "/leafz", "\"leafnodes\": 2", timeout);
+  }
+
+private:
+  TempDir dir_;
+  std::unique_ptr<ConfiguredNatsServer> hub_;
+  std::vector<std::unique_ptr<ConfiguredNatsServer>> leaves_;
+};
+
 }  // namespace testsupport
