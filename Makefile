@@ -7,6 +7,7 @@
 #   make par        build/http-server.par.gz for `wash app deploy wadm.yaml`
 #   make test-tsan  the tests under ThreadSanitizer
 #   make bench      the benchmark (bench/results.md)
+#   make interop    the provider against a wasmCloud host, Rust's wRPC and a Wasm component (long first build)
 
 CXX      ?= g++
 CXXSTD   := -std=c++17
@@ -29,7 +30,7 @@ BINARIES := $(BUILD)/http-server $(BUILD)/demo-component $(BUILD)/nats_lite $(BU
 TEST_SOURCES := $(wildcard tests/test_*.cpp)  # tests/dropin.cpp is compiled on its own
 TEST_OBJECTS := $(patsubst tests/%.cpp,$(BUILD)/tests/%.o,$(TEST_SOURCES))
 
-.PHONY: all deps test test-plain test-unit test-go test-asan test-tsan demo par bench fuzz clean
+.PHONY: all deps test test-plain test-unit test-go test-asan test-tsan demo par bench fuzz interop interop-build clean
 
 all: $(BINARIES)
 
@@ -123,6 +124,19 @@ $(BUILD)/http-server.par.gz: $(BUILD)/http-server $(BUILD)/make_par
 
 bench: deps all $(BUILD)/go-gateway
 	bench/run.sh $(BUILD)
+
+# The provider against peers written elsewhere (interop/run.sh): a wasmCloud 1.x host, Rust's
+# wRPC over NATS and a Wasm component built with componentize-js. Builds are cached in
+# $(BUILD)/interop (first build: wasmtime and the host, long); not part of `make test`.
+INTEROP_CARGO := cd interop/rust && CARGO_TARGET_DIR=$(CURDIR)/$(BUILD)/interop/cargo CARGO_BUILD_JOBS=2 \
+                 nice -n 10 cargo build --release --locked
+interop-build: all par
+	interop/component/build.sh $(BUILD)/interop/component
+	$(INTEROP_CARGO)
+
+interop: deps
+	$(MAKE) interop-build
+	interop/run.sh $(BUILD)
 
 # libFuzzer targets (fuzz/): each parser of untrusted input under ASan+UBSan. `make fuzz` runs
 # each for FUZZ_SECONDS on a scratch copy of its seed corpus and fails on the first finding.
