@@ -129,7 +129,7 @@ bench: deps all $(BUILD)/go-gateway
 # wRPC over NATS and a Wasm component built with componentize-js. Builds are cached in
 # $(BUILD)/interop (first build: wasmtime and the host, long); not part of `make test`.
 INTEROP_CARGO := cd interop/rust && CARGO_TARGET_DIR=$(CURDIR)/$(BUILD)/interop/cargo CARGO_BUILD_JOBS=2 \
-                 nice -n 10 cargo build --release --locked
+                 RUSTC_WRAPPER=$(CURDIR)/interop/rust/rustc-wrapper.sh nice -n 10 cargo build --release --locked
 interop-build: all par
 	interop/component/build.sh $(BUILD)/interop/component
 	$(INTEROP_CARGO)
