@@ -8,6 +8,7 @@
 #   make par        build/http-server.par.gz for `wash app deploy wadm.yaml`
 #   make test-tsan  the tests under ThreadSanitizer
 #   make bench      the benchmark against wasmCloud's Rust provider and a Go gateway (bench/results.md)
+#   make interop    the provider against a wasmCloud host, Rust's wRPC and a Wasm component (long first build)
 
 CXX      ?= g++
 CXXSTD   := -std=c++17
@@ -32,7 +33,7 @@ TEST_SOURCES := $(wildcard tests/test_*.cpp)  # tests/dropin.cpp is compiled on 
 TEST_OBJECTS := $(patsubst tests/%.cpp,$(BUILD)/tests/%.o,$(TEST_SOURCES))
 
 .PHONY: all deps test test-plain test-unit test-edge test-httplib-0.18 test-go test-asan test-tsan demo par bench \
-        fuzz clean
+        fuzz interop interop-build clean
 
 all: $(BINARIES)
 
@@ -168,6 +169,19 @@ $(BUILD)/http-server.par.gz: $(BUILD)/http-server $(BUILD)/make_par
 
 bench: deps all $(BUILD)/go-gateway $(BUILD)/nats-probe $(RUST_PROVIDER)
 	bench/run.sh $(BUILD) $(RUST_PROVIDER)
+
+# The provider against peers written elsewhere (interop/run.sh): a wasmCloud 1.x host, Rust's
+# wRPC over NATS and a Wasm component built with componentize-js. Builds are cached in
+# $(BUILD)/interop (first build: wasmtime and the host, long); not part of `make test`.
+INTEROP_CARGO := cd interop/rust && CARGO_TARGET_DIR=$(CURDIR)/$(BUILD)/interop/cargo CARGO_BUILD_JOBS=2 \
+                 RUSTC_WRAPPER=$(CURDIR)/interop/rust/rustc-wrapper.sh nice -n 10 cargo build --release --locked
+interop-build: all par
+	interop/component/build.sh $(BUILD)/interop/component
+	$(INTEROP_CARGO)
+
+interop: deps
+	$(MAKE) interop-build
+	interop/run.sh $(BUILD)
 
 # libFuzzer targets (fuzz/): each parser of untrusted input under ASan+UBSan. `make fuzz` runs
 # each for FUZZ_SECONDS on a scratch copy of its seed corpus and fails on the first finding.
