@@ -6014,12 +6014,17 @@ inline bool EdgeServer::serve_request(detail::EdgeConnection &conn, const detail
   std::string target = head.path_with_query;
   detail::EdgeStream stream(conn, method + " " + target + " HTTP/1.1\r\n\r\n", request, options_.write_timeout);
   detail::current_edge_request() = &request;
-  bool written = process(stream, !head.keep_alive, [&head](httplib::Request &req) {
+  // cpp-httplib >= 0.12 reads a GET, HEAD or OPTIONS body itself before the route runs; the
+  // edge leaves every body to the route (the Forwarder streams it), so to cpp-httplib those
+  // requests show no length.
+  bool routes_take_body = method == "POST" || method == "PUT" || method == "PATCH" || method == "DELETE";
+  bool written = process(stream, !head.keep_alive, [&head, routes_take_body](httplib::Request &req) {
     // The fields as sent, never percent-decoded; the edge has decoded the body already, so
     // cpp-httplib must not act on its framing or expectation.
     for (auto &f : head.fields) {
       if (detail::http1::ascii_iequals(f.first, "transfer-encoding") || detail::http1::ascii_iequals(f.first, "expect") ||
-          detail::http1::ascii_iequals(f.first, "host"))
+          detail::http1::ascii_iequals(f.first, "host") ||
+          (!routes_take_body && detail::http1::ascii_iequals(f.first, "content-length")))
         continue;
       req.headers.emplace(f.first, f.second);
     }
