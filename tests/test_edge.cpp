@@ -848,8 +848,8 @@ TEST_CASE("edge: 10,000 clients stalled mid-head neither delay a new request nor
   CHECK(peak < baseline + 64 + kMaxWorkers);
 
   for (int fd : stalled) ::close(fd);
-  bool back = testsupport::eventually(
-      [&] { return std::abs(testsupport::thread_count(pid) - baseline) <= 2; }, 10s);
+  // Back at the idle baseline, or below it: the warm-up's workers may have exited meanwhile.
+  bool back = testsupport::eventually([&] { return testsupport::thread_count(pid) <= baseline + 2; }, 10s);
   MESSAGE("threads 10 s after the clients left: " << testsupport::thread_count(pid) << " (idle " << baseline << ")");
   CHECK(back);
 }
