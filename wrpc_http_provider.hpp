@@ -126,9 +126,10 @@
 #define WRPC_HTTP_HEAD_TIMEOUT_MS 10000
 #endif
 // After an answer, a worker waits this long for the next request before parking the
-// connection in the edge loop (saves a hand-off for busy keep-alive clients).
+// connection in the edge loop (saves a hand-off for busy keep-alive clients); it does not
+// wait when other connections wait for a worker.
 #ifndef WRPC_HTTP_KEEPALIVE_LINGER_MS
-#define WRPC_HTTP_KEEPALIVE_LINGER_MS 1
+#define WRPC_HTTP_KEEPALIVE_LINGER_MS 20
 #endif
 #ifndef WRPC_HTTP_WRITE_TIMEOUT_SECOND
 #define WRPC_HTTP_WRITE_TIMEOUT_SECOND 5
@@ -3837,6 +3838,12 @@ public:
     for (auto &t : exited) t.join();
   }
 
+  // Jobs queued and not yet taken by a thread.
+  size_t backlog() {
+    std::lock_guard<std::mutex> lk(mu_);
+    return jobs_.size();
+  }
+
   void shutdown() {
     std::list<std::thread> all;
     {
@@ -3946,6 +3953,29 @@ public:
   // closes the parameter channels.
   void finish_request(const std::optional<Fields> &trailers = std::nullopt) { flush_body(true, &trailers); }
 
+  // In place of await_handshake, write_body and finish_request when the whole body is known
+  // (no trailers to follow): the thread that receives the handshake sends the body, its end
+  // and the closes at once, so the caller waits only once, in await_response.
+  void send_whole_request(std::string body) {
+    std::unique_lock<std::mutex> lk(state_->mu);
+    if (state_->handshaken()) {
+      if (state_->server_inbox.empty()) return;  // no responders: await_response says so
+      server_inbox_ = state_->server_inbox;
+      lk.unlock();
+      body_buf_ = std::move(body);
+      flush_body(true);
+      return;
+    }
+    state_->on_handshake = [&nc = nc_, body = std::move(body)](const std::string &server_inbox) {
+      try {
+        auto batch = whole_request_batch(nc, server_inbox, body, false, nullptr);
+        nc.send(batch);
+      } catch (const nats::Error &) {
+        // The connection is lost: await_response learns it from the call's state.
+      }
+    };
+  }
+
   // The request body broke: close its channel without the end chunk, so the component
   // sees a cut-off stream at once instead of waiting out its own timeout.
   void abort_request() {
@@ -3961,8 +3991,10 @@ public:
   // component's own error-code.
   ResponseHead await_response(detail::Clock::time_point deadline) {
     std::unique_lock<std::mutex> lk(state_->mu);
-    if (!state_->cv.wait_until(lk, deadline, [&] { return state_->result_known() || state_->lost; }))
+    if (!state_->cv.wait_until(lk, deadline,
+                               [&] { return state_->result_known() || state_->lost || state_->no_responders; }))
       throw CallError(CallError::Kind::timeout, "the component did not answer in time");
+    if (state_->no_responders) throw CallError(CallError::Kind::no_responders, "no component is serving this target");
     if (!state_->failure.empty()) throw CallError(CallError::Kind::bad_reply, state_->failure);
     if (!state_->result) throw CallError(CallError::Kind::disconnected, "NATS connection lost");
     if (state_->result->error)
@@ -3983,6 +4015,12 @@ public:
     return state_->body.ended && state_->body.queue.empty();
   }
 
+  // True when read_body would wait: neither body bytes nor its end nor an error are here.
+  bool body_would_wait() {
+    std::lock_guard<std::mutex> lk(state_->mu);
+    return state_->body.queue.empty() && !state_->body.ended && state_->body.error.empty() && !state_->lost;
+  }
+
   // The response trailers, once the body has ended.
   std::optional<Fields> read_trailers(std::chrono::milliseconds timeout) {
     {
@@ -4001,17 +4039,26 @@ private:
     std::string head_bytes;
     std::optional<detail::HandleResult> result;
     std::string failure;
+    // Runs once, on the reader thread, when the handshake names the server's inbox.
+    std::function<void(const std::string &server_inbox)> on_handshake;
 
     bool handshaken() const { return !server_inbox.empty() || no_responders; }
     bool result_known() const { return result.has_value() || !failure.empty(); }
 
     void on_message(const std::string &suffix, nats::Message &m) {
-      std::lock_guard<std::mutex> lk(mu);
+      std::unique_lock<std::mutex> lk(mu);
       if (suffix.empty()) {
         if (m.no_responders()) {
           no_responders = true;
-        } else if (!m.reply.empty()) {
+        } else if (!m.reply.empty() && server_inbox.empty()) {
           server_inbox = m.reply;
+          if (on_handshake) {
+            auto send = std::move(on_handshake);
+            on_handshake = nullptr;
+            lk.unlock();
+            send(m.reply);
+            lk.lock();
+          }
         }
       } else if (suffix == ".results") {
         on_result_bytes(m.data);
@@ -4047,24 +4094,36 @@ private:
   };
 
   void flush_body(bool last, const std::optional<Fields> *trailers = nullptr) {
-    std::string subject = server_inbox_ + ".params.0.0";
     try {
-      auto batch = nc_.batch();
-      detail::publish_stream_chunks(batch, subject, body_buf_.data(), body_buf_.size(), last);
-      body_buf_.clear();
       if (last) {
-        batch.publish(subject, "");  // close the body channel
-        if (trailers_follow_) {
-          std::string value;
-          detail::encode_trailers(trailers ? *trailers : std::nullopt, value);
-          detail::publish_and_close(batch, server_inbox_ + ".params.0.1", value);
-        }
-        batch.publish(server_inbox_ + ".params", "");  // close the root parameters
+        auto batch = whole_request_batch(nc_, server_inbox_, body_buf_, trailers_follow_, trailers);
+        nc_.send(batch);
+      } else {
+        auto batch = nc_.batch();
+        detail::publish_stream_chunks(batch, server_inbox_ + ".params.0.0", body_buf_.data(), body_buf_.size());
+        nc_.send(batch);
       }
-      nc_.send(batch);
+      body_buf_.clear();
     } catch (const nats::Error &e) {
       throw detail::nats_failure(e);
     }
+  }
+
+  // The last body bytes, the body's end and close, the trailers when they were to follow,
+  // and the close of the root parameters.
+  static nats::Batch whole_request_batch(nats::Client &nc, const std::string &server_inbox, const std::string &body,
+                                         bool trailers_follow, const std::optional<Fields> *trailers) {
+    std::string subject = server_inbox + ".params.0.0";
+    auto batch = nc.batch();
+    detail::publish_stream_chunks(batch, subject, body.data(), body.size(), true);
+    batch.publish(subject, "");  // close the body channel
+    if (trailers_follow) {
+      std::string value;
+      detail::encode_trailers(trailers ? *trailers : std::nullopt, value);
+      detail::publish_and_close(batch, server_inbox + ".params.0.1", value);
+    }
+    batch.publish(server_inbox + ".params", "");  // close the root parameters
+    return batch;
   }
 
   nats::Client &nc_;
@@ -5254,8 +5313,9 @@ inline void raise_open_file_limit() {
   });
 }
 
-inline int elapsed_ms_until(Clock::time_point deadline) {
-  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+// Milliseconds left until `deadline`, rounded up: a wait of 0.4 ms polls for 1 ms, not 0.
+inline int ms_left_until(Clock::time_point deadline) {
+  auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
   return left <= 0 ? 0 : static_cast<int>(std::min<long long>(left, INT_MAX));
 }
 
@@ -5330,8 +5390,10 @@ public:
   size_t pending_size() const { return in_.size() - used_; }
   void consume(size_t n) { used_ += n; }
 
-  // Reads what has arrived, waiting at most `wait` for it when nothing has.
-  Fill fill(std::chrono::milliseconds wait) {
+  // Reads what has arrived, waiting at most `wait` for it when nothing has. Held response
+  // bytes go out first: the peer may be waiting for them. `poll_first` when bytes are not
+  // expected yet (the next request right after an answer): one poll instead of a failed read.
+  Fill fill(std::chrono::milliseconds wait, bool poll_first = false) {
     if (used_ == in_.size()) {
       in_.clear();
       used_ = 0;
@@ -5339,17 +5401,21 @@ public:
       in_.erase(0, used_);
       used_ = 0;
     }
+    if (!flush(wait)) return Fill::closed;
     auto deadline = Clock::now() + wait;
     char buf[16 * 1024];
+    short want = POLLIN;
     while (true) {
-      short want = 0;
-      ssize_t n = read_some(buf, sizeof(buf), want);
-      if (n > 0) {
-        in_.append(buf, static_cast<size_t>(n));
-        return Fill::data;
+      if (!poll_first) {
+        ssize_t n = read_some(buf, sizeof(buf), want);
+        if (n > 0) {
+          in_.append(buf, static_cast<size_t>(n));
+          return Fill::data;
+        }
+        if (n == 0) return Fill::closed;
       }
-      if (n == 0) return Fill::closed;
-      int left = elapsed_ms_until(deadline);
+      poll_first = false;
+      int left = ms_left_until(deadline);
       if (left == 0) return Fill::nothing;
       pollfd p{fd_, want, 0};
       int r = ::poll(&p, 1, left);
@@ -5358,22 +5424,36 @@ public:
     }
   }
 
+  // Response bytes kept back to leave with the next ones (a response head with its body):
+  // one write instead of two. write_all, flush and fill send them first.
+  void hold(const char *data, size_t size) { held_.append(data, size); }
+  bool flush(std::chrono::milliseconds timeout) {
+    if (held_.empty()) return true;
+    bool sent = send_all(held_.data(), held_.size(), timeout);
+    held_.clear();
+    return sent;
+  }
+
   bool write_all(const char *data, size_t size, std::chrono::milliseconds timeout) {
-    auto deadline = Clock::now() + timeout;
-    while (size > 0) {
-      short want = 0;
-      ssize_t n = write_some(data, size, want);
-      if (n > 0) {
-        data += n;
-        size -= static_cast<size_t>(n);
-        continue;
-      }
-      if (n == 0) return false;
-      pollfd p{fd_, want, 0};
-      int r = ::poll(&p, 1, elapsed_ms_until(deadline));
-      if (r == 0 || (r < 0 && errno != EINTR)) return false;
+    if (held_.empty()) return send_all(data, size, timeout);
+    if (held_.size() + size <= kMaxCoalescedBytes) {
+      held_.append(data, size);
+      return flush(timeout);
     }
-    return true;
+    return flush(timeout) && send_all(data, size, timeout);
+  }
+
+  // The peer's and this end's addresses, asked of the kernel once per connection.
+  void addresses(std::string &remote_ip, int &remote_port, std::string &local_ip, int &local_port) {
+    if (!addresses_known_) {
+      address_of(::getpeername, remote_ip_, remote_port_);
+      address_of(::getsockname, local_ip_, local_port_);
+      addresses_known_ = true;
+    }
+    remote_ip = remote_ip_;
+    remote_port = remote_port_;
+    local_ip = local_ip_;
+    local_port = local_port_;
   }
 
   // Ends the blocking I/O of whichever worker serves this connection (drain timeout).
@@ -5396,6 +5476,24 @@ public:
   size_t served = 0;
 
 private:
+  bool send_all(const char *data, size_t size, std::chrono::milliseconds timeout) {
+    auto deadline = Clock::now() + timeout;
+    while (size > 0) {
+      short want = 0;
+      ssize_t n = write_some(data, size, want);
+      if (n > 0) {
+        data += n;
+        size -= static_cast<size_t>(n);
+        continue;
+      }
+      if (n == 0) return false;
+      pollfd p{fd_, want, 0};
+      int r = ::poll(&p, 1, ms_left_until(deadline));
+      if (r == 0 || (r < 0 && errno != EINTR)) return false;
+    }
+    return true;
+  }
+
   // > 0: bytes; 0: end of stream or broken; -1: nothing now, poll for `want`.
   ssize_t read_some(char *buf, size_t size, short &want) {
 #ifdef WRPC_HTTP_OPENSSL_SUPPORT
@@ -5448,9 +5546,28 @@ private:
   SSL *ssl_ = nullptr;
   bool handshaken_ = false;
 #endif
+  void address_of(int (*get)(int, sockaddr *, socklen_t *), std::string &ip, int &port) const {
+    sockaddr_storage addr{};
+    socklen_t len = sizeof(addr);
+    ip.clear();
+    port = 0;
+    if (get(fd_, reinterpret_cast<sockaddr *>(&addr), &len) != 0) return;
+    char host[NI_MAXHOST], serv[NI_MAXSERV];
+    if (::getnameinfo(reinterpret_cast<sockaddr *>(&addr), len, host, sizeof(host), serv, sizeof(serv),
+                      NI_NUMERICHOST | NI_NUMERICSERV) == 0) {
+      ip = host;
+      port = std::atoi(serv);
+    }
+  }
+
+  static constexpr size_t kMaxCoalescedBytes = 64 * 1024;
   int fd_;
   std::string in_;
   size_t used_ = 0;
+  std::string held_;
+  bool addresses_known_ = false;
+  std::string remote_ip_, local_ip_;
+  int remote_port_ = 0, local_port_ = 0;
 };
 
 // The body of the request being served, decoded from the connection by its framing and
@@ -5490,6 +5607,16 @@ public:
       if (piece.size() >= WRPC_HTTP_BODY_FLUSH_BYTES) break;
     }
     return !piece.empty();
+  }
+
+  // The whole body, when it is no chunked body, has arrived already and is at most `limit`
+  // bytes; otherwise false and nothing is read.
+  bool take_if_arrived(std::string &whole, size_t limit) {
+    whole.clear();
+    if (refusal_ != http1::Refusal::none || framing_ == http1::Framing::chunked) return false;
+    if (framing_ == http1::Framing::none || length_left_ == 0) return true;
+    if (length_left_ > limit || conn_.pending_size() < length_left_) return false;
+    return read_piece(whole);
   }
 
   // httplib::Stream::read for the body: > 0 bytes, 0 at its end, -1 when refused.
@@ -5553,6 +5680,8 @@ private:
 struct EdgeRequest {
   const http1::Head &head;
   EdgeBody &body;
+  EdgeConnection &conn;
+  std::chrono::milliseconds write_timeout;
   bool over_tls;
   bool answered_by_component = false;  // the status came from a component
   bool close_after = false;            // the provider answered with an error: close
@@ -5572,6 +5701,12 @@ inline std::string sent_method(const httplib::Request &req) {
 inline bool arrived_over_tls() {
   auto *edge = current_edge_request();
   return edge && edge->over_tls;
+}
+
+// Sends what the edge holds of the response (its head, kept back to leave with the first body
+// bytes) before the route waits for something: the client sees the head while it waits.
+inline void flush_edge_response() {
+  if (auto *edge = current_edge_request()) edge->conn.flush(edge->write_timeout);
 }
 
 inline const char *reason_phrase(int status) {
@@ -5605,9 +5740,12 @@ public:
       : conn_(conn), head_(std::move(head)), request_(request), body_(request.body), write_timeout_(write_timeout) {}
 
   bool is_readable() const override { return true; }
+  // Asked before a content provider runs (cpp-httplib >= 0.12) or by the provider itself, which
+  // may then wait: the held head goes out. A full send buffer is no reason to stop; write waits.
   bool is_writable() const override {
+    if (!conn_.flush(write_timeout_)) return false;
     pollfd p{conn_.fd(), POLLOUT, 0};
-    return ::poll(&p, 1, static_cast<int>(write_timeout_.count())) > 0 && !(p.revents & (POLLERR | POLLHUP));
+    return ::poll(&p, 1, 0) >= 0 && !(p.revents & (POLLERR | POLLHUP | POLLNVAL));
   }
   ssize_t read(char *ptr, size_t size) override {
     if (head_used_ < head_.size()) {
@@ -5631,29 +5769,31 @@ public:
       }
     }
     if (replaced_) return -1;  // cpp-httplib's response is dropped; the connection closes
+    if (!wrote_head_) {
+      // cpp-httplib writes the status line and fields in one call, then the body.
+      wrote_head_ = true;
+      if (size <= kMaxHeldHeadBytes) {
+        conn_.hold(ptr, size);
+        return static_cast<ssize_t>(size);
+      }
+    }
     return conn_.write_all(ptr, size, write_timeout_) ? static_cast<ssize_t>(size) : -1;
   }
-  void get_remote_ip_and_port(std::string &ip, int &port) const override { address_of(::getpeername, ip, port); }
-  void get_local_ip_and_port(std::string &ip, int &port) const override { address_of(::getsockname, ip, port); }
+  void get_remote_ip_and_port(std::string &ip, int &port) const override {
+    std::string local_ip;
+    int local_port;
+    conn_.addresses(ip, port, local_ip, local_port);
+  }
+  void get_local_ip_and_port(std::string &ip, int &port) const override {
+    std::string remote_ip;
+    int remote_port;
+    conn_.addresses(remote_ip, remote_port, ip, port);
+  }
   // The edge owns the socket: cpp-httplib must not select() on it (its descriptor may be
   // above FD_SETSIZE with thousands of parked connections).
   socket_t socket() const override { return INVALID_SOCKET; }
 
 private:
-  void address_of(int (*get)(int, sockaddr *, socklen_t *), std::string &ip, int &port) const {
-    sockaddr_storage addr{};
-    socklen_t len = sizeof(addr);
-    ip.clear();
-    port = 0;
-    if (get(conn_.fd(), reinterpret_cast<sockaddr *>(&addr), &len) != 0) return;
-    char host[NI_MAXHOST], serv[NI_MAXSERV];
-    if (::getnameinfo(reinterpret_cast<sockaddr *>(&addr), len, host, sizeof(host), serv, sizeof(serv),
-                      NI_NUMERICHOST | NI_NUMERICSERV) == 0) {
-      ip = host;
-      port = std::atoi(serv);
-    }
-  }
-
   EdgeConnection &conn_;
   std::string head_;
   size_t head_used_ = 0;
@@ -5661,6 +5801,8 @@ private:
   EdgeBody &body_;
   std::chrono::milliseconds write_timeout_;
   bool replaced_ = false;  // the edge's refusal went out instead of the route's answer
+  bool wrote_head_ = false;
+  static constexpr size_t kMaxHeldHeadBytes = 16 * 1024;
 };
 
 // The methods cpp-httplib routes; any other token reaches the routes as POST (the Forwarder
@@ -5980,9 +6122,10 @@ inline void EdgeServer::serve_connection(const std::shared_ptr<detail::EdgeConne
       }
     }
     // Right after an answer the client's next request is usually on its way: wait a moment
-    // for it before handing the connection back to the loop.
-    auto got = conn->fill(just_answered ? std::chrono::milliseconds(WRPC_HTTP_KEEPALIVE_LINGER_MS)
-                                        : std::chrono::milliseconds(0));
+    // for it before handing the connection back to the loop, unless others wait for a worker.
+    auto got = just_answered && workers_.backlog() == 0
+                   ? conn->fill(std::chrono::milliseconds(WRPC_HTTP_KEEPALIVE_LINGER_MS), true)
+                   : conn->fill(std::chrono::milliseconds(0));
     just_answered = false;
     if (got == detail::EdgeConnection::Fill::data) continue;
     if (got == detail::EdgeConnection::Fill::closed) break;
@@ -6008,7 +6151,7 @@ inline bool EdgeServer::serve_request(detail::EdgeConnection &conn, const detail
     if (!conn.write_all(continue_line, sizeof(continue_line) - 1, options_.write_timeout)) return false;
   }
   detail::EdgeBody body(conn, head, options_.limits, options_.max_content_len, options_.read_timeout);
-  detail::EdgeRequest request{head, body, conn.over_tls()};
+  detail::EdgeRequest request{head, body, conn, options_.write_timeout, conn.over_tls()};
   std::string method = detail::httplib_routes_method(head.method) ? head.method : "POST";
   // cpp-httplib sees origin-form only; the absolute form's authority becomes Host below.
   std::string target = head.path_with_query;
@@ -6031,7 +6174,8 @@ inline bool EdgeServer::serve_request(detail::EdgeConnection &conn, const detail
     if (!head.authority.empty()) req.headers.emplace("Host", head.authority);
   });
   detail::current_edge_request() = nullptr;
-  return written && head.keep_alive && !request.close_after && body.complete();
+  bool sent = conn.flush(options_.write_timeout);
+  return written && sent && head.keep_alive && !request.close_after && body.complete();
 }
 
 inline bool EdgeServer::process(httplib::Stream &stream, bool close_connection,
@@ -7274,28 +7418,37 @@ inline void Forwarder::handle(const httplib::Request &req, httplib::Response &re
   auto deadline = started + settings.timeout;
   bool trailers_follow = in.framing == detail::http1::Framing::chunked;
   std::shared_ptr<wrpc::OutgoingCall> call;
-  // The call starts with the first body bytes, so a request whose body breaks before any
-  // data never reaches the component.
-  auto start_call = [&] {
+  auto open_call = [&] {
     call = std::make_shared<wrpc::OutgoingCall>(nc_, wrpc::handle_subject(lattice_, target), head, &nats_headers,
                                                 trailers_follow);
+  };
+  // A streamed body's call starts with its first bytes, so a request whose body breaks
+  // before any data never reaches the component.
+  auto start_call = [&] {
+    open_call();
     call->await_handshake(deadline);
   };
   try {
     std::string piece;
-    while (edge->body.read_piece(piece)) {
+    if (edge->body.take_if_arrived(piece, WRPC_HTTP_BODY_FLUSH_BYTES)) {
+      // A body that is all here goes with the handshake: the worker waits once per call.
+      open_call();
+      call->send_whole_request(std::move(piece));
+    } else {
+      while (edge->body.read_piece(piece)) {
+        if (!call) start_call();
+        call->write_body(piece.data(), piece.size());
+      }
+      if (edge->body.refusal() != detail::http1::Refusal::none) {
+        if (call) call->abort_request();
+        auto refusal = detail::http1::describe(edge->body.refusal());
+        return detail::write_text(res, refusal.status, refusal.text);
+      }
       if (!call) start_call();
-      call->write_body(piece.data(), piece.size());
+      std::optional<Fields> trailers;
+      if (!edge->body.trailers().empty()) trailers = detail::forwarded_fields(edge->body.trailers());
+      call->finish_request(trailers);
     }
-    if (edge->body.refusal() != detail::http1::Refusal::none) {
-      if (call) call->abort_request();
-      auto refusal = detail::http1::describe(edge->body.refusal());
-      return detail::write_text(res, refusal.status, refusal.text);
-    }
-    if (!call) start_call();
-    std::optional<Fields> trailers;
-    if (!edge->body.trailers().empty()) trailers = detail::forwarded_fields(edge->body.trailers());
-    call->finish_request(trailers);
     ResponseHead response = call->await_response(deadline);
     send_response(req, res, std::move(call), response, settings);
     edge->answered_by_component = true;
@@ -7363,6 +7516,7 @@ inline void Forwarder::send_response(const httplib::Request &req, httplib::Respo
           try {
             if (used == pending.size()) {
               used = 0;
+              if (call->body_would_wait()) detail::flush_edge_response();
               if (!call->read_body(pending, idle)) return false;  // ended short of its length
             }
             size_t n = std::min(pending.size() - used, remaining);  // never past the promise
@@ -7382,6 +7536,7 @@ inline void Forwarder::send_response(const httplib::Request &req, httplib::Respo
                            [call, idle, &logger = logger_, piece = std::string(), framed = std::string()](
                                size_t, httplib::DataSink &sink) mutable {
                              try {
+                               if (call->body_would_wait()) detail::flush_edge_response();
                                if (call->read_body(piece, idle)) {
                                  detail::frame_chunk(piece, framed);
                                  // A body that already ended goes out with its last chunk in
@@ -7389,6 +7544,7 @@ inline void Forwarder::send_response(const httplib::Request &req, httplib::Respo
                                  if (!call->body_complete()) return sink.write(framed.data(), framed.size());
                                } else {
                                  framed.clear();
+                                 detail::flush_edge_response();  // an empty body: trailers may take a while
                                }
                                framed += detail::last_chunk_with_trailers(call->read_trailers(idle));
                                if (!sink.write(framed.data(), framed.size())) return false;

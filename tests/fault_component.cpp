@@ -13,6 +13,7 @@
 //   /proxy/fault/header-control a 200 whose header values hold control bytes (x-ctl-01, x-ctl-7f,
 //                               x-ctl-nul, x-ctl-cr), beside x-tab: a<HTAB>b and x-ok: fine
 //   /proxy/fault/die-mid-body   a 200 head and part of a streamed body, then the process exits
+//   /proxy/fault/slow-body      a 200 head, then 600 ms later its body "late body" and its end
 // Any other path gets a well-formed 200 "fault component ok".
 #include "../wrpc_http_provider.hpp"
 
@@ -42,11 +43,8 @@ std::string result_head(uint16_t status, const wrpc_http::Fields &extra_headers 
   return value;
 }
 
-// Publishes a complete, well-formed response: head, body, end of body, no trailers.
-void publish_response(wrpc_http::nats::Batch &batch, const std::string &reply, uint16_t status,
-                      const std::string &body, const wrpc_http::Fields &extra_headers = {}) {
-  batch.publish(reply + ".results", result_head(status, extra_headers));
-  batch.publish(reply + ".results", "");
+// Publishes a response's whole body, its end and no trailers.
+void publish_body(wrpc_http::nats::Batch &batch, const std::string &reply, const std::string &body) {
   std::string chunk, end, trailers;
   wrpc_http::detail::encode_stream_chunk(body.data(), body.size(), chunk);
   wrpc_http::detail::encode_stream_end(end);
@@ -55,6 +53,14 @@ void publish_response(wrpc_http::nats::Batch &batch, const std::string &reply, u
   batch.publish(reply + ".results.0.0", "");
   batch.publish(reply + ".results.0.1", trailers);
   batch.publish(reply + ".results.0.1", "");
+}
+
+// Publishes a complete, well-formed response: head, body, end of body, no trailers.
+void publish_response(wrpc_http::nats::Batch &batch, const std::string &reply, uint16_t status,
+                      const std::string &body, const wrpc_http::Fields &extra_headers = {}) {
+  batch.publish(reply + ".results", result_head(status, extra_headers));
+  batch.publish(reply + ".results", "");
+  publish_body(batch, reply, body);
 }
 
 // Answers one invocation. Runs on its own thread: die-mid-body waits for the NATS server
@@ -92,6 +98,13 @@ void answer(Client &nc, const std::string &reply, const std::string &path) {
     nc.send(batch);
     nc.flush(std::chrono::milliseconds(5000));
     ::_exit(3);  // no close, no end of stream: as a crash leaves it
+  } else if (fault == "slow-body") {
+    batch.publish(reply + ".results", result_head(200));
+    batch.publish(reply + ".results", "");
+    nc.send(batch);
+    std::this_thread::sleep_for(std::chrono::milliseconds(600));
+    batch = nc.batch();
+    publish_body(batch, reply, "late body");
   } else {
     publish_response(batch, reply, 200, "fault component ok");
   }

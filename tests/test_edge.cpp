@@ -139,6 +139,15 @@ public:
     return r;
   }
 
+  // True when a response's status line and fields have arrived within `timeout` (they stay
+  // unread for read_response).
+  bool head_within(std::chrono::milliseconds timeout) {
+    auto deadline = Clock::now() + timeout;
+    while (buf_.find("\r\n\r\n") == std::string::npos)
+      if (!fill(deadline)) return false;
+    return true;
+  }
+
   // True when the server closes the connection (EOF or reset) within `timeout`; whatever
   // else it sent meanwhile is left in `unread()`.
   bool closed_within(std::chrono::milliseconds timeout) {
@@ -786,6 +795,19 @@ TEST_CASE("edge: a component header value with a control byte other than HTAB is
   for (std::string name : {"x-ctl-01", "x-ctl-7f", "x-ctl-nul", "x-ctl-cr"}) CHECK(res->count(name) == 0);
   CHECK(res->field("x-tab") == "a\tb");
   CHECK(res->field("x-ok") == "fine");
+}
+
+TEST_CASE("edge: a response head goes out at once while the component still produces the body") {
+  Lattice lattice("fault-component");
+  Connection c(lattice.http_port);
+  auto sent = Clock::now();
+  c.send(request("GET", "/proxy/fault/slow-body"));
+  CHECK(c.head_within(400ms));  // the body follows 600 ms after the head
+  auto res = c.read_response(3s);
+  REQUIRE(res);
+  CHECK(res->status == 200);
+  CHECK(res->body == "late body");
+  CHECK(Clock::now() - sent >= 600ms);
 }
 
 // ---- slow clients ----
