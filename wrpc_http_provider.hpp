@@ -3733,6 +3733,15 @@ struct AsyncChannels {
   size_t max_trailer_bytes;
   bool trailers_closed = false;
 
+  // What a call's own thread may wait for, one bit each; the reader thread wakes it only when
+  // a bit turns on (a message that changes none, e.g. more body behind unread body or a
+  // channel's close after its end, costs the waiting thread no wake-up). With mu held.
+  unsigned channel_conditions() const {
+    return (body.queue.empty() ? 0u : 1u) | (body.ended ? 2u : 0u) | (body.error.empty() ? 0u : 4u) |
+           (trailers_closed ? 8u : 0u) | (lost ? 16u : 0u);
+  }
+  static constexpr unsigned kFirstOwnCondition = 32u;
+
   // With mu held.
   void on_trailer_message(const std::string &data) {
     if (data.empty()) {
@@ -4000,7 +4009,7 @@ public:
     if (state_->result->error)
       throw CallError(CallError::Kind::component_error, "component error: " + state_->result->error->message(),
                       state_->result->error);
-    return state_->result->response;
+    return std::move(state_->result->response);  // asked for once: the head leaves the lock quickly
   }
 
   // Next piece of the response body; false at its end. Throws CallError when the stream
@@ -4044,9 +4053,14 @@ private:
 
     bool handshaken() const { return !server_inbox.empty() || no_responders; }
     bool result_known() const { return result.has_value() || !failure.empty(); }
+    unsigned conditions() const {
+      return channel_conditions() | (handshaken() ? kFirstOwnCondition : 0u) | (no_responders ? kFirstOwnCondition << 1 : 0u) |
+             (result_known() ? kFirstOwnCondition << 2 : 0u);
+    }
 
     void on_message(const std::string &suffix, nats::Message &m) {
       std::unique_lock<std::mutex> lk(mu);
+      unsigned before = conditions();
       if (suffix.empty()) {
         if (m.no_responders()) {
           no_responders = true;
@@ -4055,6 +4069,7 @@ private:
           if (on_handshake) {
             auto send = std::move(on_handshake);
             on_handshake = nullptr;
+            before |= kFirstOwnCondition;  // nobody waits for this handshake
             lk.unlock();
             send(m.reply);
             lk.lock();
@@ -4067,7 +4082,9 @@ private:
       } else if (suffix == ".results.0.1") {
         on_trailer_message(m.data);
       }
-      cv.notify_all();
+      bool wake = conditions() & ~before;
+      lk.unlock();  // the woken thread then finds the lock free
+      if (wake) cv.notify_all();
     }
 
     void on_result_bytes(const std::string &data) {
@@ -4237,8 +4254,13 @@ struct IncomingRequest::State : detail::AsyncChannels {
     }
   }
 
+  unsigned conditions() const {
+    return channel_conditions() | (params ? kFirstOwnCondition : 0u) | (failure.empty() ? 0u : kFirstOwnCondition << 1);
+  }
+
   void on_message(const std::string &suffix, nats::Message &m) {
-    std::lock_guard<std::mutex> lk(mu);
+    std::unique_lock<std::mutex> lk(mu);
+    unsigned before = conditions();
     if (suffix == ".params") {
       on_param_bytes(m.data);
     } else if (suffix == ".params.0.0") {
@@ -4246,7 +4268,9 @@ struct IncomingRequest::State : detail::AsyncChannels {
     } else if (suffix == ".params.0.1") {
       on_trailer_message(m.data);
     }
-    cv.notify_all();
+    bool wake = conditions() & ~before;
+    lk.unlock();  // the woken thread then finds the lock free
+    if (wake) cv.notify_all();
   }
 };
 
