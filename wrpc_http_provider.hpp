@@ -7506,6 +7506,7 @@ private:
   std::mutex shutdown_mu_;
   std::condition_variable shutdown_cv_;
   bool shutdown_requested_ = false;
+  std::string shutdown_reply_;  // the host's shutdown request, answered once stopped
 };
 
 namespace detail {
@@ -7731,7 +7732,12 @@ inline void Provider::subscribe_lattice() {
     } catch (const nlohmann::json::exception &) {
       logger_.warn("shutdown request with unreadable payload; shutting down anyway");
     }
-    if (!m.reply.empty()) nc_.publish(m.reply, "shutting down");
+    // Answered by run() once the listeners have drained, as the wasmCloud provider SDK answers
+    // after its provider's shutdown: the host kills the process as soon as the answer arrives.
+    {
+      std::lock_guard<std::mutex> lk(shutdown_mu_);
+      shutdown_reply_ = m.reply;
+    }
     request_shutdown();
   });
   nc_.subscribe(topic("config.update", p), [this](nats::Message &m) {
@@ -7960,17 +7966,18 @@ inline void Provider::request_shutdown() {
 
 // Blocks until a shutdown request or SIGTERM/SIGINT. The signals are blocked in every
 // thread run() starts and taken here synchronously, so no handler runs in signal context.
+// A request wakes it at once (the host waits for the answer); a signal within 100 ms.
 inline void Provider::wait_for_shutdown() {
   sigset_t signals = block_termination_signals();
   std::unique_lock<std::mutex> lk(shutdown_mu_);
   while (!shutdown_requested_) {
-    lk.unlock();
-    timespec poll_interval{0, 100 * 1000 * 1000};
-    int sig = sigtimedwait(&signals, nullptr, &poll_interval);
-    lk.lock();
+    timespec no_wait{0, 0};
+    int sig = sigtimedwait(&signals, nullptr, &no_wait);
     if (sig == SIGTERM || sig == SIGINT) {
       logger_.info(std::string("received ") + (sig == SIGTERM ? "SIGTERM" : "SIGINT"));
       shutdown_requested_ = true;
+    } else {
+      shutdown_cv_.wait_for(lk, std::chrono::milliseconds(100));
     }
   }
 }
@@ -7999,9 +8006,21 @@ inline int Provider::run() {
   wait_for_shutdown();
   logger_.info("shutting down");
   stop_listeners();
-  nc_.close();
   logger_.info("provider stopped");
   telemetry_->stop();
+  std::string reply;
+  {
+    std::lock_guard<std::mutex> lk(shutdown_mu_);
+    reply = shutdown_reply_;
+  }
+  if (!reply.empty()) {  // last: a wasmCloud host kills the process once it has the answer
+    try {
+      nc_.publish(reply, "shutting down");
+    } catch (const nats::Error &e) {
+      logger_.warn(std::string("shutdown request not answered: ") + e.what());
+    }
+  }
+  nc_.close();  // sends what is pending first
   return 0;
 }
 
