@@ -7438,8 +7438,9 @@ public:
   std::vector<LinkDefinition> source_links() const;
   std::vector<LinkDefinition> target_links() const;
 
-  // Connects, subscribes, listens; returns the exit code once shut down (by the host,
-  // SIGTERM or SIGINT). Failures to start are logged and give 1.
+  // Connects, subscribes, listens; returns the exit code once shut down (by the host's
+  // request, SIGTERM, SIGINT, or the end of the process that started it). Failures to start
+  // are logged and give 1.
   int run();
   // Asks run() to return (thread-safe).
   void request_shutdown();
@@ -7483,7 +7484,7 @@ private:
   void reconcile_listeners();
   void rebuild_routes();
   std::string route(const httplib::Request &req) const;
-  void wait_for_shutdown();
+  void wait_for_shutdown(pid_t host);
 
   HostData host_;
   Logger logger_;
@@ -7964,10 +7965,12 @@ inline void Provider::request_shutdown() {
   shutdown_cv_.notify_all();
 }
 
-// Blocks until a shutdown request or SIGTERM/SIGINT. The signals are blocked in every
-// thread run() starts and taken here synchronously, so no handler runs in signal context.
-// A request wakes it at once (the host waits for the answer); a signal within 100 ms.
-inline void Provider::wait_for_shutdown() {
+// Blocks until a shutdown request, SIGTERM/SIGINT, or the end of the process that started
+// this one (`host`: a host killed or crashed leaves no provider behind holding its port). The
+// signals are blocked in every thread run() starts and taken here synchronously, so no
+// handler runs in signal context. A request wakes it at once (the host waits for the
+// answer); a signal or the host's end within 100 ms.
+inline void Provider::wait_for_shutdown(pid_t host) {
   sigset_t signals = block_termination_signals();
   std::unique_lock<std::mutex> lk(shutdown_mu_);
   while (!shutdown_requested_) {
@@ -7976,6 +7979,9 @@ inline void Provider::wait_for_shutdown() {
     if (sig == SIGTERM || sig == SIGINT) {
       logger_.info(std::string("received ") + (sig == SIGTERM ? "SIGTERM" : "SIGINT"));
       shutdown_requested_ = true;
+    } else if (::getppid() != host) {
+      logger_.warn("the process that started the provider has ended", {{"pid", std::to_string(host)}});
+      shutdown_requested_ = true;
     } else {
       shutdown_cv_.wait_for(lk, std::chrono::milliseconds(100));
     }
@@ -7983,6 +7989,7 @@ inline void Provider::wait_for_shutdown() {
 }
 
 inline int Provider::run() {
+  const pid_t host = ::getppid();
   block_termination_signals();
   telemetry_->start();
   try {
@@ -8003,7 +8010,7 @@ inline int Provider::run() {
     return 1;
   }
   logger_.info("provider started", {{"provider_key", host_.provider_key}, {"lattice", host_.lattice_rpc_prefix}});
-  wait_for_shutdown();
+  wait_for_shutdown(host);
   logger_.info("shutting down");
   stop_listeners();
   logger_.info("provider stopped");

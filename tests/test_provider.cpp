@@ -362,6 +362,22 @@ TEST_CASE("provider: SIGTERM shuts it down with exit code 0") {
   CHECK(lattice.provider->wait(5000ms) == 0);
 }
 
+TEST_CASE("provider: when the process that started it is killed (a host crash), it shuts down within 1 s") {
+  NatsServer nats;
+  int port = testsupport::free_port();
+  auto log = testsupport::temp_file("", ".log");
+  // The stand-in host: a shell that starts the provider with the host data on its stdin, and waits.
+  Process host({"/bin/sh", "-c", "exec 3<&0; \"$0\" <&3 2>\"$1\" & wait", testsupport::build_path("http-server"),
+                log},
+               as_host_line(host_data_json(nats, port)));
+  REQUIRE(testsupport::wait_for_port(port));
+  host.signal(SIGKILL);
+  CHECK(testsupport::eventually(
+      [&] { return testsupport::read_file(log).find("provider stopped") != std::string::npos; }, 1000ms));
+  CHECK_FALSE(testsupport::port_open(port));
+  ::unlink(log.c_str());
+}
+
 TEST_CASE("provider: missing or bad host data exits non-zero with one clear line") {
   for (std::string input : {std::string(""), std::string("not base64!\n"),
                             wrpc_http::detail::base64_encode("{\"provider_key\": 5}") + "\n",
