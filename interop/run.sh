@@ -18,9 +18,6 @@ BUILD=${1:-build}
 CARGO_OUT="$BUILD/interop/cargo/release"
 COMPONENT_WASM="$BUILD/interop/component/component.wasm"
 PAR="$BUILD/http-server.par.gz"
-PROVIDER_ID="http-http_provider"
-COMPONENT_ID="http-http_component"
-LATTICE="default"
 
 for f in "$BUILD/http-server" "$PAR" "$COMPONENT_WASM" "$CARGO_OUT/interop-host" \
          "$CARGO_OUT/interop-wrpc-runner" "$CARGO_OUT/interop-ctl"; do
@@ -28,9 +25,6 @@ for f in "$BUILD/http-server" "$PAR" "$COMPONENT_WASM" "$CARGO_OUT/interop-host"
 done
 
 SCRIPT_NAME=interop
-LOGS=$(mktemp -d "${TMPDIR:-/tmp}/wrpc-http-interop.XXXXXX")
-PIDS=()
-KEEP_LOGS=${KEEP_LOGS:-0}
 source "$(dirname "${BASH_SOURCE[0]}")/../demo/lib.sh"
 trap cleanup EXIT
 trap 'exit 1' INT TERM
