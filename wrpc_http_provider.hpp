@@ -7618,8 +7618,9 @@ public:
   std::vector<LinkDefinition> source_links() const;
   std::vector<LinkDefinition> target_links() const;
 
-  // Connects, subscribes, listens; returns the exit code once shut down (by the host,
-  // SIGTERM or SIGINT). Failures to start are logged and give 1.
+  // Connects, subscribes, listens; returns the exit code once shut down (by the host's
+  // request, SIGTERM, SIGINT, or the end of the process that started it). Failures to start
+  // are logged and give 1.
   int run();
   // Asks run() to return (thread-safe).
   void request_shutdown();
@@ -7663,7 +7664,7 @@ private:
   void reconcile_listeners();
   void rebuild_routes();
   std::string route(const httplib::Request &req) const;
-  void wait_for_shutdown();
+  void wait_for_shutdown(pid_t host);
 
   HostData host_;
   Logger logger_;
@@ -7686,6 +7687,7 @@ private:
   std::mutex shutdown_mu_;
   std::condition_variable shutdown_cv_;
   bool shutdown_requested_ = false;
+  std::string shutdown_reply_;  // the host's shutdown request, answered once stopped
 };
 
 namespace detail {
@@ -7911,7 +7913,12 @@ inline void Provider::subscribe_lattice() {
     } catch (const nlohmann::json::exception &) {
       logger_.warn("shutdown request with unreadable payload; shutting down anyway");
     }
-    if (!m.reply.empty()) nc_.publish(m.reply, "shutting down");
+    // Answered by run() once the listeners have drained, as the wasmCloud provider SDK answers
+    // after its provider's shutdown: the host kills the process as soon as the answer arrives.
+    {
+      std::lock_guard<std::mutex> lk(shutdown_mu_);
+      shutdown_reply_ = m.reply;
+    }
     request_shutdown();
   });
   nc_.subscribe(topic("config.update", p), [this](nats::Message &m) {
@@ -8138,24 +8145,31 @@ inline void Provider::request_shutdown() {
   shutdown_cv_.notify_all();
 }
 
-// Blocks until a shutdown request or SIGTERM/SIGINT. The signals are blocked in every
-// thread run() starts and taken here synchronously, so no handler runs in signal context.
-inline void Provider::wait_for_shutdown() {
+// Blocks until a shutdown request, SIGTERM/SIGINT, or the end of the process that started
+// this one (`host`: a host killed or crashed leaves no provider behind holding its port). The
+// signals are blocked in every thread run() starts and taken here synchronously, so no
+// handler runs in signal context. A request wakes it at once (the host waits for the
+// answer); a signal or the host's end within 100 ms.
+inline void Provider::wait_for_shutdown(pid_t host) {
   sigset_t signals = block_termination_signals();
   std::unique_lock<std::mutex> lk(shutdown_mu_);
   while (!shutdown_requested_) {
-    lk.unlock();
-    timespec poll_interval{0, 100 * 1000 * 1000};
-    int sig = sigtimedwait(&signals, nullptr, &poll_interval);
-    lk.lock();
+    timespec no_wait{0, 0};
+    int sig = sigtimedwait(&signals, nullptr, &no_wait);
     if (sig == SIGTERM || sig == SIGINT) {
       logger_.info(std::string("received ") + (sig == SIGTERM ? "SIGTERM" : "SIGINT"));
       shutdown_requested_ = true;
+    } else if (::getppid() != host) {
+      logger_.warn("the process that started the provider has ended", {{"pid", std::to_string(host)}});
+      shutdown_requested_ = true;
+    } else {
+      shutdown_cv_.wait_for(lk, std::chrono::milliseconds(100));
     }
   }
 }
 
 inline int Provider::run() {
+  const pid_t host = ::getppid();
   block_termination_signals();
   telemetry_->start();
   try {
@@ -8176,12 +8190,24 @@ inline int Provider::run() {
     return 1;
   }
   logger_.info("provider started", {{"provider_key", host_.provider_key}, {"lattice", host_.lattice_rpc_prefix}});
-  wait_for_shutdown();
+  wait_for_shutdown(host);
   logger_.info("shutting down");
   stop_listeners();
-  nc_.close();
   logger_.info("provider stopped");
   telemetry_->stop();
+  std::string reply;
+  {
+    std::lock_guard<std::mutex> lk(shutdown_mu_);
+    reply = shutdown_reply_;
+  }
+  if (!reply.empty()) {  // last: a wasmCloud host kills the process once it has the answer
+    try {
+      nc_.publish(reply, "shutting down");
+    } catch (const nats::Error &e) {
+      logger_.warn(std::string("shutdown request not answered: ") + e.what());
+    }
+  }
+  nc_.close();  // sends what is pending first
   return 0;
 }
 

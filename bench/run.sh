@@ -35,8 +35,6 @@ PROVIDER_BIN="$BUILD/http-server"
 COMPONENT_BIN="$BUILD/demo-component"
 GATEWAY_BIN="$BUILD/go-gateway"
 PROBE_BIN="$BUILD/nats-probe"
-COMPONENT_ID="http-http_component"
-LATTICE="default"
 
 CONNECTIONS=(1 8 32 128)
 BODY_SIZES=(0 1024 65536)  # request body bytes; 0 is a GET
@@ -77,11 +75,8 @@ if [[ ! "$RUN_SECONDS" =~ ^[1-9][0-9]*$ ]]; then
   exit 1
 fi
 
-LOGS=$(mktemp -d "${TMPDIR:-/tmp}/wrpc-http-bench.XXXXXX")
-PIDS=()  # started processes, in start order
-KEEP_LOGS=${BENCH_KEEP_LOGS:-0}  # also set when a run fails, so its logs can be read
-
 SCRIPT_NAME=bench
+KEEP_LOGS=${BENCH_KEEP_LOGS:-0}
 source "$BENCH_DIR/../demo/lib.sh"
 
 trap 'cleanup; exit 130' INT TERM

@@ -1,5 +1,13 @@
-# Shell helpers shared by demo/run.sh and bench/run.sh (sourced; both set SCRIPT_NAME, LOGS,
-# KEEP_LOGS and PIDS=() first).
+# What demo/run.sh, bench/run.sh and interop/run.sh share (sourced; each sets SCRIPT_NAME first).
+
+# The names wadm.yaml gives the provider and the component, and the lattice.
+PROVIDER_ID="http-http_provider"
+COMPONENT_ID="http-http_component"
+LATTICE="default"
+
+LOGS=$(mktemp -d "${TMPDIR:-/tmp}/wrpc-http-$SCRIPT_NAME.XXXXXX")  # every process's log
+PIDS=()                                                           # started processes, in start order
+KEEP_LOGS=${KEEP_LOGS:-0}  # keep $LOGS at the end; set when something fails
 
 # True when something accepts connections on 127.0.0.1:$1.
 port_in_use() {

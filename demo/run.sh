@@ -14,9 +14,6 @@ set -euo pipefail
 BUILD=${1:-build}
 PROVIDER_BIN="$BUILD/http-server"
 COMPONENT_BIN="$BUILD/demo-component"
-PROVIDER_ID="http-http_provider"
-COMPONENT_ID="http-http_component"
-LATTICE="default"
 HTTP_PORT=8080
 
 for bin in "$PROVIDER_BIN" "$COMPONENT_BIN"; do
@@ -25,15 +22,8 @@ done
 command -v nats-server >/dev/null || { echo "demo: nats-server is missing; run 'make deps'" >&2; exit 1; }
 command -v curl >/dev/null || { echo "demo: curl is missing; run 'make deps'" >&2; exit 1; }
 
-LOGS=$(mktemp -d "${TMPDIR:-/tmp}/wrpc-http-demo.XXXXXX")
-PIDS=()       # started processes, in start order
-KEEP_LOGS=0
-
-# ---- helpers ----
-
 SCRIPT_NAME=demo
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-
 
 trap 'echo; echo "stopping..."; cleanup; echo "stopped."; exit 0' INT TERM
 trap cleanup EXIT

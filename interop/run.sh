@@ -18,9 +18,6 @@ BUILD=${1:-build}
 CARGO_OUT="$BUILD/interop/cargo/release"
 COMPONENT_WASM="$BUILD/interop/component/component.wasm"
 PAR="$BUILD/http-server.par.gz"
-PROVIDER_ID="http-http_provider"
-COMPONENT_ID="http-http_component"
-LATTICE="default"
 
 for f in "$BUILD/http-server" "$PAR" "$COMPONENT_WASM" "$CARGO_OUT/interop-host" \
          "$CARGO_OUT/interop-wrpc-runner" "$CARGO_OUT/interop-ctl"; do
@@ -28,9 +25,6 @@ for f in "$BUILD/http-server" "$PAR" "$COMPONENT_WASM" "$CARGO_OUT/interop-host"
 done
 
 SCRIPT_NAME=interop
-LOGS=$(mktemp -d "${TMPDIR:-/tmp}/wrpc-http-interop.XXXXXX")
-PIDS=()
-KEEP_LOGS=${KEEP_LOGS:-0}
 source "$(dirname "${BASH_SOURCE[0]}")/../demo/lib.sh"
 trap cleanup EXIT
 trap 'exit 1' INT TERM
@@ -198,51 +192,77 @@ NATS_URL="nats://127.0.0.1:$NATS_PORT"
 start_nats "$NATS_PORT" -js -sd "$LOGS/jetstream"
 ctl() { "$CARGO_OUT/interop-ctl" --nats "$NATS_URL" --lattice "$LATTICE" "$@"; }
 
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+# True once process $1 has ended: gone, or a zombie its parent has not reaped yet (the host
+# reaps a killed provider 1-3 s late; `kill -0` would count that time).
+ended() {
+  local state
+  state=$(ps -o stat= -p "$1" 2>/dev/null) || return 0
+  [[ $state == Z* ]]
+}
+# Waits up to $2 ms for process $1 to end; prints the milliseconds it took.
+wait_ended() {
+  local start
+  start=$(now_ms)
+  until ended "$1"; do
+    (($(now_ms) - start < $2)) || return 1
+    sleep 0.02
+  done
+  echo $(($(now_ms) - start))
+}
 HOST_PID=
-start_host() {  # LOG_NAME: starts the host, sets HOST_PID and HOST_ID
-  "$CARGO_OUT/interop-host" --nats "$NATS_URL" --lattice "$LATTICE" >"$LOGS/$1.out" 2>"$LOGS/$1.log" &
+HOST_LOG=
+start_host() {  # LOG_NAME: starts the host, sets HOST_PID, HOST_LOG and HOST_ID
+  HOST_LOG="$LOGS/$1.log"  # the provider's stderr goes there too
+  "$CARGO_OUT/interop-host" --nats "$NATS_URL" --lattice "$LATTICE" >"$LOGS/$1.out" 2>"$HOST_LOG" &
   HOST_PID=$!
   PIDS+=($HOST_PID)
   wait_for "$HOST_PID" 30 grep -q '^host_id=' "$LOGS/$1.out" || return 1
   HOST_ID=$(sed -n 's/^host_id=//p' "$LOGS/$1.out")
 }
-provider_pid() { pgrep -P "$HOST_PID" | head -n 1; }
+provider_pid() {  # the host's child process that has not ended
+  local pid
+  for pid in $(pgrep -P "$HOST_PID"); do ended "$pid" || { echo "$pid"; return; }; done
+}
 start_workloads() {  # provider from the archive (healthy), then the component
   ctl start-provider "$HOST_ID" "$PAR_URL" "$PROVIDER_ID" provider-config &&
     ctl scale-component "$HOST_ID" "$COMPONENT_URL" "$COMPONENT_ID" 1 &&
     echo "provider healthy, component running"
 }
-stop_host_and_wait() {  # stops the host with SIGTERM; the provider must be gone with it
-  local provider
-  provider=$(provider_pid)
-  kill -TERM "$HOST_PID"
-  for ((i = 0; i < 100; i++)); do kill -0 "$HOST_PID" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$HOST_PID" 2>/dev/null; then
-    local gone="provider still running"
-    [[ -z "$provider" ]] || kill -0 "$provider" 2>/dev/null || gone="provider exited"
-    kill -KILL "$HOST_PID"
-    echo "host still running 10 s after SIGTERM ($gone); killed"
-    return 1
-  fi
-  [[ -z "$provider" ]] || ! kill -0 "$provider" 2>/dev/null || { echo "provider $provider outlived the host"; return 1; }
-  echo "host and provider stopped"
-}
-stop_provider_within_1s() {
-  local provider start
+# The provider's own "provider stopped" lines (not the host's) in the host's log.
+provider_stopped_lines() { grep -cE '^[0-9-]+T[0-9:.]+Z info provider stopped$' "$HOST_LOG"; }
+# wasmcloud-host 0.27.1 sends its providers no shutdown request when the host stops: dropping
+# a provider's task SIGKILLs it (kill_on_drop). What the provider owes: to be gone within 1 s of
+# its host, also when the host hangs and is killed (then it notices and shuts down itself).
+stop_host_and_wait() {
+  local provider host_ms provider_ms how="" stopped_before
   provider=$(provider_pid)
   [[ -n "$provider" ]] || { echo "no provider process under the host"; return 1; }
-  start=$(date +%s%N)
+  stopped_before=$(provider_stopped_lines)
+  kill -TERM "$HOST_PID"
+  if ! host_ms=$(wait_ended "$HOST_PID" 10000); then
+    kill -KILL "$HOST_PID"
+    how="the host still ran 10 s after SIGTERM and was killed; "
+  fi
+  provider_ms=$(wait_ended "$provider" 1000) || { echo "${how}provider $provider still running 1 s after its host"; return 1; }
+  (($(provider_stopped_lines) > stopped_before)) && how+="the provider shut down by itself" || how+="the provider was killed by the host"
+  echo "${host_ms:+host exited $host_ms ms after SIGTERM; }provider ended $provider_ms ms after the host ($how)"
+}
+stop_provider_within_1s() {
+  local provider start took stopped_before
+  provider=$(provider_pid)
+  [[ -n "$provider" ]] || { echo "no provider process under the host"; return 1; }
+  stopped_before=$(provider_stopped_lines)
+  start=$(now_ms)
   ctl stop-provider "$HOST_ID" "$PROVIDER_ID" || return 1
-  while kill -0 "$provider" 2>/dev/null; do
-    (( $(date +%s%N) - start < 10000000000 )) || { echo "provider $provider still running after 10 s"; return 1; }
-    sleep 0.02
-  done
-  local took=$(( ($(date +%s%N) - start) / 1000000 ))
-  ((took <= 1000)) || { echo "provider exited only after $took ms"; return 1; }
+  wait_ended "$provider" 10000 >/dev/null || { echo "provider $provider still running after 10 s"; return 1; }
+  took=$(($(now_ms) - start))
+  ((took <= 1000)) || { echo "provider ended only after $took ms"; return 1; }
+  (($(provider_stopped_lines) > stopped_before)) || { echo "provider ended after $took ms without 'provider stopped': killed"; return 1; }
   sleep 0.5 # the host restarts a provider it did not mean to stop; it must not here
   [[ -z "$(provider_pid)" ]] || { echo "a provider process runs again under the host"; return 1; }
   port_closed "$P3" || { echo "port $P3 still open"; return 1; }
-  echo "exited after $took ms; nothing left running"
+  echo "shut down ('provider stopped') and ended $took ms after stop_provider; nothing left running"
 }
 link_deleted() {
   ctl del-link "$PROVIDER_ID" wasi http || return 1

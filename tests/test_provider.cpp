@@ -96,8 +96,9 @@ std::string random_bytes(size_t n) {
   return out;
 }
 
-// Sends `request` on a fresh connection and returns everything the server sends back.
-std::string raw_exchange(int port, const std::string &request) {
+// Sends `request` on a fresh connection and returns everything the server sends back until
+// it closes the connection, `until` came, or 5 s passed.
+std::string raw_exchange(int port, const std::string &request, const std::string &until = "") {
   int fd = testsupport::connect_loopback(port);
   timeval tv{5, 0};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
@@ -105,7 +106,8 @@ std::string raw_exchange(int port, const std::string &request) {
   std::string out;
   char buf[65536];
   ssize_t n;
-  while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) out.append(buf, static_cast<size_t>(n));
+  while ((until.empty() || out.find(until) == std::string::npos) && (n = ::recv(fd, buf, sizeof(buf), 0)) > 0)
+    out.append(buf, static_cast<size_t>(n));
   ::close(fd);
   return out;
 }
@@ -319,10 +321,61 @@ TEST_CASE("provider: a shutdown request for another host is ignored") {
   CHECK(lattice.provider->running());
 }
 
+// What a wasmCloud host (wasmcloud-host 0.27.1, async-nats 0.39) sent when its control
+// interface's stop_provider came, captured with nats-server -V (`NATS_TRACE=1`) under the
+// interop host: its CONNECT ("pass" is redacted in the trace; async-nats sends null without
+// credentials), the inbox subscription its requests are answered on, the shutdown request.
+const char *const kCapturedHostId = "NCYKXOE3QLSVUN4JYFJD4ETVQZCLNTMF4JFVQIYFNKPSFOI3DKMV3B53";
+const char *const kCapturedStopBytes =
+    "CONNECT {\"verbose\":false,\"pedantic\":false,\"jwt\":null,\"nkey\":null,\"sig\":null,\"name\":\"wasmbus\","
+    "\"echo\":true,\"lang\":\"rust\",\"version\":\"0.39.0\",\"protocol\":1,\"tls_required\":false,\"user\":null,"
+    "\"pass\":null,\"auth_token\":null,\"headers\":true,\"no_responders\":true}\r\n"
+    "SUB _INBOX.HvvovFsviop7eA3bqY6OoC.* 0\r\n"
+    "PUB wasmbus.rpc.default.http-http_provider.default.shutdown "
+    "_INBOX.HvvovFsviop7eA3bqY6OoC.HvvovFsviop7eA3bqY6Orh 70\r\n"
+    "{\"host_id\":\"NCYKXOE3QLSVUN4JYFJD4ETVQZCLNTMF4JFVQIYFNKPSFOI3DKMV3B53\"}\r\n";
+
+TEST_CASE("provider: a wasmCloud host's stop (captured bytes) is answered once the provider has stopped; it exits 0") {
+  NatsServer nats;
+  int port = testsupport::free_port();
+  auto host_data = host_data_json(nats, port);
+  host_data["host_id"] = kCapturedHostId;
+  auto log = testsupport::temp_file("", ".log");
+  Process provider({testsupport::build_path("http-server")}, as_host_line(host_data), true, log);
+  REQUIRE(testsupport::wait_for_port(port));  // listening: subscribed to the lattice
+  const std::string answer =
+      "MSG _INBOX.HvvovFsviop7eA3bqY6OoC.HvvovFsviop7eA3bqY6Orh 0 13\r\nshutting down\r\n";
+  auto start = std::chrono::steady_clock::now();
+  auto received = raw_exchange(nats.port(), kCapturedStopBytes, answer);
+  CHECK(received.find(answer) != std::string::npos);
+  // The host kills the process as soon as it has the answer: by then nothing is left to do.
+  CHECK_FALSE(testsupport::port_open(port));
+  CHECK(testsupport::read_file(log).find("provider stopped") != std::string::npos);
+  CHECK(provider.wait(1000ms) == 0);
+  CHECK(std::chrono::steady_clock::now() - start < 1s);
+  ::unlink(log.c_str());
+}
+
 TEST_CASE("provider: SIGTERM shuts it down with exit code 0") {
   Lattice lattice;
   lattice.provider->signal(SIGTERM);
   CHECK(lattice.provider->wait(5000ms) == 0);
+}
+
+TEST_CASE("provider: when the process that started it is killed (a host crash), it shuts down within 1 s") {
+  NatsServer nats;
+  int port = testsupport::free_port();
+  auto log = testsupport::temp_file("", ".log");
+  // The stand-in host: a shell that starts the provider with the host data on its stdin, and waits.
+  Process host({"/bin/sh", "-c", "exec 3<&0; \"$0\" <&3 2>\"$1\" & wait", testsupport::build_path("http-server"),
+                log},
+               as_host_line(host_data_json(nats, port)));
+  REQUIRE(testsupport::wait_for_port(port));
+  host.signal(SIGKILL);
+  CHECK(testsupport::eventually(
+      [&] { return testsupport::read_file(log).find("provider stopped") != std::string::npos; }, 1000ms));
+  CHECK_FALSE(testsupport::port_open(port));
+  ::unlink(log.c_str());
 }
 
 TEST_CASE("provider: missing or bad host data exits non-zero with one clear line") {
