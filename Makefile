@@ -8,6 +8,7 @@
 #   make par        build/http-server.par.gz for `wash app deploy wadm.yaml`
 #   make test-tsan  the tests under ThreadSanitizer
 #   make bench      the benchmark against wasmCloud's Rust provider and a Go gateway (bench/results.md)
+#   make bench-ab BASELINE=<rev>  `/` and `/proxy` before (rev) and after (this tree), interleaved
 #   make interop    the provider against a wasmCloud host, Rust's wRPC and a Wasm component (long first build)
 
 CXX      ?= g++
@@ -32,7 +33,7 @@ BINARIES := $(BUILD)/http-server $(BUILD)/demo-component $(BUILD)/nats_lite $(BU
 TEST_SOURCES := $(wildcard tests/test_*.cpp)  # tests/dropin.cpp is compiled on its own
 TEST_OBJECTS := $(patsubst tests/%.cpp,$(BUILD)/tests/%.o,$(TEST_SOURCES))
 
-.PHONY: all deps test test-plain test-unit test-edge test-httplib-0.18 test-go test-asan test-tsan demo par bench \
+.PHONY: all deps test test-plain test-unit test-edge test-httplib-0.18 test-go test-asan test-tsan demo par bench bench-ab \
         fuzz interop interop-build clean
 
 all: $(BINARIES)
@@ -169,6 +170,11 @@ $(BUILD)/http-server.par.gz: $(BUILD)/http-server $(BUILD)/make_par
 
 bench: deps all $(BUILD)/go-gateway $(BUILD)/nats-probe $(RUST_PROVIDER)
 	bench/run.sh $(BUILD) $(RUST_PROVIDER)
+
+# Before/after: `/` and `/proxy` through this tree's provider and BASELINE's (a git revision).
+bench-ab: deps all
+	@test -n "$(BASELINE)" || { echo "usage: make bench-ab BASELINE=<git revision>"; exit 2; }
+	bench/ab.sh $(BUILD) $(BASELINE)
 
 # The provider against peers written elsewhere (interop/run.sh): a wasmCloud 1.x host, Rust's
 # wRPC over NATS and a Wasm component built with componentize-js. Builds are cached in
