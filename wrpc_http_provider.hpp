@@ -4597,6 +4597,9 @@ struct HostData {
   std::optional<uint64_t> default_rpc_timeout_ms;
   bool structured_logging = false;
   std::string log_level = "info";
+  // Not the host's: false when the command line stood in for a host (Launch's flags), so
+  // there is no host process whose end the provider follows.
+  bool started_by_host = true;
 
   // Throws std::invalid_argument with a one-line reason.
   static HostData parse_json(const std::string &json);
@@ -4813,6 +4816,7 @@ struct Launch {
       return launch;
     }
     auto &h = launch.host_data;
+    h.started_by_host = false;
     h.host_id = "local";
     h.provider_key = "http-server";
     h.instance_id = "local";
@@ -8146,7 +8150,7 @@ inline void Provider::request_shutdown() {
 }
 
 // Blocks until a shutdown request, SIGTERM/SIGINT, or the end of the process that started
-// this one (`host`: a host killed or crashed leaves no provider behind holding its port). The
+// this one (`host`, 0 for none: a host killed or crashed leaves no provider behind holding its port). The
 // signals are blocked in every thread run() starts and taken here synchronously, so no
 // handler runs in signal context. A request wakes it at once (the host waits for the
 // answer); a signal or the host's end within 100 ms.
@@ -8159,7 +8163,7 @@ inline void Provider::wait_for_shutdown(pid_t host) {
     if (sig == SIGTERM || sig == SIGINT) {
       logger_.info(std::string("received ") + (sig == SIGTERM ? "SIGTERM" : "SIGINT"));
       shutdown_requested_ = true;
-    } else if (::getppid() != host) {
+    } else if (host != 0 && ::getppid() != host) {
       logger_.warn("the process that started the provider has ended", {{"pid", std::to_string(host)}});
       shutdown_requested_ = true;
     } else {
@@ -8169,7 +8173,7 @@ inline void Provider::wait_for_shutdown(pid_t host) {
 }
 
 inline int Provider::run() {
-  const pid_t host = ::getppid();
+  const pid_t host = host_.started_by_host ? ::getppid() : 0;
   block_termination_signals();
   telemetry_->start();
   try {

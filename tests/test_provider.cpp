@@ -378,6 +378,30 @@ TEST_CASE("provider: when the process that started it is killed (a host crash), 
   ::unlink(log.c_str());
 }
 
+TEST_CASE("provider: started with command-line flags instead of a host, it outlives the shell that started it") {
+  NatsServer nats;
+  int port = testsupport::free_port();
+  auto pid_file = testsupport::temp_file("");
+  // The shell starts the provider in the background, writes its pid and exits at once.
+  Process shell({"/bin/sh", "-c", "\"$0\" --nats \"$1\" --address \"$2\" >/dev/null 2>&1 </dev/null & echo $! >\"$3\"",
+                 testsupport::build_path("http-server"), nats.url(), "127.0.0.1:" + std::to_string(port), pid_file},
+                "");
+  REQUIRE(shell.wait(5000ms) == 0);
+  pid_t provider = std::atoi(testsupport::read_file(pid_file).c_str());
+  ::unlink(pid_file.c_str());
+  REQUIRE(provider > 0);
+  struct Stop {  // no host will stop it: the test does, whatever happens
+    pid_t pid;
+    ~Stop() { ::kill(pid, SIGTERM); }
+  } stop{provider};
+  REQUIRE(testsupport::wait_for_port(port));
+  std::this_thread::sleep_for(500ms);  // the parent watch would have looked 5 times
+  httplib::Client http("127.0.0.1", port);
+  auto res = http.Get("/");
+  REQUIRE(res);
+  CHECK(res->status == 200);
+}
+
 TEST_CASE("provider: missing or bad host data exits non-zero with one clear line") {
   for (std::string input : {std::string(""), std::string("not base64!\n"),
                             wrpc_http::detail::base64_encode("{\"provider_key\": 5}") + "\n",
