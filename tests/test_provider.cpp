@@ -382,8 +382,10 @@ TEST_CASE("provider: started with command-line flags instead of a host, it outli
   NatsServer nats;
   int port = testsupport::free_port();
   auto pid_file = testsupport::temp_file("");
-  // The shell starts the provider in the background, writes its pid and exits at once.
-  Process shell({"/bin/sh", "-c", "\"$0\" --nats \"$1\" --address \"$2\" >/dev/null 2>&1 </dev/null & echo $! >\"$3\"",
+  // The shell starts the provider in the background, writes its pid and exits a second later,
+  // when the provider runs (and would have taken the shell for its host).
+  Process shell({"/bin/sh", "-c",
+                 "\"$0\" --nats \"$1\" --address \"$2\" >/dev/null 2>&1 </dev/null & echo $! >\"$3\"; sleep 1",
                  testsupport::build_path("http-server"), nats.url(), "127.0.0.1:" + std::to_string(port), pid_file},
                 "");
   REQUIRE(shell.wait(5000ms) == 0);
@@ -394,7 +396,7 @@ TEST_CASE("provider: started with command-line flags instead of a host, it outli
     pid_t pid;
     ~Stop() { ::kill(pid, SIGTERM); }
   } stop{provider};
-  REQUIRE(testsupport::wait_for_port(port));
+  REQUIRE(testsupport::port_open(port));
   std::this_thread::sleep_for(500ms);  // the parent watch would have looked 5 times
   httplib::Client http("127.0.0.1", port);
   auto res = http.Get("/");
