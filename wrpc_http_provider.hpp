@@ -6903,13 +6903,6 @@ inline StringMap lower_keys(const StringMap &config) {
   return out;
 }
 
-inline bool is_http_token(const std::string &s) {
-  if (s.empty()) return false;
-  for (unsigned char c : s)
-    if (!(std::isalnum(c) || std::strchr("!#$%&'*+-.^_`|~", c))) return false;
-  return true;
-}
-
 // A JSON array of strings, as the Rust provider takes list values: '["a", "b"]'.
 inline std::vector<std::string> parse_json_list(const std::string &key, const std::string &text) {
   nlohmann::json j;
@@ -6967,7 +6960,8 @@ inline HttpPolicy HttpPolicy::from_config(const StringMap &config) {
   auto header_names = [](const char *key, const std::string &text) {
     auto names = detail::parse_json_list(key, text);
     for (auto &n : names) {
-      if (!detail::is_http_token(n)) throw std::invalid_argument(std::string("config '") + key + "': bad header name '" + n + "'");
+      if (!detail::http1::is_token(n))
+        throw std::invalid_argument(std::string("config '") + key + "': bad header name '" + n + "'");
       for (auto &c : n) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     }
     return names;
@@ -6982,7 +6976,8 @@ inline HttpPolicy HttpPolicy::from_config(const StringMap &config) {
   if (auto v = get("cors_allowed_methods")) {
     p.cors.allowed_methods = detail::parse_json_list("cors_allowed_methods", *v);
     for (auto &m : p.cors.allowed_methods)
-      if (!detail::is_http_token(m)) throw std::invalid_argument("config 'cors_allowed_methods': bad method '" + m + "'");
+      if (!detail::http1::is_token(m))
+        throw std::invalid_argument("config 'cors_allowed_methods': bad method '" + m + "'");
   }
   if (auto v = get("cors_max_age_secs")) p.cors.max_age_secs = detail::parse_unsigned("cors_max_age_secs", *v);
   if (auto v = get("cache_control")) {

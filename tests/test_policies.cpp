@@ -105,6 +105,15 @@ TEST_CASE("cors: bad values are refused at start with the key named") {
   CHECK(testsupport::refused_config({{"cors_max_age_secs", "-1"}}).find("cors_max_age_secs") != std::string::npos);
 }
 
+TEST_CASE("cors: a method or header name with a NUL byte is not a token and is refused at start") {
+  CHECK(testsupport::refused_config({{"cors_allowed_methods", R"(["GET\u0000"])"}}).find("cors_allowed_methods") !=
+        std::string::npos);
+  CHECK(testsupport::refused_config({{"cors_allowed_headers", R"(["X-Api-Key\u0000"])"}}).find(
+            "cors_allowed_headers") != std::string::npos);
+  CHECK(testsupport::refused_config({{"cors_exposed_headers", R"(["\u0000"])"}}).find("cors_exposed_headers") !=
+        std::string::npos);
+}
+
 TEST_CASE("cache_control: added to a component response that has none") {
   ProviderUnderTest p(ProviderOptions{{{"cache_control", "public, max-age=60"}}});
   auto reply = curl({p.url("/proxy")});
