@@ -7213,19 +7213,32 @@ inline Director single_target(std::string target) {
   return [target](const httplib::Request &) { return target; };
 }
 
-// Registers `handler` for every method cpp-httplib routes (GET, HEAD, POST, PUT, DELETE,
-// OPTIONS, PATCH) under `pattern`.
+namespace detail {
+
+// Registers routes under `pattern` for every method cpp-httplib routes: `bodiless` for GET
+// (which serves HEAD too) and OPTIONS, `with_body` for POST, PUT, PATCH and DELETE. A plain
+// Handler as `with_body` gets the body read by cpp-httplib first; a HandlerWithContentReader
+// leaves the body to the route.
+template <class BodyHandler>
+void route_every_method(httplib::Server &server, const std::string &pattern, const httplib::Server::Handler &bodiless,
+                        const BodyHandler &with_body) {
+  server.Get(pattern, bodiless);
+  server.Options(pattern, bodiless);
+  server.Post(pattern, with_body);
+  server.Put(pattern, with_body);
+  server.Patch(pattern, with_body);
+  server.Delete(pattern, with_body);
+}
+
+}  // namespace detail
+
+// Registers `handler` under `pattern` for every method cpp-httplib routes.
 inline void route_all(httplib::Server &server, const std::string &pattern, const httplib::Server::Handler &handler) {
   auto routed = [pattern, handler](const httplib::Request &req, httplib::Response &res) {
     detail::note_route(pattern);
     handler(req, res);
   };
-  server.Get(pattern, routed);
-  server.Post(pattern, routed);
-  server.Put(pattern, routed);
-  server.Delete(pattern, routed);
-  server.Options(pattern, routed);
-  server.Patch(pattern, routed);
+  detail::route_every_method(server, pattern, routed, routed);
 }
 
 namespace detail {
@@ -7343,12 +7356,7 @@ public:
       detail::note_route(pattern);
       handle(req, res);
     };
-    server.Get(pattern, plain);
-    server.Options(pattern, plain);
-    server.Post(pattern, streamed);
-    server.Put(pattern, streamed);
-    server.Patch(pattern, streamed);
-    server.Delete(pattern, streamed);
+    detail::route_every_method(server, pattern, plain, streamed);
   }
 
   // Forwards the request the provider's HTTP edge is serving on this thread.
