@@ -3,8 +3,7 @@
 // against a real nats-server, and the provider binary authenticating with host-data creds.
 #include <doctest/doctest.h>
 
-#include "../wrpc_http_provider.hpp"
-#include "support.hpp"
+#include "lattice.hpp"
 
 #include <algorithm>
 #include <cstdio>
@@ -347,28 +346,16 @@ namespace {
 // lattice credentials of `user`, serving HTTP on a free loopback port.
 struct ProviderUnderTest {
   int http_port = testsupport::free_port();
-  std::string stderr_path = testsupport::temp_file("", ".log");
-  std::unique_ptr<testsupport::Process> process;
+  testsupport::ProviderProcess process;
 
-  ProviderUnderTest(const NatsServer &server, const Identity &user) {
-    nlohmann::json host_data = {{"host_id", nkeys::create_key_pair(nkeys::key_type::server).public_key},
-                                {"lattice_rpc_prefix", "default"},
-                                {"lattice_rpc_url", server.url()},
-                                {"lattice_rpc_user_jwt", user.jwt},
-                                {"lattice_rpc_user_seed", user.keys.seed},
-                                {"provider_key", "http-http_provider"},
-                                {"instance_id", "interop-test"},
-                                {"link_definitions", nlohmann::json::array()},
-                                {"config", {{"address", "127.0.0.1:" + std::to_string(http_port)}}}};
-    process = std::make_unique<testsupport::Process>(
-        std::vector<std::string>{build_path("http-server")},
-        wrpc_http::detail::base64_encode(host_data.dump()) + "\n", false, stderr_path);
-  }
-  ~ProviderUnderTest() {
-    process.reset();
-    std::remove(stderr_path.c_str());
-  }
-  std::string log() const { return testsupport::read_file(stderr_path); }
+  ProviderUnderTest(const NatsServer &server, const Identity &user)
+      : process([&] {
+          auto host_data = testsupport::host_data(server.url(), {{"address", testsupport::loopback(http_port)}});
+          host_data["host_id"] = nkeys::create_key_pair(nkeys::key_type::server).public_key;
+          host_data["lattice_rpc_user_jwt"] = user.jwt;
+          host_data["lattice_rpc_user_seed"] = user.keys.seed;
+          return host_data;
+        }()) {}
 };
 
 }  // namespace
@@ -395,7 +382,7 @@ TEST_CASE("provider with jwt auth: answers its health subject to another user of
   }));
   auto health = nlohmann::json::parse(reply.data);
   CHECK(health.value("healthy", false));
-  CHECK(provider.process->running());
+  CHECK(provider.process.running());
 }
 
 TEST_CASE("provider with jwt auth: serves GET / on its configured HTTP address") {
@@ -418,8 +405,8 @@ TEST_CASE("provider with jwt auth: exits non-zero when the lattice refuses its c
   auto server = server_with_config(operator_config(op, account));
   auto stranger_account = make_account(op, "STRANGER");  // not preloaded on the server
   ProviderUnderTest provider(*server, make_user(stranger_account, "provider"));
-  int exit_code = provider.process->wait(3000ms);
+  int exit_code = provider.process.wait(3000ms);
   CHECK(exit_code > 0);
   CHECK(exit_code < 128);
-  CHECK(contains(provider.log(), "Authorization Violation"));
+  CHECK(contains(provider.process.log(), "Authorization Violation"));
 }
