@@ -12,6 +12,7 @@
 using namespace std::chrono_literals;
 using testsupport::build_path;
 using testsupport::CapturedProcess;
+using testsupport::eventually;
 using testsupport::NatsServer;
 using testsupport::run_capture;
 using wrpc_http::nats::Client;
@@ -22,31 +23,25 @@ namespace nkeys = wrpc_http::detail::nkeys;
 
 namespace {
 
+// The command line of build/`client` (nats_lite or nats_peer) against the server at `url`.
+std::vector<std::string> client_argv(const std::string &client, const std::string &url,
+                                     std::vector<std::string> args) {
+  args.insert(args.begin(), {build_path(client), "--server", url});
+  return args;
+}
+
 std::vector<std::string> nats_lite(const NatsServer &server, std::vector<std::string> args) {
-  std::vector<std::string> argv = {build_path("nats_lite"), "--server", server.url()};
-  argv.insert(argv.end(), args.begin(), args.end());
-  return argv;
+  return client_argv("nats_lite", server.url(), std::move(args));
 }
 
 std::vector<std::string> nats_peer(const NatsServer &server, std::vector<std::string> args) {
-  std::vector<std::string> argv = {build_path("nats_peer"), "--server", server.url()};
-  argv.insert(argv.end(), args.begin(), args.end());
-  return argv;
+  return client_argv("nats_peer", server.url(), std::move(args));
 }
 
 size_t line_count(const std::string &text) { return static_cast<size_t>(std::count(text.begin(), text.end(), '\n')); }
 
 bool contains(const std::string &haystack, const std::string &needle) {
   return haystack.find(needle) != std::string::npos;
-}
-
-template <class Pred> bool eventually(Pred pred, std::chrono::milliseconds timeout = 3000ms) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(10ms);
-  }
-  return pred();
 }
 
 // A nats-server started with the configuration `config` (read once, at start).
@@ -202,9 +197,7 @@ TEST_CASE("interop: a message from nats.go reaches nats_lite sub, which stops af
 TEST_CASE("nats_lite errors: without a server it exits non-zero with a one-line reason") {
   std::string url = "nats://127.0.0.1:" + std::to_string(testsupport::free_port());
   for (auto cmd : std::vector<std::vector<std::string>>{{"pub", "a", "x"}, {"req", "a", "x"}, {"sub", "a"}}) {
-    std::vector<std::string> argv = {build_path("nats_lite"), "--server", url};
-    argv.insert(argv.end(), cmd.begin(), cmd.end());
-    auto r = run_capture(argv, 3s);
+    auto r = run_capture(client_argv("nats_lite", url, cmd), 3s);
     CAPTURE(cmd[0]);
     CHECK(r.exit_code != 0);
     CHECK(r.exit_code != -1);
