@@ -199,6 +199,13 @@ struct Lattice {
   }
 };
 
+// What the demo component's /proxy/bytes/N sends: a-z over and over, from `a` again every 64 KiB.
+inline std::string pattern_bytes(size_t n) {
+  std::string out(n, '\0');
+  for (size_t i = 0; i < n; ++i) out[i] = static_cast<char>('a' + (i % (64 * 1024)) % 26);
+  return out;
+}
+
 // The provider started with `config` must refuse it: exits 1 within 5 s. Returns its stderr.
 inline std::string refused_config(const nlohmann::json &config) {
   NatsServer nats;

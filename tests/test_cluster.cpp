@@ -8,6 +8,7 @@
 #include <set>
 
 using namespace std::chrono_literals;
+using testsupport::Clock;
 using testsupport::ConfiguredNatsServer;
 using testsupport::NatsCluster;
 using testsupport::NatsLeafNodes;
@@ -15,7 +16,6 @@ using testsupport::Process;
 using testsupport::start_component;
 using wrpc_http::nats::Client;
 using wrpc_http::nats::Options;
-using testsupport::Clock;
 
 namespace {
 

@@ -6,7 +6,7 @@
 #include "lattice.hpp"
 
 using namespace std::chrono_literals;
-using Clock = std::chrono::steady_clock;
+using testsupport::Clock;
 using testsupport::NatsServer;
 
 namespace {

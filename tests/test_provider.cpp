@@ -11,17 +11,11 @@ using testsupport::LatticeOptions;
 using testsupport::link_to;
 using testsupport::loopback;
 using testsupport::NatsServer;
+using testsupport::pattern_bytes;
 using testsupport::Process;
 using testsupport::provider_subject;
 
 namespace {
-
-std::string pattern_bytes(size_t n) {
-  // What demo-component's /proxy/bytes/N sends.
-  std::string out(n, '\0');
-  for (size_t i = 0; i < n; ++i) out[i] = static_cast<char>('a' + (i % (64 * 1024)) % 26);
-  return out;
-}
 
 std::string random_bytes(size_t n) {
   std::mt19937 rng(42);
