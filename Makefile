@@ -68,7 +68,7 @@ $(BUILD)/fault-component: tests/fault_component.cpp $(HEADER)
 	@mkdir -p $(@D)
 	$(CXX) $(ALL_CXXFLAGS) $< -o $@ $(LDLIBS)
 
-$(BUILD)/tests/%.o: tests/%.cpp $(HEADER) tests/support.hpp tests/lattice.hpp tests/provider_fixture.hpp \
+$(BUILD)/tests/%.o: tests/%.cpp $(HEADER) tests/support.hpp tests/lattice.hpp \
                     fuzz/fuzz_checks.hpp
 	@mkdir -p $(@D)
 	$(CXX) $(ALL_CXXFLAGS) -c $< -o $@

@@ -6903,13 +6903,6 @@ inline StringMap lower_keys(const StringMap &config) {
   return out;
 }
 
-inline bool is_http_token(const std::string &s) {
-  if (s.empty()) return false;
-  for (unsigned char c : s)
-    if (!(std::isalnum(c) || std::strchr("!#$%&'*+-.^_`|~", c))) return false;
-  return true;
-}
-
 // A JSON array of strings, as the Rust provider takes list values: '["a", "b"]'.
 inline std::vector<std::string> parse_json_list(const std::string &key, const std::string &text) {
   nlohmann::json j;
@@ -6967,7 +6960,8 @@ inline HttpPolicy HttpPolicy::from_config(const StringMap &config) {
   auto header_names = [](const char *key, const std::string &text) {
     auto names = detail::parse_json_list(key, text);
     for (auto &n : names) {
-      if (!detail::is_http_token(n)) throw std::invalid_argument(std::string("config '") + key + "': bad header name '" + n + "'");
+      if (!detail::http1::is_token(n))
+        throw std::invalid_argument(std::string("config '") + key + "': bad header name '" + n + "'");
       for (auto &c : n) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     }
     return names;
@@ -6982,7 +6976,8 @@ inline HttpPolicy HttpPolicy::from_config(const StringMap &config) {
   if (auto v = get("cors_allowed_methods")) {
     p.cors.allowed_methods = detail::parse_json_list("cors_allowed_methods", *v);
     for (auto &m : p.cors.allowed_methods)
-      if (!detail::is_http_token(m)) throw std::invalid_argument("config 'cors_allowed_methods': bad method '" + m + "'");
+      if (!detail::http1::is_token(m))
+        throw std::invalid_argument("config 'cors_allowed_methods': bad method '" + m + "'");
   }
   if (auto v = get("cors_max_age_secs")) p.cors.max_age_secs = detail::parse_unsigned("cors_max_age_secs", *v);
   if (auto v = get("cache_control")) {
@@ -7218,19 +7213,32 @@ inline Director single_target(std::string target) {
   return [target](const httplib::Request &) { return target; };
 }
 
-// Registers `handler` for every method cpp-httplib routes (GET, HEAD, POST, PUT, DELETE,
-// OPTIONS, PATCH) under `pattern`.
+namespace detail {
+
+// Registers routes under `pattern` for every method cpp-httplib routes: `bodiless` for GET
+// (which serves HEAD too) and OPTIONS, `with_body` for POST, PUT, PATCH and DELETE. A plain
+// Handler as `with_body` gets the body read by cpp-httplib first; a HandlerWithContentReader
+// leaves the body to the route.
+template <class BodyHandler>
+void route_every_method(httplib::Server &server, const std::string &pattern, const httplib::Server::Handler &bodiless,
+                        const BodyHandler &with_body) {
+  server.Get(pattern, bodiless);
+  server.Options(pattern, bodiless);
+  server.Post(pattern, with_body);
+  server.Put(pattern, with_body);
+  server.Patch(pattern, with_body);
+  server.Delete(pattern, with_body);
+}
+
+}  // namespace detail
+
+// Registers `handler` under `pattern` for every method cpp-httplib routes.
 inline void route_all(httplib::Server &server, const std::string &pattern, const httplib::Server::Handler &handler) {
   auto routed = [pattern, handler](const httplib::Request &req, httplib::Response &res) {
     detail::note_route(pattern);
     handler(req, res);
   };
-  server.Get(pattern, routed);
-  server.Post(pattern, routed);
-  server.Put(pattern, routed);
-  server.Delete(pattern, routed);
-  server.Options(pattern, routed);
-  server.Patch(pattern, routed);
+  detail::route_every_method(server, pattern, routed, routed);
 }
 
 namespace detail {
@@ -7348,12 +7356,7 @@ public:
       detail::note_route(pattern);
       handle(req, res);
     };
-    server.Get(pattern, plain);
-    server.Options(pattern, plain);
-    server.Post(pattern, streamed);
-    server.Put(pattern, streamed);
-    server.Patch(pattern, streamed);
-    server.Delete(pattern, streamed);
+    detail::route_every_method(server, pattern, plain, streamed);
   }
 
   // Forwards the request the provider's HTTP edge is serving on this thread.

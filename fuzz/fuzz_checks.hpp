@@ -9,6 +9,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <optional>
 #include <string>
 
@@ -383,6 +385,20 @@ inline std::string chunked_fault(const std::string& bytes) {
   if (whole.consumed > bytes.size() || whole.body.size() > bytes.size()) return "decoded more than it was given";
   if (whole.done && whole.refusal != http1::Refusal::none) return "both done and refused";
   return "";
+}
+
+// ---------------------------------------------------------------------------------------
+// A fuzz target's body: `check` on the fuzzer's input. A fault is a finding: printed, then an
+// abort, so that libFuzzer stops and saves the input.
+// ---------------------------------------------------------------------------------------
+
+inline int check_fuzz_input(std::string (*check)(const std::string&), const uint8_t* data, size_t size) {
+  const std::string fault = check(std::string(reinterpret_cast<const char*>(data), size));
+  if (!fault.empty()) {
+    std::fprintf(stderr, "finding: %s\n", fault.c_str());
+    std::abort();
+  }
+  return 0;
 }
 
 }  // namespace fuzz_checks

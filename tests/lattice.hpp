@@ -1,7 +1,8 @@
 // The lattice of the end-to-end tests: a real nats-server, a component (build/demo-component,
 // or build/fault-component for faults the demo cannot produce) and build/http-server started
 // with host data on stdin, as a wasmCloud host starts it; the test holds its own NATS
-// connection, which can count the component's invocations.
+// connection, which can count the component's invocations. curl() sends requests with their
+// headers exactly as a test writes them (CORS, cache_control).
 #pragma once
 
 #include <doctest/doctest.h>
@@ -14,76 +15,145 @@ namespace testsupport {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-inline const char *kProviderKey = "http-http_provider";
-inline const char *kComponent = "http-http_component";
-inline const char *kHostId = "NHOSTFORTESTS";
+inline const char *const kProviderKey = "http-http_provider";
+inline const char *const kComponent = "http-http_component";
+inline const char *const kHostId = "NHOSTFORTESTS";
 
-inline std::string invocation_subject() { return wrpc_http::wrpc::handle_subject("default", kComponent); }
+// The subject of the provider's lattice requests and link puts: `suffix` is "health",
+// "linkdefs.put", "default.shutdown", ...
+inline std::string provider_subject(const std::string &suffix) {
+  return "wasmbus.rpc.default." + std::string(kProviderKey) + "." + suffix;
+}
+
+// The subject the provider invokes `component` on.
+inline std::string invocation_subject(const std::string &component = kComponent) {
+  return wrpc_http::wrpc::handle_subject("default", component);
+}
+
+// The host data a wasmCloud host writes on the provider's stdin, for the lattice at
+// `nats_urls` (comma-separated); callers add fields (credentials, xkeys) as a host would.
+inline nlohmann::json host_data(const std::string &nats_urls, const nlohmann::json &config,
+                                const nlohmann::json &links = nlohmann::json::array(),
+                                const nlohmann::json &otel_config = nlohmann::json::object()) {
+  return {{"host_id", kHostId},         {"lattice_rpc_prefix", "default"}, {"lattice_rpc_url", nats_urls},
+          {"provider_key", kProviderKey}, {"instance_id", "test-instance"},  {"link_definitions", links},
+          {"config", config},             {"otel_config", otel_config},      {"log_level", "debug"}};
+}
+
+// Host data as a host writes it on the provider's stdin: base64 on one line.
+inline std::string host_data_line(const nlohmann::json &host_data) {
+  return wrpc_http::detail::base64_encode(host_data.dump()) + "\n";
+}
+
+// A source link from the provider to `target` (wasi:http/incoming-handler).
+inline nlohmann::json link_to(const std::string &target,
+                              const nlohmann::json &source_config = nlohmann::json::object()) {
+  return {{"source_id", kProviderKey}, {"target", target},       {"name", "default"},
+          {"wit_namespace", "wasi"},   {"wit_package", "http"},  {"interfaces", {"incoming-handler"}},
+          {"source_config", source_config}, {"target_config", nlohmann::json::object()}};
+}
+
+inline std::string loopback(int port) { return "127.0.0.1:" + std::to_string(port); }
+
+// build/http-server started as a wasmCloud host starts it: `host_data`, base64 on one line,
+// on its stdin. Its log (stderr) goes to a temporary file, removed with it.
+class ProviderProcess : public Process {
+public:
+  explicit ProviderProcess(const nlohmann::json &host_data)
+      : ProviderProcess(host_data, temp_file("", ".log")) {}
+  ~ProviderProcess() { ::unlink(log_path_.c_str()); }
+
+  std::string log() const { return read_file(log_path_); }
+
+private:
+  ProviderProcess(const nlohmann::json &host_data, std::string log_path)
+      : Process({build_path("http-server")}, host_data_line(host_data), true, log_path),
+        log_path_(std::move(log_path)) {}
+
+  std::string log_path_;
+};
+
+// build/`binary` ("demo-component" or "fault-component") serving as component `id` on the
+// lattice at `nats_url`.
+inline std::unique_ptr<Process> start_component(const std::string &nats_url,
+                                                const std::string &binary = "demo-component",
+                                                const std::string &id = kComponent) {
+  return std::make_unique<Process>(std::vector<std::string>{build_path(binary), "--nats", nats_url, "--id", id}, "",
+                                   true, "/dev/null");
+}
+
+// Waits until component `id` answers on its subscription (no "no responders").
+inline void wait_for_component(wrpc_http::nats::Client &client, const std::string &id = kComponent) {
+  auto deadline = Clock::now() + 5s;
+  while (Clock::now() < deadline) {
+    try {
+      client.request(invocation_subject(id), "", 100ms);
+      return;  // the handshake came back
+    } catch (const wrpc_http::nats::Error &) {
+      std::this_thread::sleep_for(20ms);
+    }
+  }
+  FAIL("component " << id << " did not come up");
+}
+
+struct LatticeOptions {
+  nlohmann::json config = nlohmann::json::object();  // adds to or overrides address and timeout_ms
+  nlohmann::json links = nlohmann::json::array();
+  nlohmann::json otel_config = nlohmann::json::object();
+  // Where the provider listens when `config` or `links` say so; 0: a free port, which
+  // becomes config.address.
+  int listen_port = 0;
+  std::string component = "demo-component";  // or "fault-component"
+};
 
 // nats-server, a component and the provider, all on free loopback ports. The test also
 // holds its own NATS connection, which counts every invocation of the component.
 struct Lattice {
   NatsServer nats;
-  int http_port = free_port();
-  std::string provider_log = temp_file("", ".log");
+  int http_port;
   std::unique_ptr<Process> component;
-  std::unique_ptr<Process> provider;
+  std::unique_ptr<ProviderProcess> provider;
   std::unique_ptr<wrpc_http::nats::Client> client;
   std::atomic<int> invocation_count{0};
 
-  // `component_binary` is "demo-component" or "fault-component"; `config` adds to or
-  // overrides the provider config (address and timeout_ms).
-  explicit Lattice(const std::string &component_binary = "demo-component",
-                   const wrpc_http::StringMap &config = {}) {
+  explicit Lattice(LatticeOptions options = {})
+      : http_port(options.listen_port ? options.listen_port : free_port()) {
     wrpc_http::nats::Options o;
     o.url = nats.url();
     client = std::make_unique<wrpc_http::nats::Client>(o);
     client->connect();
-    start_component(component_binary);
-    nlohmann::json provider_config = {{"address", "127.0.0.1:" + std::to_string(http_port)}, {"timeout_ms", "2000"}};
-    for (auto &kv : config) provider_config[kv.first] = kv.second;
-    nlohmann::json host_data = {{"host_id", kHostId},
-                                {"lattice_rpc_prefix", "default"},
-                                {"lattice_rpc_url", nats.url()},
-                                {"provider_key", kProviderKey},
-                                {"instance_id", "test-instance"},
-                                {"link_definitions", nlohmann::json::array()},
-                                {"config", provider_config},
-                                {"log_level", "debug"}};
-    provider = std::make_unique<Process>(std::vector<std::string>{build_path("http-server")},
-                                         wrpc_http::detail::base64_encode(host_data.dump()) + "\r\n", true,
-                                         provider_log);
+    start_component(options.component);
+    nlohmann::json config = {{"timeout_ms", "2000"}};
+    if (!options.listen_port) config["address"] = loopback(http_port);
+    for (auto &item : options.config.items()) config[item.key()] = item.value();  // a config of {} is null: no items
+    provider = std::make_unique<ProviderProcess>(host_data(nats.url(), config, options.links, options.otel_config));
     REQUIRE(wait_for_port(http_port));
   }
+  // `component_binary` with `config` added to the provider config.
+  explicit Lattice(const std::string &component_binary, const nlohmann::json &config = nlohmann::json::object())
+      : Lattice([&] {
+          LatticeOptions options;
+          options.config = config;
+          options.component = component_binary;
+          return options;
+        }()) {}
   ~Lattice() {
     provider.reset();
     component.reset();
     client->close();
-    ::unlink(provider_log.c_str());
   }
 
-  // Starts the component and waits until its subscription answers (no "no responders").
+  // Starts the component (again) and waits until it answers.
   void start_component(const std::string &binary) {
-    component = std::make_unique<Process>(
-        std::vector<std::string>{build_path(binary), "--nats", nats.url(), "--id", kComponent}, "",
-        true, "/dev/null");
-    auto deadline = Clock::now() + 5s;
-    while (Clock::now() < deadline) {
-      try {
-        client->request(invocation_subject(), "", 100ms);
-        return;  // the handshake came back
-      } catch (const wrpc_http::nats::Error &) {
-        std::this_thread::sleep_for(20ms);
-      }
-    }
-    FAIL(binary << " did not come up");
+    component = testsupport::start_component(nats.url(), binary);
+    wait_for_component(*client);
   }
 
   // Counts the invocations of the component from now on. The extra subscriber means that
   // a missing component is no longer "no responders" but a timeout.
   void count_invocations() {
     client->subscribe(invocation_subject(), [this](wrpc_http::nats::Message &m) {
-      if (!m.data.empty()) invocation_count++;  // start_component's probes carry no parameters
+      if (!m.data.empty()) invocation_count++;  // wait_for_component's probes carry no parameters
     });
     client->flush(2s);
   }
@@ -93,6 +163,8 @@ struct Lattice {
     client->flush(2s);  // every invocation published before now has reached our counter
     return invocation_count;
   }
+
+  std::string url(const std::string &path) const { return "http://" + loopback(http_port) + path; }
 
   httplib::Client http() const {
     httplib::Client c("127.0.0.1", http_port);
@@ -117,7 +189,7 @@ struct Lattice {
     auto deadline = Clock::now() + timeout;
     while (Clock::now() < deadline) {
       try {
-        auto reply = client->request("wasmbus.rpc.default." + std::string(kProviderKey) + ".health", "", 500ms);
+        auto reply = client->request(provider_subject("health"), "", 500ms);
         return nlohmann::json::parse(reply.data)["healthy"] == true;
       } catch (const wrpc_http::nats::Error &) {
         std::this_thread::sleep_for(50ms);
@@ -127,6 +199,21 @@ struct Lattice {
   }
 };
 
+// What the demo component's /proxy/bytes/N sends: a-z over and over, from `a` again every 64 KiB.
+inline std::string pattern_bytes(size_t n) {
+  std::string out(n, '\0');
+  for (size_t i = 0; i < n; ++i) out[i] = static_cast<char>('a' + (i % (64 * 1024)) % 26);
+  return out;
+}
+
+// The provider started with `config` must refuse it: exits 1 within 5 s. Returns its stderr.
+inline std::string refused_config(const nlohmann::json &config) {
+  NatsServer nats;
+  auto result = run_capture({build_path("http-server")}, 5000ms, host_data_line(host_data(nats.url(), config)));
+  CHECK(result.exit_code == 1);
+  return result.err;
+}
+
 inline double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
@@ -135,6 +222,37 @@ inline double seconds_since(Clock::time_point start) {
 inline int raw_status(const std::string &response) {
   if (response.compare(0, 9, "HTTP/1.1 ") != 0 || response.size() < 12) return 0;
   return std::atoi(response.substr(9, 3).c_str());
+}
+
+// What curl got: status, head (status line and fields) and body.
+struct CurlReply {
+  int status = 0;
+  std::string head, body;
+
+  // The value of the first field `name` (case-insensitive), "" when absent.
+  std::string header(const std::string &name) const {
+    std::string lower_head = wrpc_http::detail::lower(head), key = "\r\n" + wrpc_http::detail::lower(name) + ":";
+    auto at = lower_head.find(key);
+    if (at == std::string::npos) return "";
+    auto start = head.find_first_not_of(' ', at + key.size());
+    return head.substr(start, head.find("\r\n", start) - start);
+  }
+  bool has_header(const std::string &name) const {
+    return wrpc_http::detail::lower(head).find("\r\n" + wrpc_http::detail::lower(name) + ":") != std::string::npos;
+  }
+};
+
+// Runs `curl -si --max-time 5 ARGS...`.
+inline CurlReply curl(std::vector<std::string> args) {
+  std::vector<std::string> argv = {"curl", "-si", "--max-time", "5"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  auto result = run_capture(argv, 8000ms);
+  CurlReply reply;
+  auto split = result.out.find("\r\n\r\n");
+  reply.head = result.out.substr(0, split == std::string::npos ? result.out.size() : split + 2);
+  reply.body = split == std::string::npos ? "" : result.out.substr(split + 4);
+  if (reply.head.size() > 12) reply.status = std::atoi(reply.head.c_str() + 9);
+  return reply;
 }
 
 }  // namespace testsupport

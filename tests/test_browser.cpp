@@ -1,7 +1,7 @@
 // CORS as a browser sees it: headless Chromium (Debian's) loads a page from one origin whose
 // script fetches /proxy from the provider on another origin; the outcome is written into the
 // page and read back with --dump-dom.
-#include "provider_fixture.hpp"
+#include "lattice.hpp"
 
 using namespace std::chrono_literals;
 
@@ -60,8 +60,8 @@ std::string outcome_in_chromium(const std::string &page_url) {
 struct CrossOrigin {
   int page_port = testsupport::free_port(), provider_port = testsupport::free_port();
   std::string provider_url = "http://127.0.0.1:" + std::to_string(provider_port);
-  testsupport::ProviderUnderTest provider{[&] {
-    testsupport::ProviderOptions options;
+  testsupport::Lattice lattice{[&] {
+    testsupport::LatticeOptions options;
     options.config = {{"address", "127.0.0.1:" + std::to_string(provider_port)},
                       {"cors_allowed_origins", nlohmann::json::array({"http://127.0.0.1:" + std::to_string(page_port)}).dump()},
                       {"cors_allowed_headers", R"(["content-type", "x-api-key"])"},
@@ -75,9 +75,9 @@ struct CrossOrigin {
 TEST_CASE("browser cors: a page on the listed origin reads the component's answer to its preflighted PUT") {
   CrossOrigin setup;
   auto outcome = outcome_in_chromium("http://127.0.0.1:" + std::to_string(setup.page_port) + "/page");
-  CHECK(outcome == std::string("allowed 200 component=") + testsupport::kFixtureComponent +
+  CHECK(outcome == std::string("allowed 200 component=") + testsupport::kComponent +
                        " echoed={\"from\": \"browser\"}");
-  auto log = setup.provider.log();
+  auto log = setup.lattice.provider->log();
   CHECK(log.find("method=PUT path=/proxy") != std::string::npos);
 }
 
@@ -86,6 +86,6 @@ TEST_CASE("browser cors: the same page from an origin not listed is refused, and
   // localhost and 127.0.0.1 are different origins to the browser.
   auto outcome = outcome_in_chromium("http://localhost:" + std::to_string(setup.page_port) + "/page");
   CHECK(outcome == "refused TypeError");
-  auto log = setup.provider.log();
+  auto log = setup.lattice.provider->log();
   CHECK(log.find("method=PUT") == std::string::npos);
 }

@@ -3,46 +3,32 @@
 // binary with host data on stdin, the demo component and real HTTP clients.
 #include <doctest/doctest.h>
 
-#include "../wrpc_http_provider.hpp"
-#include "support.hpp"
+#include "lattice.hpp"
 
 #include <set>
 
 using namespace std::chrono_literals;
+using testsupport::Clock;
 using testsupport::ConfiguredNatsServer;
 using testsupport::NatsCluster;
 using testsupport::NatsLeafNodes;
 using testsupport::Process;
+using testsupport::start_component;
 using wrpc_http::nats::Client;
 using wrpc_http::nats::Options;
-using Clock = std::chrono::steady_clock;
 
 namespace {
 
-const char *kComponent = "http-http_component";
-
-// build/http-server started as a host starts it, connected to `nats_urls` only.
-struct ProviderProcess {
+// build/http-server started as a host starts it, connected to `nats_urls` only, serving HTTP
+// on a free port.
+struct ServingProvider {
   int http_port = testsupport::free_port();
-  std::string log = testsupport::temp_file("", ".log");
-  std::unique_ptr<Process> process;
+  testsupport::ProviderProcess process;
 
-  explicit ProviderProcess(const std::string &nats_urls) {
-    nlohmann::json host_data = {
-        {"host_id", "NHOSTFORTESTS"},
-        {"lattice_rpc_prefix", "default"},
-        {"lattice_rpc_url", nats_urls},
-        {"provider_key", "http-http_provider"},
-        {"link_definitions", nlohmann::json::array()},
-        {"config", {{"address", "127.0.0.1:" + std::to_string(http_port)}, {"timeout_ms", "5000"}}},
-        {"log_level", "debug"}};
-    process = std::make_unique<Process>(std::vector<std::string>{testsupport::build_path("http-server")},
-                                        wrpc_http::detail::base64_encode(host_data.dump()) + "\r\n", true, log);
+  explicit ServingProvider(const std::string &nats_urls)
+      : process(testsupport::host_data(nats_urls,
+                                       {{"address", testsupport::loopback(http_port)}, {"timeout_ms", "5000"}})) {
     REQUIRE(testsupport::wait_for_port(http_port));
-  }
-  ~ProviderProcess() {
-    process.reset();
-    ::unlink(log.c_str());
   }
 
   // The status of GET `path`, 0 when no response came (within `timeout`).
@@ -63,12 +49,6 @@ struct ProviderProcess {
     return std::nullopt;
   }
 };
-
-std::unique_ptr<Process> start_component(const std::string &nats_url) {
-  return std::make_unique<Process>(
-      std::vector<std::string>{testsupport::build_path("demo-component"), "--nats", nats_url, "--id", kComponent}, "",
-      true, "/dev/null");
-}
 
 double ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
 
@@ -107,7 +87,7 @@ private:
 // (both learn the other members), and /proxy working across them.
 struct ProxyAcrossNodes {
   NatsCluster cluster;
-  ProviderProcess provider{cluster.node(0).url()};
+  ServingProvider provider{cluster.node(0).url()};
   std::unique_ptr<Process> component = start_component(cluster.node(1).url());
   ProxyAcrossNodes() { REQUIRE(provider.until_proxy_works(10s, Clock::now())); }
 };
@@ -296,7 +276,7 @@ TEST_CASE_FIXTURE(ProxyAcrossNodes, "cluster: lame duck mode on the provider's n
 
 TEST_CASE("cluster: leaf nodes: provider and component on two leaves of a hub; a restarted leaf serves again within 2 s") {
   NatsLeafNodes leaves;
-  ProviderProcess provider(leaves.leaf(0).url());
+  ServingProvider provider(leaves.leaf(0).url());
   auto component = start_component(leaves.leaf(1).url());
   REQUIRE(provider.until_proxy_works(10s, Clock::now()));
 
@@ -320,7 +300,7 @@ TEST_CASE("cluster: a client whose first configured server is down at start conn
 TEST_CASE("cluster: a URL list whose first server is down at start: the provider starts and serves") {
   NatsCluster cluster;
   std::string down = "nats://127.0.0.1:" + std::to_string(testsupport::free_port());
-  ProviderProcess provider(down + "," + cluster.node(0).url());
+  ServingProvider provider(down + "," + cluster.node(0).url());
   auto component = start_component(cluster.node(1).url());
   CHECK(provider.until_proxy_works(10s, Clock::now()));
 }

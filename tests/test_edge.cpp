@@ -12,6 +12,7 @@
 using namespace std::chrono_literals;
 using testsupport::Clock;
 using testsupport::Lattice;
+using testsupport::pattern_bytes;
 
 // Worker threads the provider may hold beside its poll thread (the default bound).
 #ifdef WRPC_HTTP_MAX_WORKERS
@@ -292,12 +293,6 @@ nlohmann::json field_values(const nlohmann::json &inspected, const std::string &
   for (auto &f : inspected["headers"])
     if (f[0] == name) return f[1];
   return nlohmann::json();
-}
-
-std::string pattern_bytes(size_t n) {  // what demo-component's /proxy/bytes/N sends
-  std::string out(n, '\0');
-  for (size_t i = 0; i < n; ++i) out[i] = static_cast<char>('a' + (i % (64 * 1024)) % 26);
-  return out;
 }
 
 long proc_status_kib(pid_t pid, const std::string &key) {

@@ -6,7 +6,7 @@
 #include "lattice.hpp"
 
 using namespace std::chrono_literals;
-using Clock = std::chrono::steady_clock;
+using testsupport::Clock;
 using testsupport::NatsServer;
 
 namespace {
@@ -15,7 +15,6 @@ using testsupport::Lattice;
 using testsupport::raw_status;
 using testsupport::seconds_since;
 using testsupport::kHostId;
-using testsupport::kProviderKey;
 
 // The provider's answer to a bad request: a 4xx, or the connection closed without one.
 void check_refused(const testsupport::RawReply &reply, const std::string &what) {
@@ -208,7 +207,7 @@ TEST_CASE("faults: a shutdown request with requests in flight is answered after 
     });
   }
   std::this_thread::sleep_for(300ms);
-  auto reply = lattice.client->request("wasmbus.rpc.default." + std::string(kProviderKey) + ".default.shutdown",
+  auto reply = lattice.client->request(testsupport::provider_subject("default.shutdown"),
                                        nlohmann::json({{"host_id", kHostId}}).dump(), 5000ms);
   CHECK(reply.data == "shutting down");
   lattice.provider->signal(SIGKILL);  // what the host does on the answer

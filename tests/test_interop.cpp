@@ -3,8 +3,7 @@
 // against a real nats-server, and the provider binary authenticating with host-data creds.
 #include <doctest/doctest.h>
 
-#include "../wrpc_http_provider.hpp"
-#include "support.hpp"
+#include "lattice.hpp"
 
 #include <algorithm>
 #include <cstdio>
@@ -13,6 +12,7 @@
 using namespace std::chrono_literals;
 using testsupport::build_path;
 using testsupport::CapturedProcess;
+using testsupport::eventually;
 using testsupport::NatsServer;
 using testsupport::run_capture;
 using wrpc_http::nats::Client;
@@ -23,31 +23,25 @@ namespace nkeys = wrpc_http::detail::nkeys;
 
 namespace {
 
+// The command line of build/`client` (nats_lite or nats_peer) against the server at `url`.
+std::vector<std::string> client_argv(const std::string &client, const std::string &url,
+                                     std::vector<std::string> args) {
+  args.insert(args.begin(), {build_path(client), "--server", url});
+  return args;
+}
+
 std::vector<std::string> nats_lite(const NatsServer &server, std::vector<std::string> args) {
-  std::vector<std::string> argv = {build_path("nats_lite"), "--server", server.url()};
-  argv.insert(argv.end(), args.begin(), args.end());
-  return argv;
+  return client_argv("nats_lite", server.url(), std::move(args));
 }
 
 std::vector<std::string> nats_peer(const NatsServer &server, std::vector<std::string> args) {
-  std::vector<std::string> argv = {build_path("nats_peer"), "--server", server.url()};
-  argv.insert(argv.end(), args.begin(), args.end());
-  return argv;
+  return client_argv("nats_peer", server.url(), std::move(args));
 }
 
 size_t line_count(const std::string &text) { return static_cast<size_t>(std::count(text.begin(), text.end(), '\n')); }
 
 bool contains(const std::string &haystack, const std::string &needle) {
   return haystack.find(needle) != std::string::npos;
-}
-
-template <class Pred> bool eventually(Pred pred, std::chrono::milliseconds timeout = 3000ms) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(10ms);
-  }
-  return pred();
 }
 
 // A nats-server started with the configuration `config` (read once, at start).
@@ -203,9 +197,7 @@ TEST_CASE("interop: a message from nats.go reaches nats_lite sub, which stops af
 TEST_CASE("nats_lite errors: without a server it exits non-zero with a one-line reason") {
   std::string url = "nats://127.0.0.1:" + std::to_string(testsupport::free_port());
   for (auto cmd : std::vector<std::vector<std::string>>{{"pub", "a", "x"}, {"req", "a", "x"}, {"sub", "a"}}) {
-    std::vector<std::string> argv = {build_path("nats_lite"), "--server", url};
-    argv.insert(argv.end(), cmd.begin(), cmd.end());
-    auto r = run_capture(argv, 3s);
+    auto r = run_capture(client_argv("nats_lite", url, cmd), 3s);
     CAPTURE(cmd[0]);
     CHECK(r.exit_code != 0);
     CHECK(r.exit_code != -1);
@@ -347,28 +339,16 @@ namespace {
 // lattice credentials of `user`, serving HTTP on a free loopback port.
 struct ProviderUnderTest {
   int http_port = testsupport::free_port();
-  std::string stderr_path = testsupport::temp_file("", ".log");
-  std::unique_ptr<testsupport::Process> process;
+  testsupport::ProviderProcess process;
 
-  ProviderUnderTest(const NatsServer &server, const Identity &user) {
-    nlohmann::json host_data = {{"host_id", nkeys::create_key_pair(nkeys::key_type::server).public_key},
-                                {"lattice_rpc_prefix", "default"},
-                                {"lattice_rpc_url", server.url()},
-                                {"lattice_rpc_user_jwt", user.jwt},
-                                {"lattice_rpc_user_seed", user.keys.seed},
-                                {"provider_key", "http-http_provider"},
-                                {"instance_id", "interop-test"},
-                                {"link_definitions", nlohmann::json::array()},
-                                {"config", {{"address", "127.0.0.1:" + std::to_string(http_port)}}}};
-    process = std::make_unique<testsupport::Process>(
-        std::vector<std::string>{build_path("http-server")},
-        wrpc_http::detail::base64_encode(host_data.dump()) + "\n", false, stderr_path);
-  }
-  ~ProviderUnderTest() {
-    process.reset();
-    std::remove(stderr_path.c_str());
-  }
-  std::string log() const { return testsupport::read_file(stderr_path); }
+  ProviderUnderTest(const NatsServer &server, const Identity &user)
+      : process([&] {
+          auto host_data = testsupport::host_data(server.url(), {{"address", testsupport::loopback(http_port)}});
+          host_data["host_id"] = nkeys::create_key_pair(nkeys::key_type::server).public_key;
+          host_data["lattice_rpc_user_jwt"] = user.jwt;
+          host_data["lattice_rpc_user_seed"] = user.keys.seed;
+          return host_data;
+        }()) {}
 };
 
 }  // namespace
@@ -395,7 +375,7 @@ TEST_CASE("provider with jwt auth: answers its health subject to another user of
   }));
   auto health = nlohmann::json::parse(reply.data);
   CHECK(health.value("healthy", false));
-  CHECK(provider.process->running());
+  CHECK(provider.process.running());
 }
 
 TEST_CASE("provider with jwt auth: serves GET / on its configured HTTP address") {
@@ -418,8 +398,8 @@ TEST_CASE("provider with jwt auth: exits non-zero when the lattice refuses its c
   auto server = server_with_config(operator_config(op, account));
   auto stranger_account = make_account(op, "STRANGER");  // not preloaded on the server
   ProviderUnderTest provider(*server, make_user(stranger_account, "provider"));
-  int exit_code = provider.process->wait(3000ms);
+  int exit_code = provider.process.wait(3000ms);
   CHECK(exit_code > 0);
   CHECK(exit_code < 128);
-  CHECK(contains(provider.log(), "Authorization Violation"));
+  CHECK(contains(provider.process.log(), "Authorization Violation"));
 }

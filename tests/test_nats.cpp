@@ -5,6 +5,7 @@
 #include "support.hpp"
 
 using namespace std::chrono_literals;
+using testsupport::eventually;
 using wrpc_http::nats::Client;
 using wrpc_http::nats::Error;
 using wrpc_http::nats::Message;
@@ -128,15 +129,6 @@ Options options_for(const testsupport::NatsServer &server) {
   o.reconnect_wait_min = 20ms;
   o.reconnect_wait_max = 200ms;
   return o;
-}
-
-template <class Pred> bool eventually(Pred pred, std::chrono::milliseconds timeout = 5000ms) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(5ms);
-  }
-  return pred();
 }
 }  // namespace
 

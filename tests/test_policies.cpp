@@ -1,24 +1,26 @@
 // The Rust provider's config keys, per key, against build/http-server with curl: CORS,
 // cache_control, readonly_mode, listen_address, case-insensitive keys.
-#include "provider_fixture.hpp"
+#include "lattice.hpp"
 
 using testsupport::curl;
-using testsupport::ProviderOptions;
-using testsupport::ProviderUnderTest;
+using testsupport::kComponent;
+using testsupport::link_to;
+using testsupport::Lattice;
+using testsupport::LatticeOptions;
 
 namespace {
 
 const std::string kApp = "http://app.example";
 
-ProviderUnderTest listed_origin_provider() {
-  return ProviderUnderTest(ProviderOptions{{{"cors_allowed_origins", R"(["http://app.example/"])"},
+Lattice listed_origin_provider() {
+  return Lattice(LatticeOptions{{{"cors_allowed_origins", R"(["http://app.example/"])"},
                                             {"cors_allowed_methods", R"(["GET", "PUT"])"},
                                             {"cors_allowed_headers", R"(["Content-Type", "X-Api-Key"])"},
                                             {"cors_exposed_headers", R"(["x-component-id"])"},
                                             {"cors_max_age_secs", "600"}}});
 }
 
-std::vector<std::string> preflight(const ProviderUnderTest &p, const std::string &origin) {
+std::vector<std::string> preflight(const Lattice &p, const std::string &origin) {
   return {"-X",     "OPTIONS", p.url("/proxy"), "-H", "Origin: " + origin, "-H", "Access-Control-Request-Method: PUT",
           "-H", "Access-Control-Request-Headers: x-api-key"};
 }
@@ -68,7 +70,7 @@ TEST_CASE("cors: a request from an origin not listed is answered without Access-
 }
 
 TEST_CASE("cors: by default every origin is allowed with *, the Rust provider's lists and max age 300, no credentials") {
-  ProviderUnderTest p(ProviderOptions{});
+  Lattice p(LatticeOptions{});
   auto reply = curl(preflight(p, "http://anywhere.example"));
   CHECK(reply.status == 200);
   CHECK(reply.header("Access-Control-Allow-Origin") == "*");
@@ -82,7 +84,7 @@ TEST_CASE("cors: by default every origin is allowed with *, the Rust provider's 
 }
 
 TEST_CASE("cors: empty method and header lists allow what the preflight asks for") {
-  ProviderUnderTest p(ProviderOptions{{{"cors_allowed_methods", "[]"}, {"cors_allowed_headers", "[]"}}});
+  Lattice p(LatticeOptions{{{"cors_allowed_methods", "[]"}, {"cors_allowed_headers", "[]"}}});
   auto reply = curl(preflight(p, kApp));
   CHECK(reply.header("Access-Control-Allow-Methods") == "PUT");
   CHECK(reply.header("Access-Control-Allow-Headers") == "x-api-key");
@@ -91,7 +93,7 @@ TEST_CASE("cors: empty method and header lists allow what the preflight asks for
 TEST_CASE("cors: OPTIONS without Access-Control-Request-Method is not a preflight and reaches the component") {
   auto p = listed_origin_provider();
   auto reply = curl({"-X", "OPTIONS", p.url("/proxy"), "-H", "Origin: " + kApp});
-  CHECK(reply.header("x-component-id") == testsupport::kFixtureComponent);
+  CHECK(reply.header("x-component-id") == kComponent);
   CHECK(reply.header("Access-Control-Allow-Origin") == kApp);
 }
 
@@ -105,34 +107,43 @@ TEST_CASE("cors: bad values are refused at start with the key named") {
   CHECK(testsupport::refused_config({{"cors_max_age_secs", "-1"}}).find("cors_max_age_secs") != std::string::npos);
 }
 
+TEST_CASE("cors: a method or header name with a NUL byte is not a token and is refused at start") {
+  CHECK(testsupport::refused_config({{"cors_allowed_methods", R"(["GET\u0000"])"}}).find("cors_allowed_methods") !=
+        std::string::npos);
+  CHECK(testsupport::refused_config({{"cors_allowed_headers", R"(["X-Api-Key\u0000"])"}}).find(
+            "cors_allowed_headers") != std::string::npos);
+  CHECK(testsupport::refused_config({{"cors_exposed_headers", R"(["\u0000"])"}}).find("cors_exposed_headers") !=
+        std::string::npos);
+}
+
 TEST_CASE("cache_control: added to a component response that has none") {
-  ProviderUnderTest p(ProviderOptions{{{"cache_control", "public, max-age=60"}}});
+  Lattice p(LatticeOptions{{{"cache_control", "public, max-age=60"}}});
   auto reply = curl({p.url("/proxy")});
   CHECK(reply.status == 200);
   CHECK(reply.header("Cache-Control") == "public, max-age=60");
 }
 
 TEST_CASE("cache_control: a component's own Cache-Control is kept") {
-  ProviderUnderTest p(ProviderOptions{{{"cache_control", "public, max-age=60"}}});
+  Lattice p(LatticeOptions{{{"cache_control", "public, max-age=60"}}});
   auto reply = curl({p.url("/proxy/cached")});
   CHECK(reply.body == "cached");
   CHECK(reply.header("Cache-Control") == "private, max-age=5");
 }
 
 TEST_CASE("cache_control: error answers are not made cacheable") {
-  ProviderUnderTest p(ProviderOptions{{{"cache_control", "public, max-age=60"}}});
+  Lattice p(LatticeOptions{{{"cache_control", "public, max-age=60"}}});
   CHECK_FALSE(curl({p.url("/proxy/status/500")}).has_header("Cache-Control"));
   CHECK_FALSE(curl({p.url("/proxy/error")}).has_header("Cache-Control"));
 }
 
 TEST_CASE("readonly_mode: GET and HEAD are forwarded") {
-  ProviderUnderTest p(ProviderOptions{{{"readonly_mode", "true"}}});
+  Lattice p(LatticeOptions{{{"readonly_mode", "true"}}});
   CHECK(curl({p.url("/proxy")}).body == "Hello from the component!");
   CHECK(curl({"-I", p.url("/proxy")}).status == 200);
 }
 
 TEST_CASE("readonly_mode: other methods get 405 with Allow: GET, HEAD and never reach the component") {
-  ProviderUnderTest p(ProviderOptions{{{"readonly_mode", "true"}}});
+  Lattice p(LatticeOptions{{{"readonly_mode", "true"}}});
   for (auto method : {"POST", "PUT", "PATCH", "DELETE", "OPTIONS"}) {
     CAPTURE(method);
     auto reply = curl({"-X", method, p.url("/proxy"), "--data-binary", "payload"});
@@ -143,8 +154,8 @@ TEST_CASE("readonly_mode: other methods get 405 with Allow: GET, HEAD and never 
 }
 
 TEST_CASE("readonly_mode: a refused request's body is not read; the connection closes") {
-  ProviderUnderTest p(ProviderOptions{{{"readonly_mode", "true"}}});
-  int fd = testsupport::connect_loopback(p.port());
+  Lattice p(LatticeOptions{{{"readonly_mode", "true"}}});
+  int fd = testsupport::connect_loopback(p.http_port);
   std::string request = "POST /proxy HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n";
   REQUIRE(::send(fd, request.data(), request.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(request.size()));
   std::string reply;
@@ -164,7 +175,7 @@ TEST_CASE("readonly_mode: a refused request's body is not read; the connection c
 }
 
 TEST_CASE("readonly_mode: a CORS preflight is still answered") {
-  ProviderUnderTest p(ProviderOptions{{{"readonly_mode", "true"}}});
+  Lattice p(LatticeOptions{{{"readonly_mode", "true"}}});
   auto reply = curl(preflight(p, kApp));
   CHECK(reply.status == 200);
   CHECK(reply.header("Access-Control-Allow-Origin") == "*");
@@ -176,18 +187,18 @@ TEST_CASE("readonly_mode: only true or false is accepted") {
 
 TEST_CASE("listen_address: the Rust provider's name for the listener's address") {
   int port = testsupport::free_port();
-  ProviderOptions options{{{"listen_address", "127.0.0.1:" + std::to_string(port)}}};
+  LatticeOptions options{{{"listen_address", "127.0.0.1:" + std::to_string(port)}}};
   options.listen_port = port;
-  ProviderUnderTest p(options);
+  Lattice p(options);
   CHECK(curl({p.url("/proxy")}).body == "Hello from the component!");
 }
 
 TEST_CASE("listen_address: routing_mode path listens there") {
   int port = testsupport::free_port();
-  ProviderOptions options{{{"routing_mode", "path"}, {"listen_address", "127.0.0.1:" + std::to_string(port)}},
-                          nlohmann::json::array({testsupport::link_with({{"path", "/"}})})};
+  LatticeOptions options{{{"routing_mode", "path"}, {"listen_address", "127.0.0.1:" + std::to_string(port)}},
+                          nlohmann::json::array({link_to(kComponent, {{"path", "/"}})})};
   options.listen_port = port;
-  ProviderUnderTest p(options);
+  Lattice p(options);
   CHECK(curl({p.url("/anything")}).body == "Hello from the component!");
 }
 
@@ -197,8 +208,8 @@ TEST_CASE("listen_address: disagreeing with default_address is refused at start"
 }
 
 TEST_CASE("config keys: case-insensitive in the provider config and in a link's source_config") {
-  ProviderUnderTest p(ProviderOptions{{{"Cache_Control", "no-store"}},
-                                      nlohmann::json::array({testsupport::link_with({{"READONLY_MODE", "TRUE"}})})});
+  Lattice p(LatticeOptions{{{"Cache_Control", "no-store"}},
+                                      nlohmann::json::array({link_to(kComponent, {{"READONLY_MODE", "TRUE"}})})});
   CHECK(curl({p.url("/proxy")}).header("Cache-Control") == "no-store");
   CHECK(curl({"-X", "POST", p.url("/proxy"), "-d", "x"}).status == 405);
 }
@@ -209,16 +220,12 @@ TEST_CASE("config keys: two keys that differ only in case are refused") {
 }
 
 TEST_CASE("cors: a config update changes the policy from the next request") {
-  ProviderUnderTest p(ProviderOptions{});
+  Lattice p(LatticeOptions{});
   CHECK(curl({p.url("/"), "-H", "Origin: " + kApp}).header("Access-Control-Allow-Origin") == "*");
-  wrpc_http::nats::Options o;
-  o.url = p.nats().url();
-  wrpc_http::nats::Client client(o);
-  client.connect();
-  nlohmann::json update = {{"address", "127.0.0.1:" + std::to_string(p.port())},
+  nlohmann::json update = {{"address", testsupport::loopback(p.http_port)},
                            {"cors_allowed_origins", R"(["http://other.example"])"}};
-  client.publish("wasmbus.rpc.default." + std::string(testsupport::kFixtureProvider) + ".config.update", update.dump());
-  client.flush(std::chrono::milliseconds(2000));
+  p.client->publish(testsupport::provider_subject("config.update"), update.dump());
+  p.client->flush(std::chrono::milliseconds(2000));
   CHECK(testsupport::eventually(
       [&] { return !curl({p.url("/"), "-H", "Origin: " + kApp}).has_header("Access-Control-Allow-Origin"); }));
   CHECK(curl({p.url("/"), "-H", "Origin: http://other.example"}).header("Access-Control-Allow-Origin") ==

@@ -2,92 +2,20 @@
 // started as a wasmCloud host starts it (base64 host data on stdin), driven by real HTTP.
 #include <doctest/doctest.h>
 
-#include "../wrpc_http_provider.hpp"
-#include "support.hpp"
+#include "lattice.hpp"
 
 using namespace std::chrono_literals;
+using testsupport::kComponent;
+using testsupport::Lattice;
+using testsupport::LatticeOptions;
+using testsupport::link_to;
+using testsupport::loopback;
 using testsupport::NatsServer;
+using testsupport::pattern_bytes;
 using testsupport::Process;
+using testsupport::provider_subject;
 
 namespace {
-
-const char *kProviderKey = "http-http_provider";
-const char *kComponent = "http-http_component";
-
-nlohmann::json host_data_json(const NatsServer &nats, int http_port, nlohmann::json links = nlohmann::json::array()) {
-  return {{"host_id", "NHOSTFORTESTS"},
-          {"lattice_rpc_prefix", "default"},
-          {"lattice_rpc_url", nats.url()},
-          {"provider_key", kProviderKey},
-          {"instance_id", "test-instance"},
-          {"link_definitions", links},
-          {"config", {{"address", "127.0.0.1:" + std::to_string(http_port)}, {"timeout_ms", "2000"}}},
-          {"log_level", "debug"}};
-}
-
-nlohmann::json source_link(const std::string &target, nlohmann::json source_config = nlohmann::json::object()) {
-  return {{"source_id", kProviderKey}, {"target", target},       {"name", "default"},
-          {"wit_namespace", "wasi"},   {"wit_package", "http"},  {"interfaces", {"incoming-handler"}},
-          {"source_config", source_config}, {"target_config", nlohmann::json::object()}};
-}
-
-std::string as_host_line(const nlohmann::json &j) { return wrpc_http::detail::base64_encode(j.dump()) + "\r\n"; }
-
-// nats-server, the demo component and the provider, all on free loopback ports.
-struct Lattice {
-  NatsServer nats;
-  Process component;
-  int http_port;
-  std::unique_ptr<Process> provider;
-  std::unique_ptr<wrpc_http::nats::Client> client;
-
-  // Waits until the provider listens on `listen_port`, by default the config's address.
-  explicit Lattice(nlohmann::json links = nlohmann::json::array(), int listen_port = 0)
-      : component({testsupport::build_path("demo-component"), "--nats", nats.url(), "--id", kComponent}, "", true,
-                  "/dev/null"),
-        http_port(testsupport::free_port()) {
-    wrpc_http::nats::Options o;
-    o.url = nats.url();
-    client = std::make_unique<wrpc_http::nats::Client>(o);
-    client->connect();
-    wait_for_component();
-    provider = std::make_unique<Process>(std::vector<std::string>{testsupport::build_path("http-server")},
-                                         as_host_line(host_data_json(nats, http_port, links)), true,
-                                         "/tmp/wrpc-http-provider-test.log");
-    REQUIRE(testsupport::wait_for_port(listen_port ? listen_port : http_port));
-  }
-
-  // The component is ready once its subscription answers (no "no responders").
-  void wait_for_component() {
-    for (int i = 0; i < 200; ++i) {
-      try {
-        client->request(wrpc_http::wrpc::handle_subject("default", kComponent), "", 50ms);
-        return;  // the handshake came back
-      } catch (const wrpc_http::nats::Error &e) {
-        if (e.kind() != wrpc_http::nats::Error::Kind::no_responders) return;
-      }
-      std::this_thread::sleep_for(10ms);
-    }
-    FAIL("demo component did not come up");
-  }
-
-  httplib::Client http() const {
-    httplib::Client c("127.0.0.1", http_port);
-    c.set_read_timeout(10, 0);
-    return c;
-  }
-
-  wrpc_http::nats::Message lattice_request(const std::string &suffix, const std::string &data = "") {
-    return client->request("wasmbus.rpc.default." + std::string(kProviderKey) + "." + suffix, data, 2s);
-  }
-};
-
-std::string pattern_bytes(size_t n) {
-  // What demo-component's /proxy/bytes/N sends.
-  std::string out(n, '\0');
-  for (size_t i = 0; i < n; ++i) out[i] = static_cast<char>('a' + (i % (64 * 1024)) % 26);
-  return out;
-}
 
 std::string random_bytes(size_t n) {
   std::mt19937 rng(42);
@@ -272,7 +200,7 @@ TEST_CASE("provider: 40 concurrent /proxy requests all succeed") {
 
 TEST_CASE("provider: health answers healthy on the lattice") {
   Lattice lattice;
-  auto reply = lattice.lattice_request("health");
+  auto reply = lattice.client->request(provider_subject("health"), "", 2s);
   auto j = nlohmann::json::parse(reply.data);
   CHECK(j["healthy"] == true);
   CHECK(j["message"].is_string());
@@ -281,41 +209,44 @@ TEST_CASE("provider: health answers healthy on the lattice") {
 TEST_CASE("provider: a source link's config moves the listener, and deleting the link moves it back") {
   Lattice lattice;
   int link_port = testsupport::free_port();
-  auto link = source_link(kComponent, {{"address", "127.0.0.1:" + std::to_string(link_port)}});
-  lattice.client->publish("wasmbus.rpc.default." + std::string(kProviderKey) + ".linkdefs.put", link.dump());
+  auto link = link_to(kComponent, {{"address", loopback(link_port)}});
+  lattice.client->publish(provider_subject("linkdefs.put"), link.dump());
   REQUIRE(testsupport::wait_for_port(link_port));
   httplib::Client moved("127.0.0.1", link_port);
   auto res = moved.Get("/proxy");
   REQUIRE(res);
   CHECK(res->body == "Hello from the component!");
 
-  lattice.client->publish("wasmbus.rpc.default." + std::string(kProviderKey) + ".linkdefs.del", link.dump());
+  lattice.client->publish(provider_subject("linkdefs.del"), link.dump());
   REQUIRE(testsupport::wait_for_port(lattice.http_port));
   CHECK(lattice.http().Get("/")->body == "Hello from the provider!");
 }
 
 TEST_CASE("provider: links from host data are in force at start") {
   int link_port = testsupport::free_port();
-  auto link = source_link(kComponent, {{"address", "127.0.0.1:" + std::to_string(link_port)}});
-  Lattice lattice(nlohmann::json::array({link}), link_port);  // the link's address wins over the config's
+  int config_port = testsupport::free_port();
+  LatticeOptions options;
+  options.config = {{"address", loopback(config_port)}};
+  options.links = {link_to(kComponent, {{"address", loopback(link_port)}})};
+  options.listen_port = link_port;  // the link's address wins over the config's
+  Lattice lattice(options);
   httplib::Client http("127.0.0.1", link_port);
   auto res = http.Get("/proxy");
   REQUIRE(res);
   CHECK(res->body == "Hello from the component!");
-  CHECK_FALSE(testsupport::port_open(lattice.http_port));
+  CHECK_FALSE(testsupport::port_open(config_port));
 }
 
 TEST_CASE("provider: a shutdown request from its host is answered and the process exits 0") {
   Lattice lattice;
-  auto reply = lattice.lattice_request("default.shutdown", R"({"host_id":"NHOSTFORTESTS"})");
+  auto reply = lattice.client->request(provider_subject("default.shutdown"), R"({"host_id":"NHOSTFORTESTS"})", 2s);
   CHECK_FALSE(reply.data.empty());
   CHECK(lattice.provider->wait(5000ms) == 0);
 }
 
 TEST_CASE("provider: a shutdown request for another host is ignored") {
   Lattice lattice;
-  lattice.client->publish("wasmbus.rpc.default." + std::string(kProviderKey) + ".default.shutdown",
-                          R"({"host_id":"NSOMEONEELSE"})");
+  lattice.client->publish(provider_subject("default.shutdown"), R"({"host_id":"NSOMEONEELSE"})");
   lattice.client->flush(2s);
   std::this_thread::sleep_for(300ms);
   CHECK(lattice.provider->running());
@@ -338,10 +269,9 @@ const char *const kCapturedStopBytes =
 TEST_CASE("provider: a wasmCloud host's stop (captured bytes) is answered once the provider has stopped; it exits 0") {
   NatsServer nats;
   int port = testsupport::free_port();
-  auto host_data = host_data_json(nats, port);
+  auto host_data = testsupport::host_data(nats.url(), {{"address", loopback(port)}});
   host_data["host_id"] = kCapturedHostId;
-  auto log = testsupport::temp_file("", ".log");
-  Process provider({testsupport::build_path("http-server")}, as_host_line(host_data), true, log);
+  testsupport::ProviderProcess provider(host_data);
   REQUIRE(testsupport::wait_for_port(port));  // listening: subscribed to the lattice
   const std::string answer =
       "MSG _INBOX.HvvovFsviop7eA3bqY6OoC.HvvovFsviop7eA3bqY6Orh 0 13\r\nshutting down\r\n";
@@ -350,10 +280,9 @@ TEST_CASE("provider: a wasmCloud host's stop (captured bytes) is answered once t
   CHECK(received.find(answer) != std::string::npos);
   // The host kills the process as soon as it has the answer: by then nothing is left to do.
   CHECK_FALSE(testsupport::port_open(port));
-  CHECK(testsupport::read_file(log).find("provider stopped") != std::string::npos);
+  CHECK(provider.log().find("provider stopped") != std::string::npos);
   CHECK(provider.wait(1000ms) == 0);
   CHECK(std::chrono::steady_clock::now() - start < 1s);
-  ::unlink(log.c_str());
 }
 
 TEST_CASE("provider: SIGTERM shuts it down with exit code 0") {
@@ -369,7 +298,7 @@ TEST_CASE("provider: when the process that started it is killed (a host crash), 
   // The stand-in host: a shell that starts the provider with the host data on its stdin, and waits.
   Process host({"/bin/sh", "-c", "exec 3<&0; \"$0\" <&3 2>\"$1\" & wait", testsupport::build_path("http-server"),
                 log},
-               as_host_line(host_data_json(nats, port)));
+               testsupport::host_data_line(testsupport::host_data(nats.url(), {{"address", loopback(port)}})));
   REQUIRE(testsupport::wait_for_port(port));
   host.signal(SIGKILL);
   CHECK(testsupport::eventually(
@@ -420,8 +349,7 @@ TEST_CASE("provider: missing or bad host data exits non-zero with one clear line
 TEST_CASE("provider: no component serving the target answers 503 at once") {
   NatsServer nats;
   int port = testsupport::free_port();
-  Process provider({testsupport::build_path("http-server")}, as_host_line(host_data_json(nats, port)), true,
-                   "/dev/null");
+  testsupport::ProviderProcess provider(testsupport::host_data(nats.url(), {{"address", loopback(port)}}));
   REQUIRE(testsupport::wait_for_port(port));
   httplib::Client http("127.0.0.1", port);
   auto start = std::chrono::steady_clock::now();

@@ -2,72 +2,49 @@
 // time under load, trace context on the invocation, and running without a host.
 #include <doctest/doctest.h>
 
-#include "../wrpc_http_provider.hpp"
-#include "support.hpp"
+#include "lattice.hpp"
 
 using namespace std::chrono_literals;
+using testsupport::eventually;
+using testsupport::kProviderKey;
+using testsupport::link_to;
+using testsupport::loopback;
 using testsupport::NatsServer;
 using testsupport::Process;
+using testsupport::provider_subject;
+using testsupport::ProviderProcess;
+using testsupport::start_component;
 
 namespace {
-
-const std::string kProviderKey = "http-http_provider";
-
-nlohmann::json link_to(const std::string &target, nlohmann::json source_config) {
-  return {{"source_id", kProviderKey}, {"target", target},       {"name", "default"},
-          {"wit_namespace", "wasi"},   {"wit_package", "http"},  {"interfaces", {"incoming-handler"}},
-          {"source_config", source_config}, {"target_config", nlohmann::json::object()}};
-}
-
-std::string address(int port) { return "127.0.0.1:" + std::to_string(port); }
 
 // A lattice with two demo components, "alpha" and "beta", and a provider in a routing mode.
 struct RoutedLattice {
   NatsServer nats;
-  Process alpha, beta;
+  std::unique_ptr<Process> alpha = start_component(nats.url(), "demo-component", "alpha"),
+                           beta = start_component(nats.url(), "demo-component", "beta");
   wrpc_http::nats::Client client;
-  std::unique_ptr<Process> provider;
+  std::unique_ptr<ProviderProcess> provider;
   int port = testsupport::free_port();
 
   RoutedLattice(const std::string &mode, nlohmann::json links = nlohmann::json::array(), bool wait = true)
-      : alpha({testsupport::build_path("demo-component"), "--nats", nats.url(), "--id", "alpha"}, "", true, "/dev/null"),
-        beta({testsupport::build_path("demo-component"), "--nats", nats.url(), "--id", "beta"}, "", true, "/dev/null"),
-        client([&] {
+      : client([&] {
           wrpc_http::nats::Options o;
           o.url = nats.url();
           return o;
         }()) {
     client.connect();
-    for (auto id : {"alpha", "beta"}) wait_for_component(id);
-    nlohmann::json config = {{"routing_mode", mode}, {"default_address", address(port)}};
-    nlohmann::json host = {{"host_id", "NHOST"},        {"lattice_rpc_url", nats.url()},
-                           {"provider_key", kProviderKey}, {"link_definitions", links},
-                           {"config", config},           {"log_level", "debug"}};
-    provider = std::make_unique<Process>(std::vector<std::string>{testsupport::build_path("http-server")},
-                                         wrpc_http::detail::base64_encode(host.dump()) + "\r\n", true,
-                                         "/tmp/wrpc-http-routing-test.log");
+    for (auto id : {"alpha", "beta"}) testsupport::wait_for_component(client, id);
+    nlohmann::json config = {{"routing_mode", mode}, {"default_address", loopback(port)}};
+    provider = std::make_unique<ProviderProcess>(testsupport::host_data(nats.url(), config, links));
     if (wait) REQUIRE(testsupport::wait_for_port(port));
   }
 
-  void wait_for_component(const std::string &id) {
-    for (int i = 0; i < 200; ++i) {
-      try {
-        client.request(wrpc_http::wrpc::handle_subject("default", id), "", 50ms);
-        return;
-      } catch (const wrpc_http::nats::Error &e) {
-        if (e.kind() != wrpc_http::nats::Error::Kind::no_responders) return;
-      }
-      std::this_thread::sleep_for(10ms);
-    }
-    FAIL("component " << id << " did not come up");
-  }
-
   void put(const nlohmann::json &link) {
-    client.publish("wasmbus.rpc.default." + kProviderKey + ".linkdefs.put", link.dump());
+    client.publish(provider_subject("linkdefs.put"), link.dump());
     client.flush(2s);
   }
   void del(const nlohmann::json &link) {
-    client.publish("wasmbus.rpc.default." + kProviderKey + ".linkdefs.del", link.dump());
+    client.publish(provider_subject("linkdefs.del"), link.dump());
     client.flush(2s);
   }
 };
@@ -81,21 +58,12 @@ std::pair<int, std::string> who_answers(int port, const std::string &path, const
   return {res->status, res->get_header_value("x-component-id")};
 }
 
-template <class Pred> bool eventually(Pred pred, std::chrono::milliseconds timeout = 5000ms) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(20ms);
-  }
-  return pred();
-}
-
 }  // namespace
 
 TEST_CASE("routing address: each link's address opens a listener that forwards everything to its target") {
   int a = testsupport::free_port(), b = testsupport::free_port();
-  RoutedLattice lattice("address",
-                        {link_to("alpha", {{"address", address(a)}}), link_to("beta", {{"address", address(b)}})}, false);
+  RoutedLattice lattice(
+      "address", {link_to("alpha", {{"address", loopback(a)}}), link_to("beta", {{"address", loopback(b)}})}, false);
   REQUIRE(testsupport::wait_for_port(a));
   REQUIRE(testsupport::wait_for_port(b));
   CHECK(who_answers(a, "/anything/at/all") == std::make_pair(200, std::string("alpha")));
@@ -107,13 +75,13 @@ TEST_CASE("routing address: link put opens a listener and link del closes it") {
   // No listener to wait for: the provider is up once it answers health.
   REQUIRE(eventually([&] {
     try {
-      return !lattice.client.request("wasmbus.rpc.default." + kProviderKey + ".health", "", 1s).data.empty();
+      return !lattice.client.request(provider_subject("health"), "", 1s).data.empty();
     } catch (const wrpc_http::nats::Error &) {
       return false;
     }
   }));
   int a = testsupport::free_port();
-  auto link = link_to("alpha", {{"address", address(a)}});
+  auto link = link_to("alpha", {{"address", loopback(a)}});
   lattice.put(link);
   REQUIRE(testsupport::wait_for_port(a));
   CHECK(who_answers(a, "/x").second == "alpha");
@@ -123,12 +91,12 @@ TEST_CASE("routing address: link put opens a listener and link del closes it") {
 
 TEST_CASE("routing address: a second link asking for a taken address is refused and the first keeps working") {
   int a = testsupport::free_port();
-  RoutedLattice lattice("address", {link_to("alpha", {{"address", address(a)}})}, false);
+  RoutedLattice lattice("address", {link_to("alpha", {{"address", loopback(a)}})}, false);
   REQUIRE(testsupport::wait_for_port(a));
-  lattice.put(link_to("beta", {{"address", address(a)}}));
+  lattice.put(link_to("beta", {{"address", loopback(a)}}));
   std::this_thread::sleep_for(200ms);
   CHECK(who_answers(a, "/").second == "alpha");
-  CHECK(testsupport::read_file("/tmp/wrpc-http-routing-test.log").find("address already used by another link") !=
+  CHECK(lattice.provider->log().find("address already used by another link") !=
         std::string::npos);
 }
 
@@ -211,8 +179,7 @@ TEST_CASE("trace context: the trace id is in the provider's log line for the req
   auto res = http.Get("/x", {{"traceparent", parent}});
   REQUIRE(res);
   CHECK(eventually([&] {
-    return testsupport::read_file("/tmp/wrpc-http-routing-test.log").find("trace_id=4bf92f3577b34da6a3ce929d0e0e4736") !=
-           std::string::npos;
+    return lattice.provider->log().find("trace_id=4bf92f3577b34da6a3ce929d0e0e4736") != std::string::npos;
   }));
 }
 
@@ -222,7 +189,7 @@ TEST_CASE("local development: flags run the provider without host data") {
                     "", true, "/dev/null");
   int port = testsupport::free_port();
   Process provider({testsupport::build_path("http-server"), "--nats", nats.url(), "--lattice", "dev", "--address",
-                    address(port), "--target", "mine"},
+                    loopback(port), "--target", "mine"},
                    "", true, "/dev/null");
   REQUIRE(testsupport::wait_for_port(port));
   CHECK(eventually([&] { return who_answers(port, "/proxy") == std::make_pair(200, std::string("mine")); }));
@@ -237,12 +204,5 @@ TEST_CASE("local development: an unknown flag exits non-zero with the usage line
 }
 
 TEST_CASE("routing: an unknown routing_mode stops the provider with a clear error") {
-  NatsServer nats;
-  nlohmann::json host = {{"host_id", "NHOST"}, {"lattice_rpc_url", nats.url()}, {"provider_key", kProviderKey},
-                         {"config", {{"routing_mode", "random"}}}};
-  auto log = testsupport::temp_file("");
-  Process provider({testsupport::build_path("http-server")}, wrpc_http::detail::base64_encode(host.dump()) + "\r\n",
-                   true, log);
-  CHECK(provider.wait(5000ms) == 1);
-  CHECK(testsupport::read_file(log).find("routing_mode") != std::string::npos);
+  CHECK(testsupport::refused_config({{"routing_mode", "random"}}).find("routing_mode") != std::string::npos);
 }

@@ -1,15 +1,13 @@
 // Security at the edges: HTTPS listener, link secrets sealed with xkeys, the xkey link subject.
 #include <doctest/doctest.h>
 
-#include "../wrpc_http_provider.hpp"
-#include "support.hpp"
+#include "lattice.hpp"
 
 using namespace std::chrono_literals;
+using testsupport::kProviderKey;
 namespace nkeys = wrpc_http::detail::nkeys;
 
 namespace {
-
-const char *kProviderKey = "http-http_provider";
 
 std::string shell(const std::string &command) {
   std::string out;
@@ -62,15 +60,9 @@ struct XkeyHost {
   // A source link whose provider-side secrets are sealed for the provider.
   nlohmann::json link_with_secret(const std::string &target) const {
     auto secrets = R"({"api_token":{"kind":"String","value":"t0p-s3cret"},"raw":{"kind":"Bytes","value":[1,2,255]}})";
-    return {{"source_id", kProviderKey},
-            {"target", target},
-            {"name", "default"},
-            {"wit_namespace", "wasi"},
-            {"wit_package", "http"},
-            {"interfaces", {"incoming-handler"}},
-            {"source_config", nlohmann::json::object()},
-            {"target_config", nlohmann::json::object()},
-            {"source_secrets", sealed_bytes(nkeys::xkey_seal(secrets, provider.public_key, host.seed))}};
+    auto link = testsupport::link_to(target);
+    link["source_secrets"] = sealed_bytes(nkeys::xkey_seal(secrets, provider.public_key, host.seed));
+    return link;
   }
 };
 
@@ -95,15 +87,9 @@ TEST_CASE("https: with tls_cert_file and tls_priv_key_file the listener serves H
   SelfSigned pair;
   testsupport::NatsServer nats;
   int port = testsupport::free_port();
-  nlohmann::json host = {{"host_id", "NHOST"},
-                         {"lattice_rpc_url", nats.url()},
-                         {"provider_key", kProviderKey},
-                         {"config",
-                          {{"address", "127.0.0.1:" + std::to_string(port)},
-                           {"tls_cert_file", pair.cert},
-                           {"tls_priv_key_file", pair.key}}}};
-  testsupport::Process provider({testsupport::build_path("http-server")},
-                                wrpc_http::detail::base64_encode(host.dump()) + "\r\n", true, "/dev/null");
+  testsupport::ProviderProcess provider(testsupport::host_data(
+      nats.url(),
+      {{"address", testsupport::loopback(port)}, {"tls_cert_file", pair.cert}, {"tls_priv_key_file", pair.key}}));
   REQUIRE(testsupport::wait_for_port(port));
   auto body = shell("curl -s --cacert " + pair.cert + " https://127.0.0.1:" + std::to_string(port) + "/");
   CHECK(body == "Hello from the provider!");
@@ -113,20 +99,10 @@ TEST_CASE("https: with tls_cert_file and tls_priv_key_file the listener serves H
 }
 
 TEST_CASE("https: a missing certificate file stops the provider with a clear error") {
-  testsupport::NatsServer nats;
-  int port = testsupport::free_port();
-  nlohmann::json host = {{"host_id", "NHOST"},
-                         {"lattice_rpc_url", nats.url()},
-                         {"provider_key", kProviderKey},
-                         {"config",
-                          {{"address", "127.0.0.1:" + std::to_string(port)},
-                           {"tls_cert_file", "/nonexistent/cert.pem"},
-                           {"tls_priv_key_file", "/nonexistent/key.pem"}}}};
-  auto log = testsupport::temp_file("");
-  testsupport::Process provider({testsupport::build_path("http-server")},
-                                wrpc_http::detail::base64_encode(host.dump()) + "\r\n", true, log);
-  CHECK(provider.wait(5000ms) == 1);
-  CHECK(testsupport::read_file(log).find("cannot load the TLS certificate") != std::string::npos);
+  auto err = testsupport::refused_config({{"address", testsupport::loopback(testsupport::free_port())},
+                                          {"tls_cert_file", "/nonexistent/cert.pem"},
+                                          {"tls_priv_key_file", "/nonexistent/key.pem"}});
+  CHECK(err.find("cannot load the TLS certificate") != std::string::npos);
 }
 
 TEST_CASE("link secrets: secrets in host data links are opened with the provider's xkey") {

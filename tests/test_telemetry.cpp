@@ -1,7 +1,7 @@
 // OpenTelemetry export against a real OpenTelemetry Collector (tests/otel: OTLP/HTTP receiver,
 // file exporter): spans with their parent/child ids and attributes, logs, metrics, and a
 // collector that is down or stalled costing requests nothing.
-#include "provider_fixture.hpp"
+#include "lattice.hpp"
 
 #include <sys/socket.h>
 
@@ -10,8 +10,8 @@
 
 using namespace std::chrono_literals;
 using testsupport::curl;
-using testsupport::ProviderOptions;
-using testsupport::ProviderUnderTest;
+using testsupport::LatticeOptions;
+using testsupport::Lattice;
 
 namespace {
 
@@ -97,12 +97,12 @@ const nlohmann::json *find_kind(const std::vector<nlohmann::json> &spans, int ki
 // Records the traceparent of each invocation of the fixture's component (NATS delivers it to
 // every subscriber; the demo component answers).
 struct InvocationRecorder {
-  explicit InvocationRecorder(const ProviderUnderTest &p) {
+  explicit InvocationRecorder(const Lattice &p) {
     wrpc_http::nats::Options o;
-    o.url = p.nats().url();
+    o.url = p.nats.url();
     client = std::make_unique<wrpc_http::nats::Client>(o);
     client->connect();
-    client->subscribe(wrpc_http::wrpc::handle_subject("default", testsupport::kFixtureComponent),
+    client->subscribe(testsupport::invocation_subject(),
                       [this](wrpc_http::nats::Message &m) {
                         std::lock_guard<std::mutex> lk(mu);
                         traceparents.push_back(m.header("traceparent"));
@@ -125,12 +125,12 @@ const std::string kTraceparent = "00-" + kTraceId + "-" + kParentSpan + "-01";
 // A collector, and a provider whose otel_config exports everything to it.
 struct Exporting {
   Collector collector;
-  ProviderUnderTest provider{ProviderOptions{{}, nlohmann::json::array(), otel_to(collector.endpoint())}};
+  Lattice lattice{LatticeOptions{{}, nlohmann::json::array(), otel_to(collector.endpoint())}};
 
   // GETs `path` with kTraceparent, expecting `status`; returns the trace's spans once both
   // (server and client) arrived.
   std::vector<nlohmann::json> traced_request(const std::string &path, int status) {
-    REQUIRE(curl({provider.url(path), "-H", "traceparent: " + kTraceparent}).status == status);
+    REQUIRE(curl({lattice.url(path), "-H", "traceparent: " + kTraceparent}).status == status);
     REQUIRE(testsupport::eventually([&] { return spans_of_trace(collector, kTraceId).size() == 2; }, 10000ms));
     return spans_of_trace(collector, kTraceId);
   }
@@ -153,7 +153,7 @@ TEST_CASE("telemetry: the server span is a child of the incoming traceparent, th
 
 TEST_CASE("telemetry: the traceparent the component receives carries the client span's id") {
   Exporting e;
-  InvocationRecorder recorder(e.provider);
+  InvocationRecorder recorder(e.lattice);
   auto spans = e.traced_request("/proxy", 200);
   auto client = find_kind(spans, 3);
   REQUIRE(client);
@@ -171,17 +171,17 @@ TEST_CASE("telemetry: spans carry the semantic-convention attributes and the tar
   CHECK(attribute(server, "url.path") == "/proxy/status/404");
   CHECK(attribute(server, "url.scheme") == "http");
   CHECK(attribute(server, "server.address") == "127.0.0.1");
-  CHECK(attribute(server, "server.port") == std::to_string(e.provider.port()));
-  CHECK(attribute(server, "wasmcloud.component.id") == testsupport::kFixtureComponent);
+  CHECK(attribute(server, "server.port") == std::to_string(e.lattice.http_port));
+  CHECK(attribute(server, "wasmcloud.component.id") == testsupport::kComponent);
   auto &client = *find_kind(spans, 3);
   CHECK(client["name"] == "wrpc:http/incoming-handler@0.1.0.handle");
   CHECK(attribute(client, "rpc.system") == "wrpc");
-  CHECK(attribute(client, "wasmcloud.component.id") == testsupport::kFixtureComponent);
+  CHECK(attribute(client, "wasmcloud.component.id") == testsupport::kComponent);
 }
 
 TEST_CASE("telemetry: a request without traceparent starts a trace: its server span is a root") {
   Exporting e;
-  REQUIRE(curl({e.provider.url("/")}).status == 200);
+  REQUIRE(curl({e.lattice.url("/")}).status == 200);
   REQUIRE(testsupport::eventually([&] { return !e.collector.items("spans").empty(); }, 10000ms));
   auto span = e.collector.items("spans").front();
   CHECK_FALSE(span.contains("parentSpanId"));
@@ -205,7 +205,7 @@ TEST_CASE("telemetry: the provider's log lines arrive as OTLP logs, a request's 
   REQUIRE(testsupport::eventually([&] { return find_log("forwarded") && find_log("provider started"); }, 10000ms));
   auto started = *find_log("provider started");
   CHECK(started["severityNumber"] == 9);
-  CHECK(attribute(started, "provider_key") == testsupport::kFixtureProvider);
+  CHECK(attribute(started, "provider_key") == testsupport::kProviderKey);
   auto forwarded = *find_log("forwarded");
   CHECK(forwarded["severityNumber"] == 5);  // debug
   CHECK(forwarded["traceId"] == kTraceId);
@@ -218,7 +218,7 @@ TEST_CASE("telemetry: the provider's log lines arrive as OTLP logs, a request's 
 TEST_CASE("telemetry: metrics count requests by status and target, with a duration histogram and requests in flight") {
   Collector collector;
   setenv("OTEL_METRIC_EXPORT_INTERVAL", "200", 1);
-  ProviderUnderTest p(ProviderOptions{{}, nlohmann::json::array(), otel_to(collector.endpoint())});
+  Lattice p(LatticeOptions{{}, nlohmann::json::array(), otel_to(collector.endpoint())});
   unsetenv("OTEL_METRIC_EXPORT_INTERVAL");
   for (int i = 0; i < 3; ++i) REQUIRE(curl({p.url("/proxy")}).status == 200);
   REQUIRE(curl({p.url("/proxy/status/404")}).status == 404);
@@ -240,7 +240,7 @@ TEST_CASE("telemetry: metrics count requests by status and target, with a durati
     auto counts = latest("http.server.request.count");
     for (auto &point : counts["sum"]["dataPoints"])
       if (attribute(point, "http.response.status_code") == status &&
-          attribute(point, "wasmcloud.component.id") == testsupport::kFixtureComponent)
+          attribute(point, "wasmcloud.component.id") == testsupport::kComponent)
         return std::stoull(point["asInt"].get<std::string>());
     return 0;
   };
@@ -258,16 +258,16 @@ TEST_CASE("telemetry: metrics count requests by status and target, with a durati
 
 TEST_CASE("telemetry: stopping the provider sends what is still queued") {
   Exporting e;
-  REQUIRE(curl({e.provider.url("/proxy"), "-H", "traceparent: " + kTraceparent}).status == 200);
-  e.provider.process().signal(SIGTERM);
-  CHECK(e.provider.process().wait(5000ms) == 0);
+  REQUIRE(curl({e.lattice.url("/proxy"), "-H", "traceparent: " + kTraceparent}).status == 200);
+  e.lattice.provider->signal(SIGTERM);
+  CHECK(e.lattice.provider->wait(5000ms) == 0);
   CHECK(spans_of_trace(e.collector, kTraceId).size() == 2);
 }
 
 TEST_CASE("telemetry: with the collector down, requests are answered at once and the failure is logged once") {
   int closed_port = testsupport::free_port();
-  ProviderUnderTest p(
-      ProviderOptions{{}, nlohmann::json::array(), otel_to("http://127.0.0.1:" + std::to_string(closed_port))});
+  Lattice p(
+      LatticeOptions{{}, nlohmann::json::array(), otel_to("http://127.0.0.1:" + std::to_string(closed_port))});
   auto started = std::chrono::steady_clock::now();
   for (int i = 0; i < 25; ++i) {
     auto t0 = std::chrono::steady_clock::now();
@@ -276,7 +276,7 @@ TEST_CASE("telemetry: with the collector down, requests are answered at once and
     std::this_thread::sleep_for(100ms);
   }
   REQUIRE(std::chrono::steady_clock::now() - started > 2500ms);  // several export rounds failed
-  auto log = p.log();
+  auto log = p.provider->log();
   auto count = [&](const std::string &text) {
     size_t n = 0;
     for (auto at = log.find(text); at != std::string::npos; at = log.find(text, at + 1)) ++n;
@@ -293,15 +293,15 @@ TEST_CASE("telemetry: a collector that accepts connections but never answers doe
   REQUIRE(::bind(stalled, reinterpret_cast<sockaddr *>(&addr), sizeof(addr)) == 0);
   REQUIRE(::listen(stalled, 64) == 0);  // connections complete in the backlog; nothing is read
   {
-    ProviderUnderTest p(ProviderOptions{{}, nlohmann::json::array(), otel_to("http://127.0.0.1:" + std::to_string(port))});
+    Lattice p(LatticeOptions{{}, nlohmann::json::array(), otel_to("http://127.0.0.1:" + std::to_string(port))});
     for (int i = 0; i < 20; ++i) {
       auto t0 = std::chrono::steady_clock::now();
       REQUIRE(curl({p.url("/proxy")}).status == 200);
       CHECK(std::chrono::steady_clock::now() - t0 < 1s);
       std::this_thread::sleep_for(150ms);
     }
-    p.process().signal(SIGTERM);
-    CHECK(p.process().wait(10000ms) == 0);  // the last export round is bounded too
+    p.provider->signal(SIGTERM);
+    CHECK(p.provider->wait(10000ms) == 0);  // the last export round is bounded too
   }
   ::close(stalled);
 }
@@ -330,21 +330,21 @@ TEST_CASE("otel_config: enable flags default to enable_observability, each signa
 
 TEST_CASE("otel_config: only traces enabled sends spans and no logs") {
   Collector collector;
-  ProviderUnderTest p(ProviderOptions{{},
+  Lattice p(LatticeOptions{{},
                                       nlohmann::json::array(),
                                       {{"enable_traces", true}, {"traces_endpoint", collector.endpoint() + "/v1/traces"}}});
   REQUIRE(curl({p.url("/proxy"), "-H", "traceparent: " + kTraceparent}).status == 200);
   REQUIRE(testsupport::eventually([&] { return spans_of_trace(collector, kTraceId).size() == 2; }, 10000ms));
-  p.process().signal(SIGTERM);
-  CHECK(p.process().wait(5000ms) == 0);
+  p.provider->signal(SIGTERM);
+  CHECK(p.provider->wait(5000ms) == 0);
   CHECK(collector.items("logRecords").empty());
   CHECK(collector.items("metrics").empty());
 }
 
 TEST_CASE("otel_config: protocol grpc is refused with a warning, and requests still work") {
-  ProviderUnderTest p(ProviderOptions{{}, nlohmann::json::array(), {{"enable_observability", true}, {"protocol", "Grpc"}}});
+  Lattice p(LatticeOptions{{}, nlohmann::json::array(), {{"enable_observability", true}, {"protocol", "Grpc"}}});
   CHECK(curl({p.url("/proxy")}).status == 200);
-  CHECK(p.log().find("exports OTLP/HTTP only") != std::string::npos);
+  CHECK(p.provider->log().find("exports OTLP/HTTP only") != std::string::npos);
 }
 
 // cpp-httplib 0.11 refuses other methods before routing, so this is checked on the function.
