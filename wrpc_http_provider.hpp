@@ -6189,7 +6189,10 @@ inline bool EdgeServer::serve_request(detail::EdgeConnection &conn, const detail
   // edge leaves every body to the route (the Forwarder streams it), so to cpp-httplib those
   // requests show no length.
   bool routes_take_body = method == "POST" || method == "PUT" || method == "PATCH" || method == "DELETE";
-  bool written = process(stream, !head.keep_alive, [&head, routes_take_body](httplib::Request &req) {
+  // The last request a connection may carry is answered with `Connection: close`, so the
+  // client does not send another one into the closing connection.
+  bool last_allowed = conn.served + 1 >= options_.keep_alive_max_count;
+  bool written = process(stream, !head.keep_alive || last_allowed, [&head, routes_take_body](httplib::Request &req) {
     // The fields as sent, never percent-decoded; the edge has decoded the body already, so
     // cpp-httplib must not act on its framing or expectation.
     for (auto &f : head.fields) {

@@ -495,6 +495,31 @@ TEST_CASE("edge: three requests pipelined in one write (component, echo with bod
 
 // ---- heads ----
 
+TEST_CASE("edge: the last request a keep-alive connection may carry is answered with Connection: close") {
+  Lattice lattice;
+  Connection c(lattice.http_port);
+  const int allowed = WRPC_HTTP_KEEPALIVE_MAX_COUNT;
+  const int per_write = 50;
+  std::string batch;
+  for (int i = 0; i < per_write; ++i) batch += request("GET", "/");
+  int answered = 0;
+  while (answered < allowed) {
+    REQUIRE(c.send(batch.substr(0, request("GET", "/").size() * std::min(per_write, allowed - answered))));
+    for (int i = 0; i < per_write && answered < allowed; ++i) {
+      auto res = c.read_response();
+      REQUIRE(res);
+      ++answered;
+      CHECK(res->body == kProviderAnswer);
+      if (answered < allowed) {
+        CHECK(lower(res->field("connection")) != "close");
+      } else {
+        CHECK(lower(res->field("connection")) == "close");  // the client opens a new one
+      }
+    }
+  }
+  CHECK(c.closed_within(2s));
+}
+
 TEST_CASE("edge: a head over 64 KiB is refused 431 and the connection closed") {
   Lattice lattice;
   lattice.count_invocations();
