@@ -5390,8 +5390,14 @@ public:
 class EdgeConnection {
 public:
   enum class Fill { data, nothing, closed };
+  struct Addresses {
+    std::string remote_ip, local_ip;
+    int remote_port = 0, local_port = 0;
+  };
 
-  EdgeConnection(int fd, const TlsServerContext *tls) : fd_(fd) {
+  // `write_timeout`: how long a write may make no progress before the connection counts as broken.
+  EdgeConnection(int fd, const TlsServerContext *tls, std::chrono::milliseconds write_timeout)
+      : fd_(fd), write_timeout_(write_timeout) {
 #ifdef WRPC_HTTP_OPENSSL_SUPPORT
     if (tls) {
       ssl_ = tls->session(fd);
@@ -5429,7 +5435,7 @@ public:
       in_.erase(0, used_);
       used_ = 0;
     }
-    if (!flush(wait)) return Fill::closed;
+    if (!flush()) return Fill::closed;
     auto deadline = Clock::now() + wait;
     char buf[16 * 1024];
     short want = POLLIN;
@@ -5455,33 +5461,32 @@ public:
   // Response bytes kept back to leave with the next ones (a response head with its body):
   // one write instead of two. write_all, flush and fill send them first.
   void hold(const char *data, size_t size) { held_.append(data, size); }
-  bool flush(std::chrono::milliseconds timeout) {
+  bool flush() {
     if (held_.empty()) return true;
-    bool sent = send_all(held_.data(), held_.size(), timeout);
+    bool sent = send_all(held_.data(), held_.size(), write_timeout_);
     held_.clear();
     return sent;
   }
 
+  bool write_all(const char *data, size_t size) { return write_all(data, size, write_timeout_); }
+  // With a timeout of its own (the edge loop, which must not wait on one client for long).
   bool write_all(const char *data, size_t size, std::chrono::milliseconds timeout) {
     if (held_.empty()) return send_all(data, size, timeout);
     if (held_.size() + size <= kMaxCoalescedBytes) {
       held_.append(data, size);
-      return flush(timeout);
+      return flush();
     }
-    return flush(timeout) && send_all(data, size, timeout);
+    return flush() && send_all(data, size, timeout);
   }
 
   // The peer's and this end's addresses, asked of the kernel once per connection.
-  void addresses(std::string &remote_ip, int &remote_port, std::string &local_ip, int &local_port) {
+  const Addresses &addresses() {
     if (!addresses_known_) {
-      address_of(::getpeername, remote_ip_, remote_port_);
-      address_of(::getsockname, local_ip_, local_port_);
+      address_of(::getpeername, addresses_.remote_ip, addresses_.remote_port);
+      address_of(::getsockname, addresses_.local_ip, addresses_.local_port);
       addresses_known_ = true;
     }
-    remote_ip = remote_ip_;
-    remote_port = remote_port_;
-    local_ip = local_ip_;
-    local_port = local_port_;
+    return addresses_;
   }
 
   // Ends the blocking I/O of whichever worker serves this connection (drain timeout).
@@ -5590,12 +5595,12 @@ private:
 
   static constexpr size_t kMaxCoalescedBytes = 64 * 1024;
   int fd_;
+  std::chrono::milliseconds write_timeout_;
   std::string in_;
   size_t used_ = 0;
   std::string held_;
   bool addresses_known_ = false;
-  std::string remote_ip_, local_ip_;
-  int remote_port_ = 0, local_port_ = 0;
+  Addresses addresses_;
 };
 
 // The body of the request being served, decoded from the connection by its framing and
@@ -5709,7 +5714,6 @@ struct EdgeRequest {
   const http1::Head &head;
   EdgeBody &body;
   EdgeConnection &conn;
-  std::chrono::milliseconds write_timeout;
   bool over_tls;
   bool answered_by_component = false;  // the status came from a component
   bool close_after = false;            // the provider answered with an error: close
@@ -5734,7 +5738,7 @@ inline bool arrived_over_tls() {
 // Sends what the edge holds of the response (its head, kept back to leave with the first body
 // bytes) before the route waits for something: the client sees the head while it waits.
 inline void flush_edge_response() {
-  if (auto *edge = current_edge_request()) edge->conn.flush(edge->write_timeout);
+  if (auto *edge = current_edge_request()) edge->conn.flush();
 }
 
 inline const char *reason_phrase(int status) {
@@ -5764,14 +5768,14 @@ inline std::string refusal_response(http1::Refusal refusal) {
 // the request's decoded body and an end; writes go to the connection.
 class EdgeStream : public httplib::Stream {
 public:
-  EdgeStream(EdgeConnection &conn, std::string head, EdgeRequest &request, std::chrono::milliseconds write_timeout)
-      : conn_(conn), head_(std::move(head)), request_(request), body_(request.body), write_timeout_(write_timeout) {}
+  EdgeStream(EdgeConnection &conn, std::string head, EdgeRequest &request)
+      : conn_(conn), head_(std::move(head)), request_(request), body_(request.body) {}
 
   bool is_readable() const override { return true; }
   // Asked before a content provider runs (cpp-httplib >= 0.12) or by the provider itself, which
   // may then wait: the held head goes out. A full send buffer is no reason to stop; write waits.
   bool is_writable() const override {
-    if (!conn_.flush(write_timeout_)) return false;
+    if (!conn_.flush()) return false;
     pollfd p{conn_.fd(), POLLOUT, 0};
     return ::poll(&p, 1, 0) >= 0 && !(p.revents & (POLLERR | POLLHUP | POLLNVAL));
   }
@@ -5792,7 +5796,7 @@ public:
       body_.discard_rest();
       if (body_.refusal() != http1::Refusal::none) {
         auto refusal = refusal_response(body_.refusal());
-        conn_.write_all(refusal.data(), refusal.size(), write_timeout_);
+        conn_.write_all(refusal.data(), refusal.size());
         replaced_ = true;
       }
     }
@@ -5805,17 +5809,15 @@ public:
         return static_cast<ssize_t>(size);
       }
     }
-    return conn_.write_all(ptr, size, write_timeout_) ? static_cast<ssize_t>(size) : -1;
+    return conn_.write_all(ptr, size) ? static_cast<ssize_t>(size) : -1;
   }
   void get_remote_ip_and_port(std::string &ip, int &port) const override {
-    std::string local_ip;
-    int local_port;
-    conn_.addresses(ip, port, local_ip, local_port);
+    ip = conn_.addresses().remote_ip;
+    port = conn_.addresses().remote_port;
   }
   void get_local_ip_and_port(std::string &ip, int &port) const override {
-    std::string remote_ip;
-    int remote_port;
-    conn_.addresses(remote_ip, remote_port, ip, port);
+    ip = conn_.addresses().local_ip;
+    port = conn_.addresses().local_port;
   }
   // The edge owns the socket: cpp-httplib must not select() on it (its descriptor may be
   // above FD_SETSIZE with thousands of parked connections).
@@ -5827,7 +5829,6 @@ private:
   size_t head_used_ = 0;
   EdgeRequest &request_;
   EdgeBody &body_;
-  std::chrono::milliseconds write_timeout_;
   bool replaced_ = false;  // the edge's refusal went out instead of the route's answer
   bool wrote_head_ = false;
   static constexpr size_t kMaxHeldHeadBytes = 16 * 1024;
@@ -6037,7 +6038,7 @@ inline void EdgeServer::accept_all(int listen_fd) {
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &yes, sizeof(yes));
     std::shared_ptr<detail::EdgeConnection> conn;
     try {
-      conn = std::make_shared<detail::EdgeConnection>(fd, tls_.get());
+      conn = std::make_shared<detail::EdgeConnection>(fd, tls_.get(), options_.write_timeout);
     } catch (const std::exception &e) {
       ::close(fd);
       logger_.error(e.what());
@@ -6115,7 +6116,7 @@ inline void EdgeServer::close_connection(const std::shared_ptr<detail::EdgeConne
 
 inline void EdgeServer::refuse(detail::EdgeConnection &conn, detail::http1::Refusal refusal) {
   auto response = detail::refusal_response(refusal);
-  conn.write_all(response.data(), response.size(), options_.write_timeout);
+  conn.write_all(response.data(), response.size());
   logger_.debug("request refused", {{"reason", detail::http1::describe(refusal).text}});
 }
 
@@ -6176,14 +6177,14 @@ inline bool EdgeServer::serve_request(detail::EdgeConnection &conn, const detail
   bool has_body = head.framing == Framing::chunked || (head.framing == Framing::length && head.content_length > 0);
   if (head.expect_continue && has_body) {
     static const char continue_line[] = "HTTP/1.1 100 Continue\r\n\r\n";
-    if (!conn.write_all(continue_line, sizeof(continue_line) - 1, options_.write_timeout)) return false;
+    if (!conn.write_all(continue_line, sizeof(continue_line) - 1)) return false;
   }
   detail::EdgeBody body(conn, head, options_.limits, options_.max_content_len, options_.read_timeout);
-  detail::EdgeRequest request{head, body, conn, options_.write_timeout, conn.over_tls()};
+  detail::EdgeRequest request{head, body, conn, conn.over_tls()};
   std::string method = detail::httplib_routes_method(head.method) ? head.method : "POST";
   // cpp-httplib sees origin-form only; the absolute form's authority becomes Host below.
   std::string target = head.path_with_query;
-  detail::EdgeStream stream(conn, method + " " + target + " HTTP/1.1\r\n\r\n", request, options_.write_timeout);
+  detail::EdgeStream stream(conn, method + " " + target + " HTTP/1.1\r\n\r\n", request);
   detail::current_edge_request() = &request;
   // cpp-httplib >= 0.12 reads a GET, HEAD or OPTIONS body itself before the route runs; the
   // edge leaves every body to the route (the Forwarder streams it), so to cpp-httplib those
@@ -6205,7 +6206,7 @@ inline bool EdgeServer::serve_request(detail::EdgeConnection &conn, const detail
     if (!head.authority.empty()) req.headers.emplace("Host", head.authority);
   });
   detail::current_edge_request() = nullptr;
-  bool sent = conn.flush(options_.write_timeout);
+  bool sent = conn.flush();
   return written && sent && head.keep_alive && !request.close_after && body.complete();
 }
 
@@ -7502,6 +7503,15 @@ inline void Forwarder::handle(const httplib::Request &req, httplib::Response &re
   }
 }
 
+namespace detail {
+// The component's next body piece (false at its end). When it is not there yet, what the edge
+// holds of the response (its head) leaves first: the client sees the head while the body is slow.
+inline bool next_body_piece(wrpc::OutgoingCall &call, std::string &piece, std::chrono::milliseconds idle) {
+  if (call.body_would_wait()) flush_edge_response();
+  return call.read_body(piece, idle);
+}
+}  // namespace detail
+
 inline void Forwarder::send_response(const httplib::Request &req, httplib::Response &res,
                                      std::shared_ptr<wrpc::OutgoingCall> call, const ResponseHead &head,
                                      const HttpSettings &settings) {
@@ -7550,8 +7560,7 @@ inline void Forwarder::send_response(const httplib::Request &req, httplib::Respo
           try {
             if (used == pending.size()) {
               used = 0;
-              if (call->body_would_wait()) detail::flush_edge_response();
-              if (!call->read_body(pending, idle)) return false;  // ended short of its length
+              if (!detail::next_body_piece(*call, pending, idle)) return false;  // ended short of its length
             }
             size_t n = std::min(pending.size() - used, remaining);  // never past the promise
             if (!sink.write(pending.data() + used, n)) return false;
@@ -7570,8 +7579,7 @@ inline void Forwarder::send_response(const httplib::Request &req, httplib::Respo
                            [call, idle, &logger = logger_, piece = std::string(), framed = std::string()](
                                size_t, httplib::DataSink &sink) mutable {
                              try {
-                               if (call->body_would_wait()) detail::flush_edge_response();
-                               if (call->read_body(piece, idle)) {
+                               if (detail::next_body_piece(*call, piece, idle)) {
                                  detail::frame_chunk(piece, framed);
                                  // A body that already ended goes out with its last chunk in
                                  // one write.
