@@ -147,24 +147,6 @@ answers() {  # $1 URL, $2 expected body
   [[ "$(curl -s --max-time 2 "$1" 2>/dev/null)" == "$2" ]]
 }
 
-# Host data as a wasmCloud host writes it: one line of base64 JSON, CRLF, then EOF.
-host_data_line() {  # $1 JSON
-  printf '%s\r\n' "$(printf '%s' "$1" | base64 -w0)"
-}
-# A link definition from provider $1 to the component, named $2, with source_config $3.
-link() {
-  printf '{"source_id":"%s","target":"%s","name":"%s","wit_namespace":"wasi","wit_package":"http",
-    "interfaces":["incoming-handler"],"source_config":%s,"target_config":{}}' "$1" "$COMPONENT_ID" "$2" "$3"
-}
-# Host data for provider $1: config $2, links $3 (a JSON array body).
-host_data() {
-  cat <<EOF
-{"host_id":"N$(random_chars 55)","lattice_rpc_prefix":"$LATTICE","lattice_rpc_url":"$NATS_URL",
- "provider_key":"$1","instance_id":"$(cat /proc/sys/kernel/random/uuid)",
- "env_values":{},"link_definitions":[$3],"config":$2,"log_level":"warn"}
-EOF
-}
-
 # Starts forwarder $1: "$2..." is the command, host data (or "") on stdin; waits until it
 # answers `/proxy` as the component does and echoes a 64 KiB POST.
 start_forwarder() {
@@ -199,7 +181,7 @@ ADDRESS_OURS=${URL[ours]#http://} ADDRESS_RUST=${URL[rust]#http://} ADDRESS_RUST
 # /proxy/count only after the whole body, so the response head of an upload comes after all of it.
 start_forwarder ours "$(host_data http-http_provider \
   "{\"address\":\"$ADDRESS_OURS\",\"max_content_len\":\"2G\",\"timeout_ms\":\"60000\"}" \
-  "$(link http-http_provider default '{}')")" "$PROVIDER_BIN"
+  "$(link http-http_provider default '{}')" warn)" "$PROVIDER_BIN"
 PID[root]=${PID[ours]}
 answers "${URL[root]}/" "Hello from the provider!" || fail "the provider's / gives a wrong answer"
 
@@ -208,12 +190,12 @@ answers "${URL[root]}/" "Hello from the provider!" || fail "the provider's / giv
 RUST_LINKS="$(link http-rust_path default '{"path":"/proxy"}'),$(link http-rust_path bytes \
   "{\"path\":\"/proxy/bytes/$STREAM_BYTES\"}"),$(link http-rust_path count '{"path":"/proxy/count"}')"
 start_forwarder rust "$(host_data http-rust_path \
-  "{\"routing_mode\":\"path\",\"default_address\":\"$ADDRESS_RUST\",\"timeout_ms\":\"60000\"}" "$RUST_LINKS")" "$RUST_BIN"
+  "{\"routing_mode\":\"path\",\"default_address\":\"$ADDRESS_RUST\",\"timeout_ms\":\"60000\"}" "$RUST_LINKS" warn)" "$RUST_BIN"
 
 # The Rust provider in address mode, as wasmCloud runs it without routing_mode: a listener per
 # link; its HTTP/1 server closes every connection after one response (keep-alive off in 0.27).
 start_forwarder rustaddr "$(host_data http-rust_address '{}' \
-  "$(link http-rust_address default "{\"address\":\"$ADDRESS_RUSTADDR\",\"timeout_ms\":\"60000\"}")")" "$RUST_BIN"
+  "$(link http-rust_address default "{\"address\":\"$ADDRESS_RUSTADDR\",\"timeout_ms\":\"60000\"}")" warn)" "$RUST_BIN"
 
 start_forwarder go "" "$GATEWAY_BIN" --nats "$NATS_URL" --lattice "$LATTICE" --target "$COMPONENT_ID" \
   --address "${URL[go]#http://}"

@@ -61,6 +61,26 @@ random_chars() {
   LC_ALL=C tr -dc 'A-Z2-7' </dev/urandom | head -c "$1" || true
 }
 
+# Host data as a wasmCloud host writes it on a provider's stdin: one line of base64 JSON,
+# CRLF, then EOF (the pipe's writer exits).
+host_data_line() {  # $1 JSON
+  printf '%s\r\n' "$(printf '%s' "$1" | base64 -w0)"
+}
+# A link definition from provider $1 to $COMPONENT_ID, named $2, with source_config $3.
+link() {
+  printf '{"source_id":"%s","target":"%s","name":"%s","wit_namespace":"wasi","wit_package":"http",
+    "interfaces":["incoming-handler"],"source_config":%s,"target_config":{}}' "$1" "$COMPONENT_ID" "$2" "$3"
+}
+# Host data for provider $1 on the lattice at $NATS_URL: config $2, links $3 (the inside of a
+# JSON array), log level $4 (default info).
+host_data() {
+  cat <<EOF
+{"host_id":"N$(random_chars 55)","lattice_rpc_prefix":"$LATTICE","lattice_rpc_url":"$NATS_URL",
+ "provider_key":"$1","instance_id":"$(cat /proc/sys/kernel/random/uuid)",
+ "env_values":{},"link_definitions":[$3],"config":$2,"log_level":"${4:-info}"}
+EOF
+}
+
 # Stops everything; keeps the logs in $LOGS when KEEP_LOGS is set.
 cleanup() {
   trap - INT TERM EXIT

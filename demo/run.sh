@@ -56,20 +56,8 @@ echo "demo component    $COMPONENT_ID (lattice $LATTICE)"
 
 # ---- the provider, started the way a wasmCloud host starts it ----
 
-HOST_ID="N$(random_chars 55)"
-INSTANCE_ID=$(cat /proc/sys/kernel/random/uuid)
-
-HOST_DATA=$(cat <<EOF
-{"host_id":"$HOST_ID","lattice_rpc_prefix":"$LATTICE","lattice_rpc_url":"$NATS_URL",
- "provider_key":"$PROVIDER_ID","instance_id":"$INSTANCE_ID",
- "link_definitions":[{"source_id":"$PROVIDER_ID","target":"$COMPONENT_ID","name":"default",
-   "wit_namespace":"wasi","wit_package":"http","interfaces":["incoming-handler"],
-   "source_config":{},"target_config":{}}],
- "config":{"address":"127.0.0.1:$HTTP_PORT"},"log_level":"info"}
-EOF
-)
-# One line: base64 of the JSON, CRLF, then stdin closes (printf exits).
-printf '%s\r\n' "$(printf '%s' "$HOST_DATA" | base64 -w0)" | "$PROVIDER_BIN" >"$LOGS/http-server.log" 2>&1 &
+host_data_line "$(host_data "$PROVIDER_ID" "{\"address\":\"127.0.0.1:$HTTP_PORT\"}" "$(link "$PROVIDER_ID" default '{}')")" |
+  "$PROVIDER_BIN" >"$LOGS/http-server.log" 2>&1 &
 PIDS+=($!)
 
 provider_answers() {

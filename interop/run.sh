@@ -160,16 +160,8 @@ start_nats "$NATS_PORT"
 PIDS+=($!)
 RUNNER_PID=$!
 if wait_for "$RUNNER_PID" 120 grep -q "interop-wrpc-runner: serving" "$LOGS/wrpc-runner.log"; then
-  HOST_DATA=$(cat <<EOF
-{"host_id":"N$(random_chars 55)","lattice_rpc_prefix":"$LATTICE","lattice_rpc_url":"$NATS_URL",
- "provider_key":"$PROVIDER_ID","instance_id":"$(cat /proc/sys/kernel/random/uuid)",
- "link_definitions":[{"source_id":"$PROVIDER_ID","target":"$COMPONENT_ID","name":"default",
-   "wit_namespace":"wasi","wit_package":"http","interfaces":["incoming-handler"],
-   "source_config":{},"target_config":{}}],
- "config":{"address":"127.0.0.1:$HTTP_PORT"},"log_level":"info"}
-EOF
-  )
-  printf '%s\r\n' "$(printf '%s' "$HOST_DATA" | base64 -w0)" | env -i "$BUILD/http-server" \
+  host_data_line "$(host_data "$PROVIDER_ID" "{\"address\":\"127.0.0.1:$HTTP_PORT\"}" "$(link "$PROVIDER_ID" default '{}')")" |
+    env -i "$BUILD/http-server" \
     >"$LOGS/http-server-wrpc.log" 2>&1 &
   PIDS+=($!)
   if wait_for "${PIDS[-1]}" 15 answers_provider "$HTTP_PORT"; then
