@@ -80,6 +80,13 @@
 #ifndef WRPC_HTTP_MAX_BUFFERED_BODY
 #define WRPC_HTTP_MAX_BUFFERED_BODY (16u * 1024u * 1024u)
 #endif
+// How long, in all, the NATS reader may wait for one call's consumer to make room in a full
+// body buffer before the stream fails. It lets a consumer that a busy machine descheduled
+// catch up (nats-server holds the messages meanwhile; keep it well below what nats-server's
+// max_pending, 64 MiB, takes to fill) and bounds what one slow consumer costs the other calls.
+#ifndef WRPC_HTTP_BODY_STALL_BUDGET_MS
+#define WRPC_HTTP_BODY_STALL_BUDGET_MS 100
+#endif
 // Body bytes gathered before they leave as one NATS message (fewer, larger messages).
 #ifndef WRPC_HTTP_BODY_FLUSH_BYTES
 #define WRPC_HTTP_BODY_FLUSH_BYTES (256u * 1024u)
@@ -3667,6 +3674,10 @@ class ChunkQueue {
 public:
   explicit ChunkQueue(size_t max_bytes) : max_bytes_(max_bytes) {}
 
+  // Whether `size` more bytes stay within the bound (always, when nothing is held: the
+  // consumer cannot make more room than that).
+  bool has_room_for(size_t size) const { return chunks_.empty() || buffered_ + size <= max_bytes_; }
+
   // Called with the owner's mutex held. Returns false when the bound is exceeded.
   bool push(const char *data, size_t size) {
     if (buffered_ + size > max_bytes_) return false;
@@ -3724,11 +3735,17 @@ struct StreamInbox {
 // What both sides of a call receive asynchronously: a body stream and a trailers future,
 // filled by the NATS reader thread and read by the call's own thread.
 struct AsyncChannels {
-  AsyncChannels(size_t max_body, size_t max_trailers) : body(max_body), max_trailer_bytes(max_trailers) {}
+  AsyncChannels(size_t max_body, size_t max_trailers, std::chrono::milliseconds body_stall_budget)
+      : body(max_body), stall_left(body_stall_budget), max_trailer_bytes(max_trailers) {}
   std::mutex mu;
   std::condition_variable cv;
   bool lost = false;  // the NATS connection dropped
   StreamInbox body;
+  // The NATS reader waits on `room` for the consumer to drain a full body buffer, at most
+  // `stall_left` in all (CallLimits::body_stall_budget).
+  std::condition_variable room;
+  bool reader_waits_for_room = false;
+  std::chrono::microseconds stall_left;
   std::string trailer_bytes;
   size_t max_trailer_bytes;
   bool trailers_closed = false;
@@ -3741,6 +3758,25 @@ struct AsyncChannels {
            (trailers_closed ? 8u : 0u) | (lost ? 16u : 0u);
   }
   static constexpr unsigned kFirstOwnCondition = 32u;
+
+  // On the NATS reader thread, with mu held by `lk`: a message of the body's channel. One that
+  // does not fit waits for the consumer to make room (it is awake: it has bytes to read) for
+  // what is left of the stall budget; past it the stream fails as outrun.
+  void on_body_message(std::unique_lock<std::mutex> &lk, const std::string &data) {
+    if (body.queue.has_room_for(data.size()) || !body.error.empty() || body.ended || stall_left.count() <= 0) {
+      body.on_message(data);
+      return;
+    }
+    auto start = Clock::now();
+    reader_waits_for_room = true;
+    room.wait_for(lk, stall_left, [&] { return body.queue.has_room_for(data.size()); });
+    reader_waits_for_room = false;
+    stall_left -= std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
+    body.on_message(data);
+    // The consumer may have emptied the queue meanwhile and gone to sleep; the caller's
+    // "did a condition turn on" check saw the queue non-empty before the wait, so wake it here.
+    cv.notify_all();
+  }
 
   // With mu held.
   void on_trailer_message(const std::string &data) {
@@ -3760,6 +3796,7 @@ struct AsyncChannels {
     if (!body.error.empty()) throw wrpc::CallError(wrpc::CallError::Kind::bad_reply, body.error);
     if (!body.queue.empty()) {
       out = body.queue.pop();
+      if (reader_waits_for_room) room.notify_one();
       return true;
     }
     if (body.ended) return false;
@@ -3904,6 +3941,7 @@ namespace wrpc {
 struct CallLimits {
   size_t max_head_bytes = WRPC_HTTP_MAX_HEAD_BYTES;
   size_t max_buffered_body = WRPC_HTTP_MAX_BUFFERED_BODY;
+  std::chrono::milliseconds body_stall_budget{WRPC_HTTP_BODY_STALL_BUDGET_MS};
   // Request body bytes gathered before they go out as one NATS message.
   size_t body_flush_bytes = WRPC_HTTP_BODY_FLUSH_BYTES;
 };
@@ -4041,7 +4079,7 @@ public:
 
 private:
   struct State : detail::AsyncChannels {
-    explicit State(const CallLimits &l) : AsyncChannels(l.max_buffered_body, l.max_head_bytes), limits(l) {}
+    explicit State(const CallLimits &l) : AsyncChannels(l.max_buffered_body, l.max_head_bytes, l.body_stall_budget), limits(l) {}
     CallLimits limits;
     std::string server_inbox;
     bool no_responders = false;
@@ -4078,7 +4116,7 @@ private:
       } else if (suffix == ".results") {
         on_result_bytes(m.data);
       } else if (suffix == ".results.0.0") {
-        body.on_message(m.data);
+        on_body_message(lk, m.data);
       } else if (suffix == ".results.0.1") {
         on_trailer_message(m.data);
       }
@@ -4233,7 +4271,7 @@ private:
 };
 
 struct IncomingRequest::State : detail::AsyncChannels {
-  explicit State(const CallLimits &l) : AsyncChannels(l.max_buffered_body, l.max_head_bytes), limits(l) {}
+  explicit State(const CallLimits &l) : AsyncChannels(l.max_buffered_body, l.max_head_bytes, l.body_stall_budget), limits(l) {}
   CallLimits limits;
   std::string token;
   std::string param_bytes;
@@ -4264,7 +4302,7 @@ struct IncomingRequest::State : detail::AsyncChannels {
     if (suffix == ".params") {
       on_param_bytes(m.data);
     } else if (suffix == ".params.0.0") {
-      body.on_message(m.data);
+      on_body_message(lk, m.data);
     } else if (suffix == ".params.0.1") {
       on_trailer_message(m.data);
     }
