@@ -16,7 +16,8 @@
 # request (nats-server's /varz and /connz before and after). One GET and one POST through each
 # forwarder is tapped (bench/nats-probe tap) to count the round trips of a call. 1 GiB goes down
 # and up through each with curl while the peak RSS of the forwarder is read from /proc. The
-# request/reply ceiling of NATS on this machine is measured in the same run (bench/nats-probe).
+# request/reply and streaming ceilings of NATS on this machine are measured in the same run
+# (bench/nats-probe).
 # Writes bench/results.md and bench/throughput.png, and prints the results.
 #
 # Usage: bench/run.sh BUILD_DIR RUST_PROVIDER_BINARY     (`make bench` passes both)
@@ -312,6 +313,11 @@ stream_up() {
   record_stream "$key up $2" "${PID[$key]}" "$code" "$moved" "$seconds" "$note"
 }
 
+# The streaming ceiling, just before the transfers: what nats-server moves one way on this machine.
+out=$("$PROBE_BIN" stream --nats "$NATS_URL" --bytes "$STREAM_BYTES") || fail "nats-probe stream failed: $out"
+STREAM_CEILING=$(sed -n 's/.*mib_per_s=\([0-9]*\).*/\1/p' <<<"$out")
+echo "bench: NATS streaming ceiling: $STREAM_CEILING MiB/s" >&2
+
 truncate -s "$STREAM_BYTES" "$LOGS/zero.bin"
 for key in "${STREAMERS[@]}"; do
   stream_down "$key"
@@ -469,14 +475,16 @@ ratios_table() {
 }
 
 stream_table() {
-  echo "| Through | Direction | MiB/s | Peak RSS MiB | Result |"
-  echo "|---|---|--:|--:|---|"
+  echo "| Through | Direction | MiB/s | : NATS ceiling | Peak RSS MiB | Result |"
+  echo "|---|---|--:|--:|--:|---|"
   local key direction
   for key in "${STREAMERS[@]}"; do
     for direction in down "up length" "up chunked"; do
       local text=${direction/up length/up (Content-Length)}
       text=${text/up chunked/up (chunked)}
-      echo "| ${NAME[$key]} | $text | ${STREAM_RATE[$key $direction]} | $(mib "${STREAM_PEAK[$key $direction]}") | ${STREAM_NOTE[$key $direction]} |"
+      echo "| ${NAME[$key]} | $text | ${STREAM_RATE[$key $direction]} |" \
+        "$(ratio "${STREAM_RATE[$key $direction]}" "$STREAM_CEILING") | $(mib "${STREAM_PEAK[$key $direction]}") |" \
+        "${STREAM_NOTE[$key $direction]} |"
     done
   done
 }
@@ -526,7 +534,8 @@ stream_target() {  # $1 direction key: "down", "up length", "up chunked"
   rss_verdict=$(awk -v m="$rss" 'BEGIN { print (m <= 32) ? "met" : "NOT met" }')
   local text=${d/up length/up (Content-Length)}
   text=${text/up chunked/up (chunked)}
-  echo "| 1 GiB $text: >= 1.5x the faster anchor | ${STREAM_RATE[ours $d]} vs $best MiB/s = ${r}x | $verdict |"
+  echo "| 1 GiB $text: >= 1.5x the faster anchor | ${STREAM_RATE[ours $d]} vs $best MiB/s = ${r}x; 1.5x would be" \
+    "$(awk -v b="$best" 'BEGIN { printf "%.0f", b * 1.5 }') MiB/s, NATS alone moves $STREAM_CEILING | $verdict |"
   echo "| 1 GiB $text: peak RSS <= 32 MiB | $rss MiB | $rss_verdict |"
 }
 
@@ -572,7 +581,10 @@ targets_table() {
   echo
   echo "Request/reply ceiling (bench/nats-probe: nats.go, one connection each side, 64-byte payloads," \
     "${RUN_SECONDS} s): ${CEILING[1]} round trips/s at 1 requester (p50 ${CEILING_P50[1]} us)," \
-    "${CEILING[32]}/s at 32 requesters (p50 ${CEILING_P50[32]} us)."
+    "${CEILING[32]}/s at 32 requesters (p50 ${CEILING_P50[32]} us). Streaming ceiling (bench/nats-probe" \
+    "stream: one connection publishes 1 GiB in 1 MiB messages, another receives it): $STREAM_CEILING MiB/s;" \
+    "a 1 GiB transfer through a forwarder crosses nats-server the same way once, and the forwarder, the component" \
+    "and curl need the same 2 cores besides."
   echo
   echo "One call, tapped (a subscriber on \`>\`): messages the forwarder published, messages the component" \
     "published, and round trips before the response head (runs of forwarder messages before the first result" \

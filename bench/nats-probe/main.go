@@ -9,6 +9,17 @@
 //
 //	requesters=N round_trips=R seconds=S round_trips_per_s=X p50_us=Y p99_us=Z
 //
+//	nats-probe stream --nats URL [--bytes N] [--chunk BYTES]
+//
+// The streaming ceiling of the machine: one nats.go connection publishes N bytes (default
+// 1 GiB) in messages of BYTES (default 1 MiB, the server's max_payload, as the component
+// sends a body) on one subject, another receives them all; nothing else runs through the
+// server meanwhile. A 1 GiB transfer through a forwarder crosses the server once this way
+// (forwarder and component each have one connection), so this is the most it can move.
+// Prints one line:
+//
+//	bytes=N seconds=S mib_per_s=X
+//
 //	nats-probe tap --nats URL
 //
 // Prints every message that crosses the server, one line each, "SUBJECT REPLY BYTES" ("-" for
@@ -26,6 +37,7 @@ import (
 	"os/signal"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -45,6 +57,11 @@ func main() {
 		payload := flags.Int("payload", 64, "request and reply size in bytes")
 		flags.Parse(os.Args[2:])
 		ceiling(*url, *requesters, time.Duration(*seconds)*time.Second, *payload)
+	case "stream":
+		total := flags.Int64("bytes", 1<<30, "bytes to move")
+		chunk := flags.Int("chunk", 1<<20, "bytes per message")
+		flags.Parse(os.Args[2:])
+		stream(*url, *total, *chunk)
 	case "tap":
 		flags.Parse(os.Args[2:])
 		tap(*url)
@@ -55,6 +72,7 @@ func main() {
 
 func usage() {
 	fmt.Fprintln(os.Stderr, "usage: nats-probe ceiling --nats URL [--requesters N] [--seconds S] [--payload BYTES]\n"+
+		"       nats-probe stream --nats URL [--bytes N] [--chunk BYTES]\n"+
 		"       nats-probe tap --nats URL")
 	os.Exit(2)
 }
@@ -109,6 +127,49 @@ func ceiling(url string, requesters int, length time.Duration, payload int) {
 	quantile := func(q float64) int64 { return all[int(q*float64(len(all)-1))].Microseconds() }
 	fmt.Printf("requesters=%d round_trips=%d seconds=%.2f round_trips_per_s=%.0f p50_us=%d p99_us=%d\n",
 		requesters, len(all), elapsed, float64(len(all))/elapsed, quantile(0.5), quantile(0.99))
+}
+
+func stream(url string, total int64, chunk int) {
+	receiver := connect(url, "nats-probe-receiver")
+	defer receiver.Close()
+	const subject = "bench.stream"
+	done := make(chan struct{})
+	var received atomic.Int64
+	sub, err := receiver.Subscribe(subject, func(m *nats.Msg) {
+		if received.Add(int64(len(m.Data))) >= total {
+			close(done)
+		}
+	})
+	if err != nil {
+		log.Fatalf("subscribe: %v", err)
+	}
+	// Held messages instead of nats.go's slow-consumer drops: the measure is the server's pace.
+	sub.SetPendingLimits(-1, -1)
+	if err := receiver.Flush(); err != nil {
+		log.Fatalf("flush: %v", err)
+	}
+	sender := connect(url, "nats-probe-sender")
+	defer sender.Close()
+
+	data := make([]byte, chunk)
+	start := time.Now()
+	for sent, n := int64(0), 0; sent < total; sent, n = sent+int64(chunk), n+1 {
+		if err := sender.Publish(subject, data); err != nil {
+			log.Fatalf("publish: %v", err)
+		}
+		if n%16 == 15 { // a round trip now and then: the sender does not run far ahead of the server
+			if err := sender.Flush(); err != nil {
+				log.Fatalf("flush: %v", err)
+			}
+		}
+	}
+	select {
+	case <-done:
+	case <-time.After(120 * time.Second):
+		log.Fatalf("received %d of %d bytes in 120 s", received.Load(), total)
+	}
+	elapsed := time.Since(start).Seconds()
+	fmt.Printf("bytes=%d seconds=%.2f mib_per_s=%.0f\n", total, elapsed, float64(total)/elapsed/(1<<20))
 }
 
 func tap(url string) {
