@@ -319,6 +319,9 @@ STREAM_CEILING=$(sed -n 's/.*mib_per_s=\([0-9]*\).*/\1/p' <<<"$out")
 echo "bench: NATS streaming ceiling: $STREAM_CEILING MiB/s" >&2
 
 truncate -s "$STREAM_BYTES" "$LOGS/zero.bin"
+# Read once before any upload: the first read of a fresh sparse GiB costs the reader seconds of
+# kernel time on this machine (9 s once), which would be charged to whichever forwarder goes first.
+cat "$LOGS/zero.bin" >/dev/null
 for key in "${STREAMERS[@]}"; do
   stream_down "$key"
   stream_up "$key" length
