@@ -511,9 +511,9 @@ calls_table() {
 # Sets HEADROOM_BEYOND to the number of points where 2x the Rust provider lies above a bound.
 HEADROOM_BEYOND=0
 headroom_table() {
-  echo "| Request | Conns | provider req/s | 2x Rust (best) | nats-server + component CPU ms / req | CPU bound req/s | round-trip bound req/s | 2x Rust within both? |"
-  echo "|---|--:|--:|--:|--:|--:|--:|---|"
-  local body conns k twice cpu cpu_bound trips rt_bound within
+  echo "| Request | Conns | provider req/s | 2x Rust (best) | nats-server + component CPU ms / req | CPU bound req/s | round-trip bound req/s | 2x Rust within both? | CPU ms / req left at 2x Rust for forwarder + wrk | provider CPU ms / req now |"
+  echo "|---|--:|--:|--:|--:|--:|--:|---|--:|--:|"
+  local body conns k twice cpu cpu_bound trips rt_bound within left
   HEADROOM_BEYOND=0
   for body in "${BODY_SIZES[@]}"; do
     trips=${TAP[ours GET]##* }
@@ -527,7 +527,9 @@ headroom_table() {
       within=$(awk -v w="$twice" -v a="$cpu_bound" -v b="$rt_bound" 'BEGIN {
         if (w > a) print "no: above the CPU bound"; else if (w > b) print "no: above the round-trip bound"; else print "yes" }')
       [[ "$within" == yes ]] || HEADROOM_BEYOND=$((HEADROOM_BEYOND + 1))
-      echo "| $(request_name "$body") | $conns | ${RPS[ours $k]} | $twice | $cpu | $cpu_bound | $rt_bound | $within |"
+      left=$(awk -v p="$(nproc)" -v w="$twice" -v c="$cpu" 'BEGIN { printf "%.3f", p * 1000 / w - c }')
+      echo "| $(request_name "$body") | $conns | ${RPS[ours $k]} | $twice | $cpu | $cpu_bound | $rt_bound | $within |" \
+        "$left | ${CPU_PER_1K[ours $k]} |"
     done
   done
 }
@@ -642,7 +644,9 @@ targets_table() {
   echo "CPU bound: $(nproc) cores / the CPU nats-server and the component spent per call through the provider" \
     "in this run (wrk's CPU left out, so the bound is generous): the most req/s even a forwarder that cost" \
     "nothing could reach. Round-trip bound: connections / (round trips to the response head x NATS's" \
-    "request/reply p50 at 1 requester, ${CEILING_P50[1]} us): one connection cannot go faster."
+    "request/reply p50 at 1 requester, ${CEILING_P50[1]} us): one connection cannot go faster. At 2x the" \
+    "Rust provider's rate the cores leave the CPU per call in the second to last column for the forwarder and" \
+    "wrk together; the last column is what the provider spends now."
   echo
   cat "$LOGS/headroom.md"
   echo
