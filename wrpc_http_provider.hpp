@@ -76,16 +76,27 @@
 #ifndef WRPC_HTTP_MAX_HEAD_BYTES
 #define WRPC_HTTP_MAX_HEAD_BYTES (1024u * 1024u)
 #endif
+// A connection's NATS reader may be kept waiting by calls whose body consumers are behind (see
+// WRPC_HTTP_BODY_STALL_BUDGET_MS) for this share of the time, in bursts of at most this long,
+// however many calls are slow at once: nats-server buffers for the connection meanwhile and
+// disconnects it past its max_pending (64 MiB), so the reader must read most of the time.
+#ifndef WRPC_HTTP_NATS_READER_STALL_PERCENT
+#define WRPC_HTTP_NATS_READER_STALL_PERCENT 10
+#endif
+#ifndef WRPC_HTTP_NATS_READER_STALL_BURST_MS
+#define WRPC_HTTP_NATS_READER_STALL_BURST_MS 100
+#endif
 // Response (or request) body bytes one call may hold while its consumer is slower.
 #ifndef WRPC_HTTP_MAX_BUFFERED_BODY
 #define WRPC_HTTP_MAX_BUFFERED_BODY (16u * 1024u * 1024u)
 #endif
 // How long, in all, the NATS reader may wait for one call's consumer to make room in a full
-// body buffer before the stream fails. It lets a consumer that a busy machine descheduled
-// catch up (nats-server holds the messages meanwhile; keep it well below what nats-server's
-// max_pending, 64 MiB, takes to fill) and bounds what one slow consumer costs the other calls.
+// body buffer before the stream fails: a consumer that a busy machine descheduled now and then
+// catches up (nats-server holds the messages meanwhile). Each wait is also bounded by the
+// connection's allowance (WRPC_HTTP_NATS_READER_STALL_*), so a consumer that stopped costs the
+// other calls at most one burst.
 #ifndef WRPC_HTTP_BODY_STALL_BUDGET_MS
-#define WRPC_HTTP_BODY_STALL_BUDGET_MS 100
+#define WRPC_HTTP_BODY_STALL_BUDGET_MS 1000
 #endif
 // Body bytes gathered before they leave as one NATS message (fewer, larger messages).
 #ifndef WRPC_HTTP_BODY_FLUSH_BYTES
@@ -925,6 +936,35 @@ struct InboxHandler {
   std::function<void()> on_disconnected;
 };
 
+// The waiting a connection's reader may do for the calls on it (WRPC_HTTP_NATS_READER_STALL_*):
+// a burst allowance refilled with a share of the time that passes.
+class ReaderStallAllowance {
+public:
+  // Up to `wanted` of waiting the reader may do now.
+  std::chrono::microseconds take(std::chrono::microseconds wanted) {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto now = std::chrono::steady_clock::now();
+    left_ = std::min(kBurst, left_ + std::chrono::duration_cast<std::chrono::microseconds>(now - refilled_) *
+                                         WRPC_HTTP_NATS_READER_STALL_PERCENT / 100);
+    refilled_ = now;
+    auto granted = std::min(wanted, left_);
+    left_ -= granted;
+    return granted;
+  }
+  // What a wait granted by take() did not use.
+  void give_back(std::chrono::microseconds unused) {
+    if (unused.count() <= 0) return;
+    std::lock_guard<std::mutex> lk(mu_);
+    left_ = std::min(kBurst, left_ + unused);
+  }
+
+private:
+  static constexpr std::chrono::microseconds kBurst{std::chrono::milliseconds(WRPC_HTTP_NATS_READER_STALL_BURST_MS)};
+  std::mutex mu_;
+  std::chrono::microseconds left_ = kBurst;
+  std::chrono::steady_clock::time_point refilled_ = std::chrono::steady_clock::now();
+};
+
 class Client {
 public:
   explicit Client(Options options);
@@ -964,6 +1004,9 @@ public:
 
   // Round trip to the server: everything published before has been processed by it.
   void flush(std::chrono::milliseconds timeout);
+
+  // Shared by the handlers that may keep the reader waiting (calls' body buffers).
+  ReaderStallAllowance &reader_stall_allowance() { return reader_stall_allowance_; }
 
 private:
   struct Subscription {
@@ -1033,6 +1076,7 @@ private:
   std::atomic<bool> closing_{false};
   std::mutex close_mu_;
   std::atomic<size_t> max_payload_{1024 * 1024};
+  ReaderStallAllowance reader_stall_allowance_;
 
   std::thread reader_, writer_;
   // Subscription handlers run one at a time, also while a retired connection is drained.
@@ -3735,17 +3779,21 @@ struct StreamInbox {
 // What both sides of a call receive asynchronously: a body stream and a trailers future,
 // filled by the NATS reader thread and read by the call's own thread.
 struct AsyncChannels {
-  AsyncChannels(size_t max_body, size_t max_trailers, std::chrono::milliseconds body_stall_budget)
-      : body(max_body), stall_left(body_stall_budget), max_trailer_bytes(max_trailers) {}
+  AsyncChannels(size_t max_body, size_t max_trailers, std::chrono::milliseconds body_stall_budget,
+                nats::ReaderStallAllowance &reader_allowance)
+      : body(max_body), stall_left(body_stall_budget), reader_allowance(reader_allowance),
+        max_trailer_bytes(max_trailers) {}
   std::mutex mu;
   std::condition_variable cv;
   bool lost = false;  // the NATS connection dropped
   StreamInbox body;
   // The NATS reader waits on `room` for the consumer to drain a full body buffer, at most
-  // `stall_left` in all (CallLimits::body_stall_budget).
+  // `stall_left` in all (CallLimits::body_stall_budget) and as its connection's allowance
+  // for all calls permits.
   std::condition_variable room;
   bool reader_waits_for_room = false;
   std::chrono::microseconds stall_left;
+  nats::ReaderStallAllowance &reader_allowance;
   std::string trailer_bytes;
   size_t max_trailer_bytes;
   bool trailers_closed = false;
@@ -3761,17 +3809,23 @@ struct AsyncChannels {
 
   // On the NATS reader thread, with mu held by `lk`: a message of the body's channel. One that
   // does not fit waits for the consumer to make room (it is awake: it has bytes to read) for
-  // what is left of the stall budget; past it the stream fails as outrun.
+  // what is left of the call's stall budget and the connection's allowance; past that the
+  // stream fails as outrun.
   void on_body_message(std::unique_lock<std::mutex> &lk, const std::string &data) {
-    if (body.queue.has_room_for(data.size()) || !body.error.empty() || body.ended || stall_left.count() <= 0) {
+    std::chrono::microseconds allowed{0};
+    if (!body.queue.has_room_for(data.size()) && body.error.empty() && !body.ended && stall_left.count() > 0)
+      allowed = reader_allowance.take(stall_left);
+    if (allowed.count() <= 0) {
       body.on_message(data);
       return;
     }
     auto start = Clock::now();
     reader_waits_for_room = true;
-    room.wait_for(lk, stall_left, [&] { return body.queue.has_room_for(data.size()); });
+    room.wait_for(lk, allowed, [&] { return body.queue.has_room_for(data.size()); });
     reader_waits_for_room = false;
-    stall_left -= std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
+    auto waited = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
+    stall_left -= waited;
+    reader_allowance.give_back(allowed - waited);
     body.on_message(data);
     // The consumer may have emptied the queue meanwhile and gone to sleep; the caller's
     // "did a condition turn on" check saw the queue non-empty before the wait, so wake it here.
@@ -3954,7 +4008,7 @@ public:
   // (`01 00`), saving two messages per call.
   OutgoingCall(nats::Client &nc, const std::string &subject, const RequestHead &head,
                const nats::Headers *nats_headers = nullptr, bool trailers_follow = false, CallLimits limits = {})
-      : nc_(nc), limits_(limits), trailers_follow_(trailers_follow), state_(std::make_shared<State>(limits)) {
+      : nc_(nc), limits_(limits), trailers_follow_(trailers_follow), state_(std::make_shared<State>(limits, nc.reader_stall_allowance())) {
     token_ = nc_.next_inbox_token();
     std::weak_ptr<State> weak = state_;
     nats::InboxHandler handler;
@@ -4079,7 +4133,8 @@ public:
 
 private:
   struct State : detail::AsyncChannels {
-    explicit State(const CallLimits &l) : AsyncChannels(l.max_buffered_body, l.max_head_bytes, l.body_stall_budget), limits(l) {}
+    State(const CallLimits &l, nats::ReaderStallAllowance &a)
+        : AsyncChannels(l.max_buffered_body, l.max_head_bytes, l.body_stall_budget, a), limits(l) {}
     CallLimits limits;
     std::string server_inbox;
     bool no_responders = false;
@@ -4271,7 +4326,8 @@ private:
 };
 
 struct IncomingRequest::State : detail::AsyncChannels {
-  explicit State(const CallLimits &l) : AsyncChannels(l.max_buffered_body, l.max_head_bytes, l.body_stall_budget), limits(l) {}
+  State(const CallLimits &l, nats::ReaderStallAllowance &a)
+      : AsyncChannels(l.max_buffered_body, l.max_head_bytes, l.body_stall_budget, a), limits(l) {}
   CallLimits limits;
   std::string token;
   std::string param_bytes;
@@ -4432,7 +4488,7 @@ inline void Server::stop() {
 // queue the call for a worker.
 inline void Server::on_invocation(nats::Message &m) {
   if (m.reply.empty()) return;  // not a wRPC invocation
-  auto state = std::make_shared<IncomingRequest::State>(limits_);
+  auto state = std::make_shared<IncomingRequest::State>(limits_, nc_.reader_stall_allowance());
   state->token = nc_.next_inbox_token();
   std::weak_ptr<IncomingRequest::State> weak = state;
   nats::InboxHandler handler;

@@ -30,8 +30,8 @@ struct ComponentOnNats {
     testsupport::wait_for_component(client);
   }
 
-  // GET `path` from the component; the response head has arrived when it returns.
-  std::unique_ptr<OutgoingCall> get(const std::string &path, CallLimits limits) {
+  // Sends GET `path` to the component.
+  std::unique_ptr<OutgoingCall> start(const std::string &path, CallLimits limits) {
     wrpc_http::RequestHead head;
     head.method.kind = wrpc_http::MethodKind::get;
     head.path_with_query = path;
@@ -39,6 +39,11 @@ struct ComponentOnNats {
     auto call = std::make_unique<OutgoingCall>(client, wrpc_http::wrpc::handle_subject("default", testsupport::kComponent),
                                                head, nullptr, false, limits);
     call->send_whole_request("");
+    return call;
+  }
+  // GET `path` from the component; the response head has arrived when it returns.
+  std::unique_ptr<OutgoingCall> get(const std::string &path, CallLimits limits) {
+    auto call = start(path, limits);
     auto response = call->await_response(Clock::now() + 5s);
     REQUIRE(response.status == 200);
     return call;
@@ -77,7 +82,9 @@ const std::string kBodyPath = "/proxy/bytes/" + std::to_string(kBodyBytes);
 TEST_CASE("wRPC transport: a body consumer that pauses within the stall budget still receives every byte") {
   ComponentOnNats lattice;
   auto call = lattice.get(kBodyPath, small_buffer(2000ms));
-  std::this_thread::sleep_for(100ms);  // the component fills the 1 MiB buffer meanwhile
+  // The component fills the 1 MiB buffer meanwhile; the pause stays within the connection's
+  // allowance too (WRPC_HTTP_NATS_READER_STALL_BURST_MS, 100 ms).
+  std::this_thread::sleep_for(50ms);
   auto read = read_rest(*call);
   CHECK(read.error == "");
   CHECK(read.bytes == kBodyBytes);
@@ -86,7 +93,7 @@ TEST_CASE("wRPC transport: a body consumer that pauses within the stall budget s
 TEST_CASE("wRPC transport: without a stall budget, a consumer that pauses loses the stream as outrun") {
   ComponentOnNats lattice;
   auto call = lattice.get(kBodyPath, small_buffer(0ms));
-  std::this_thread::sleep_for(100ms);
+  std::this_thread::sleep_for(50ms);
   auto read = read_rest(*call);
   CHECK(read.error.find("outran its consumer") != std::string::npos);
   CHECK(read.bytes < kBodyBytes);
@@ -104,4 +111,24 @@ TEST_CASE("wRPC transport: a consumer that stops reading holds up the connection
   CHECK(waited < 2s);  // the stall budget (300 ms), not the body's idle timeout (5 s)
   auto stalled_read = read_rest(*stalled);
   CHECK(stalled_read.error.find("outran its consumer") != std::string::npos);
+}
+
+TEST_CASE("wRPC transport: many consumers that stop reading at once hold up the connection no longer than one") {
+  ComponentOnNats lattice;
+  // Each call's own budget would keep the reader waiting 400 ms, 2.4 s for the six; the
+  // connection's allowance (a 100 ms burst, then 10% of the time) ends the waiting sooner.
+  // All six are sent before any is read: waiting for one's head would wait out the one before.
+  std::vector<std::unique_ptr<OutgoingCall>> stalled;
+  for (int i = 0; i < 6; ++i) stalled.push_back(lattice.start(kBodyPath, small_buffer(400ms)));
+  std::this_thread::sleep_for(50ms);
+  auto started = Clock::now();
+  auto other = lattice.get("/proxy", CallLimits{});
+  auto other_read = read_rest(*other);
+  auto waited = Clock::now() - started;
+  CHECK(other_read.bytes == std::string("Hello from the component!").size());
+  CHECK(waited < 1s);
+  for (auto &call : stalled) {
+    call->await_response(Clock::now() + 5s);
+    CHECK(read_rest(*call).error.find("outran its consumer") != std::string::npos);
+  }
 }
