@@ -3841,11 +3841,15 @@ struct AsyncChannels {
     }
   }
 
+  // Whether read_body returns without waiting: body bytes, the body's end or a failure are
+  // here. With mu held.
+  bool body_readable() const { return !body.queue.empty() || body.ended || !body.error.empty() || lost; }
+
   // Next piece of the body; false at its end. Throws CallError when the stream breaks
   // (malformed, connection lost, nothing for `idle_timeout`).
   bool read_body(std::string &out, std::chrono::milliseconds idle_timeout) {
     std::unique_lock<std::mutex> lk(mu);
-    if (!cv.wait_for(lk, idle_timeout, [&] { return !body.queue.empty() || body.ended || !body.error.empty() || lost; }))
+    if (!cv.wait_for(lk, idle_timeout, [&] { return body_readable(); }))
       throw wrpc::CallError(wrpc::CallError::Kind::timeout, "body stalled");
     if (!body.error.empty()) throw wrpc::CallError(wrpc::CallError::Kind::bad_reply, body.error);
     if (!body.queue.empty()) {
@@ -4119,7 +4123,7 @@ public:
   // True when read_body would wait: neither body bytes nor its end nor an error are here.
   bool body_would_wait() {
     std::lock_guard<std::mutex> lk(state_->mu);
-    return state_->body.queue.empty() && !state_->body.ended && state_->body.error.empty() && !state_->lost;
+    return !state_->body_readable();
   }
 
   // The response trailers, once the body has ended.
