@@ -116,6 +116,15 @@ nats-server -a 127.0.0.1 -p "$nats_port" >/dev/null 2>&1 &
 nats_pid=$!
 nats_url="nats://127.0.0.1:$nats_port"
 url="http://127.0.0.1:$http_port/"
+# The provider, like a host's, fails at once when no NATS answers, so wait until nats-server
+# accepts connections (on a busy machine that can take over a second).
+for _ in $(seq 100); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null; then break; fi
+  if ! kill -0 "$nats_pid" 2>/dev/null; then break; fi
+  sleep 0.1
+done
+check "nats-server accepts connections on port $nats_port" \
+  bash -c "exec 3<>/dev/tcp/127.0.0.1/$nats_port"
 
 # Run as the host does: empty environment, one base64 line, stdin closed.
 host_data=$(printf '{"host_id":"NHOSTTEST","lattice_rpc_prefix":"default","lattice_rpc_url":"%s","provider_key":"http-server","instance_id":"par-test","link_definitions":[],"config":{"address":"127.0.0.1:%s"},"secrets":{}}' "$nats_url" "$http_port" | base64 -w0)
