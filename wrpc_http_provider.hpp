@@ -1098,7 +1098,7 @@ private:
   // close): a publisher that finds the socket free writes itself, so waking the writer after
   // every write would cost two context switches per publish for nothing.
   std::condition_variable out_cv_;         // writer waits for data gathered during a write
-  std::condition_variable write_done_cv_;  // close() and lost_connection() wait for a write to end
+  std::condition_variable write_done_cv_;  // close(), lost_connection() and adopt_standby() wait for a write to end
   std::condition_variable space_cv_;       // publishers wait for room
   std::string out_buf_;
   bool writer_busy_ = false;
@@ -2441,7 +2441,7 @@ inline void Client::adopt_standby(detail::NatsParser &parser) {
       inbox_prefix_ = prefix;
     }
     std::unique_lock<std::mutex> lk(out_mu_);
-    out_cv_.wait(lk, [&] { return !writer_busy_; });
+    write_done_cv_.wait(lk, [&] { return !writer_busy_; });
     old.socket = std::move(socket_);
     socket_ = std::move(socket);
   }
