@@ -127,8 +127,17 @@ TEST_CASE("wRPC transport: many consumers that stop reading at once hold up the 
   auto waited = Clock::now() - started;
   CHECK(other_read.bytes == std::string("Hello from the component!").size());
   CHECK(waited < 1s);
-  for (auto &call : stalled) {
-    call->await_response(Clock::now() + 5s);
-    CHECK(read_rest(*call).error.find("outran its consumer") != std::string::npos);
+  // Each stalled call was cut when its wait ran out, unless the component, slowed down (a
+  // busy machine, a sanitizer), began its stream only after the reads below had started:
+  // then it was never stalled and arrives whole. At least one was stalled and cut.
+  int cut = 0;
+  for (size_t i = 0; i < stalled.size(); ++i) {
+    stalled[i]->await_response(Clock::now() + 5s);
+    auto read = read_rest(*stalled[i]);
+    bool was_cut = read.error.find("outran its consumer") != std::string::npos;
+    bool whole = read.error.empty() && read.bytes == kBodyBytes;
+    CHECK_MESSAGE((was_cut || whole), "call " << i << ": " << read.bytes << " bytes, error '" << read.error << "'");
+    cut += was_cut;
   }
+  CHECK(cut > 0);
 }
