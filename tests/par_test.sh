@@ -20,22 +20,19 @@ binary=$(realpath "$2")
 expect="Hello from the provider!"
 target="$(uname -m)-linux"
 
-work=$(mktemp -d)
-provider_pid=""
-nats_pid=""
-cleanup() {
-  if [[ -n $provider_pid ]]; then kill "$provider_pid" 2>/dev/null || true; fi
-  if [[ -n $nats_pid ]]; then kill "$nats_pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
+# demo/lib.sh: free ports, waiting, host data lines; its cleanup stops what PIDS holds and
+# removes $LOGS, this script's work directory.
+SCRIPT_NAME=par_test
+source "$(dirname "${BASH_SOURCE[0]}")/../demo/lib.sh"
+work=$LOGS
 trap cleanup EXIT
 
 failures=0
 pass() { echo "ok   - $1" | tee -a "$work/results"; }
-fail() { echo "FAIL - $1"; failures=$((failures + 1)); }
+fail_check() { echo "FAIL - $1"; failures=$((failures + 1)); }
 check() { # check DESCRIPTION COMMAND...
   local description=$1; shift
-  if "$@" >"$work/last.log" 2>&1; then pass "$description"; else fail "$description"; cat "$work/last.log"; fi
+  if "$@" >"$work/last.log" 2>&1; then pass "$description"; else fail_check "$description"; cat "$work/last.log"; fi
 }
 # base64url (no padding) to bytes
 b64url_decode() {
@@ -100,36 +97,22 @@ tar -czf "$work/claims-tampered.par.gz" -C "$work/tampered" claims.jwt "$target.
 check "make_par --verify rejects changed claims" \
   bash -c "! '$make_par' --verify '$work/claims-tampered.par.gz'"
 
-# A port nobody listens on right now (bash's /dev/tcp: no other tool needed).
-free_port() {
-  local port
-  while :; do
-    port=$((20000 + RANDOM % 12000))  # below the ephemeral range (32768+)
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return; fi
-  done
-}
-
 # The provider needs a lattice: a real nats-server on a free loopback port.
 nats_port=$(free_port)
-http_port=$(free_port)
+http_port=$(free_port "$nats_port")
 nats-server -a 127.0.0.1 -p "$nats_port" >/dev/null 2>&1 &
-nats_pid=$!
+PIDS+=($!)
 nats_url="nats://127.0.0.1:$nats_port"
 url="http://127.0.0.1:$http_port/"
 # The provider, like a host's, fails at once when no NATS answers, so wait until nats-server
 # accepts connections (on a busy machine that can take over a second).
-for _ in $(seq 100); do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null; then break; fi
-  if ! kill -0 "$nats_pid" 2>/dev/null; then break; fi
-  sleep 0.1
-done
-check "nats-server accepts connections on port $nats_port" \
-  bash -c "exec 3<>/dev/tcp/127.0.0.1/$nats_port"
+check "nats-server accepts connections on port $nats_port" wait_for "${PIDS[-1]}" 10 port_in_use "$nats_port"
 
 # Run as the host does: empty environment, one base64 line, stdin closed.
-host_data=$(printf '{"host_id":"NHOSTTEST","lattice_rpc_prefix":"default","lattice_rpc_url":"%s","provider_key":"http-server","instance_id":"par-test","link_definitions":[],"config":{"address":"127.0.0.1:%s"},"secrets":{}}' "$nats_url" "$http_port" | base64 -w0)
-printf '%s\r\n' "$host_data" | env -i "$work/unpacked/$target.bin" >"$work/provider.log" 2>&1 &
+host_data=$(printf '{"host_id":"NHOSTTEST","lattice_rpc_prefix":"default","lattice_rpc_url":"%s","provider_key":"http-server","instance_id":"par-test","link_definitions":[],"config":{"address":"127.0.0.1:%s"},"secrets":{}}' "$nats_url" "$http_port")
+host_data_line "$host_data" | env -i "$work/unpacked/$target.bin" >"$work/provider.log" 2>&1 &
 provider_pid=$!
+PIDS+=("$provider_pid")
 served=""
 for _ in $(seq 50); do
   if body=$(curl -fsS --max-time 1 "$url" 2>/dev/null) && [[ $body == *"$expect"* ]]; then
@@ -142,7 +125,7 @@ done
 if [[ -n $served ]]; then
   pass "the extracted binary serves $url under env -i"
 else
-  fail "the extracted binary serves $url under env -i"
+  fail_check "the extracted binary serves $url under env -i"
   cat "$work/provider.log"
 fi
 
