@@ -34,6 +34,28 @@
 //  wRPC transport, provider runtime, HTTP edge, telemetry (OTLP export), HTTP policies
 //  (CORS, cache-control, read-only mode), HTTP bridge, provider.
 //
+//  Threads, and the lock order
+//  ---------------------------
+//  Threads: the NATS reader (reads, answers health, hands everything that can wait to the
+//  control thread: it never waits for a listener or a request), the NATS writer, a lame duck
+//  mover while one runs, each listener's edge loop and its workers, the provider's control
+//  thread (link put/del and config updates, one at a time, in arrival order), one telemetry
+//  exporter per enabled signal, and run()'s own thread (signals, shutdown). Each has one
+//  owner that joins it.
+//
+//  A lock is taken only while holding locks to its left in these chains, never the reverse:
+//    nats::Client    close_mu_ -> { subs_mu_, out_mu_, standby_mu_, pong_mu_, inbox_mu_ }
+//                    standby_mu_ -> subs_mu_ -> { inbox_mu_, out_mu_, NatsSocket::tls_mu_ }
+//                    dispatch_mu_ -> subs_mu_ -> out_mu_
+//    wRPC transport  AsyncChannels::mu -> ReaderStallAllowance::mu_
+//  Every other lock is a leaf: nats::Client's pool_mu_, pong_mu_, inbox_mu_ and out_mu_ (a
+//  write happens with it released), EdgeServer::mu_, ElasticTaskQueue::mu_ (worker pools and
+//  the control queue), Telemetry::mu_, Logger::mu_, Provider::links_mu_ and shutdown_mu_.
+//  Nothing calls out (a log line, a log hook, a user callback, a route) while holding a lock,
+//  with one deliberate exception: dispatch_mu_ is held across a subscription handler, so
+//  handlers run one at a time; they may publish and subscribe (locks right of it) and must
+//  return at once (the provider's hand a message to the control thread).
+//
 //  Configuration macros (define before including; defaults below):
 //    WRPC_HTTP_OPENSSL_SUPPORT  nkey/JWT auth and TLS to NATS, HTTPS (needs OpenSSL: -lssl -lcrypto)
 //    WRPC_HTTP_SODIUM_SUPPORT   opens link secrets sealed with xkeys (needs libsodium: -lsodium)
@@ -226,6 +248,7 @@
 #include <deque>
 #include <list>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -251,6 +274,9 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 // ---- utilities ----
 
@@ -269,6 +295,14 @@ inline sigset_t block_termination_signals() {
 }
 
 namespace detail {
+
+// Gives freed heap pages back to the system. glibc keeps them otherwise, so a passing peak
+// (a telemetry backlog while the collector was away) would stay in the RSS for good.
+inline void release_free_heap() {
+#ifdef __GLIBC__
+  ::malloc_trim(0);
+#endif
+}
 
 // One base64 codec for both alphabets: they differ only in the last two
 // characters and in whether '=' padding is written.
@@ -1945,8 +1979,9 @@ inline void Client::learn_servers(const nlohmann::json &connect_urls) {
 }
 
 inline void Client::close() {
-  std::lock_guard<std::mutex> close_lock(close_mu_);
+  std::unique_lock<std::mutex> close_lock(close_mu_);
   if (closing_) return;
+  std::string drain_failure;
   if (connected_) {
     // Drain: unsubscribe everything, then a PING whose PONG proves the server has seen all
     // that was published before.
@@ -1959,7 +1994,7 @@ inline void Client::close() {
       if (!wire.empty()) enqueue(std::move(wire));
       flush(std::chrono::milliseconds(2000));
     } catch (const Error &e) {
-      log(LogLevel::debug, std::string("drain on close: ") + e.what());
+      drain_failure = e.what();
     }
   }
   {
@@ -1990,8 +2025,10 @@ inline void Client::close() {
     std::lock_guard<std::mutex> lk(inbox_mu_);
     orphans.swap(inboxes_);
   }
+  close_lock.unlock();
   for (auto &o : orphans)
     if (o.second->handler.on_disconnected) o.second->handler.on_disconnected();
+  if (!drain_failure.empty()) log(LogLevel::debug, "drain on close: " + drain_failure);
 }
 
 inline void Client::enqueue(std::string &&wire) {
@@ -2419,7 +2456,9 @@ inline void Client::adopt_standby(detail::NatsParser &parser) {
   auto socket = std::move(standby_);
   Retired old;
   auto prefix = detail::new_inbox_prefix();
+  bool moved = false;
   {
+    // subs_mu_ is held until the socket is swapped: a SUB sent meanwhile reaches the new one.
     std::lock_guard<std::mutex> subs_lock(subs_mu_);
     std::string wire;
     for (auto &s : subs_) {
@@ -2430,20 +2469,25 @@ inline void Client::adopt_standby(detail::NatsParser &parser) {
       }
       wire += subscribe_wire(s.first, *s.second);
     }
-    if (!socket->write_all(wire.data(), wire.size())) {
+    if (socket->write_all(wire.data(), wire.size())) {
+      {
+        std::lock_guard<std::mutex> lk(inbox_mu_);
+        old.inbox_prefix = inbox_prefix_;
+        inbox_prefix_ = prefix;
+      }
+      std::unique_lock<std::mutex> lk(out_mu_);
+      write_done_cv_.wait(lk, [&] { return !writer_busy_; });
+      old.socket = std::move(socket_);
+      socket_ = std::move(socket);
+      moved = true;
+    } else {
       subs_[inbox_sid_]->subject = inbox_prefix_ + ".>";  // reader thread: nobody else changes it
-      standby_cv_.notify_all();
-      return log(LogLevel::warn, "lame duck: the new connection broke at once; staying");
     }
-    {
-      std::lock_guard<std::mutex> lk(inbox_mu_);
-      old.inbox_prefix = inbox_prefix_;
-      inbox_prefix_ = prefix;
-    }
-    std::unique_lock<std::mutex> lk(out_mu_);
-    write_done_cv_.wait(lk, [&] { return !writer_busy_; });
-    old.socket = std::move(socket_);
-    socket_ = std::move(socket);
+  }
+  if (!moved) {
+    standby_cv_.notify_all();
+    standby_lock.unlock();  // no log line with a lock held: a log hook may publish
+    return log(LogLevel::warn, "lame duck: the new connection broke at once; staying");
   }
   old.unparsed = parser.take_unparsed();
   pings_out_ = 0;
@@ -2451,9 +2495,11 @@ inline void Client::adopt_standby(detail::NatsParser &parser) {
     std::lock_guard<std::mutex> lk(pool_mu_);
     current_address_ = standby_address_;
   }
-  log(LogLevel::info, "NATS moved to " + standby_address_ + " (lame duck)");
+  std::string moved_to = standby_address_;
   retired_ = std::move(old);
   standby_cv_.notify_all();
+  standby_lock.unlock();
+  log(LogLevel::info, "NATS moved to " + moved_to + " (lame duck)");
 }
 
 // Lame duck thread: reads the retired connection until the calls waiting on it are done.
@@ -5968,7 +6014,8 @@ public:
   // A listening socket on "host:port" for serve(); throws when the address is taken.
   static int open_listener(const std::string &address);
   // Accepts on the listening socket `listen_fd` and serves until stop(); runs in the
-  // caller's thread (the edge loop). The caller closes `listen_fd` afterwards.
+  // caller's thread (the edge loop). Once stopping it refuses new connections (shutdown of
+  // `listen_fd`); the caller closes `listen_fd` after serve() returned.
   void serve(int listen_fd);
   // Stops accepting, closes idle connections, gives requests in progress `drain` to finish
   // and cuts the rest; serve() returns. Joins every worker.
@@ -6107,6 +6154,9 @@ inline void EdgeServer::serve(int listen_fd) {
     if (stopping_ && accepting) {
       accepting = false;
       ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd, nullptr);
+      // The port refuses new connections at once, while running requests drain; the socket
+      // itself stays the caller's to close.
+      ::shutdown(listen_fd, SHUT_RD);
       for (auto &p : parked_) p.second.conn->close();
       parked_.clear();
     }
@@ -6512,7 +6562,9 @@ inline std::string traced_call(const std::string &target) {
 }  // namespace detail
 
 // The OTLP/HTTP JSON exporter and the instruments. Without any signal enabled it does nothing
-// and starts no thread.
+// and starts no thread. Requests only append to queues and counters under mu_; every export
+// (and every log line about one) happens on an exporter thread without mu_ held, so a
+// collector that is down, slow or recovering costs dropped telemetry, never a request.
 class Telemetry {
 public:
   struct Counters {
@@ -6540,7 +6592,7 @@ public:
   bool logs() const { return config_.logs_enabled() && !grpc_; }
   bool any() const { return traces() || metrics() || logs(); }
 
-  // Starts the exporter thread when a signal is enabled.
+  // Starts an exporter thread for each enabled signal.
   void start();
   // Sends what is queued (one attempt each, bounded by WRPC_HTTP_OTEL_TIMEOUT_MS) and joins.
   void stop();
@@ -6575,7 +6627,12 @@ private:
   // Both with mu_ held by the caller only for take_batch.
   template <class Record> void enqueue(std::deque<Record> &queue, Record &&record);
   template <class Record> static std::vector<Record> take_batch(std::deque<Record> &queue);
-  void run();
+  // The exporter threads, one per enabled signal: a collector endpoint that stalls or fails
+  // for one signal delays no other, and metrics leave on their interval whatever happens.
+  template <class Record>
+  void export_queue(const std::string &signal, std::deque<Record> &queue,
+                    nlohmann::json (Telemetry::*encode)(std::vector<Record> &) const);
+  void export_metrics();
   nlohmann::json envelope(const char *resource_key, const char *scope_key, const char *items_key,
                           nlohmann::json items) const;
   nlohmann::json encode_spans(std::vector<detail::SpanRecord> &spans) const;
@@ -6598,17 +6655,19 @@ private:
   int64_t active_requests_ = 0;
   Counters counters_;
   bool stopping_ = false;
-  bool queue_overflowed_ = false;  // set by a full queue, logged once by the exporter
+  bool queue_overflowed_ = false;  // set by a full queue, logged once by an exporter
   bool overflow_reported_ = false;
   std::map<std::string, bool> failing_;  // by signal: failure logged, not yet recovered
-  std::thread thread_;
+  std::vector<std::thread> exporters_;
 };
 
 inline void Telemetry::start() {
   if (grpc_ && config_.enable_observability)
     logger_.warn("otel_config asks for OTLP over gRPC; this provider exports OTLP/HTTP only, so telemetry is off");
-  if (!any() || thread_.joinable()) return;
-  thread_ = std::thread([this] { run(); });
+  if (!any() || !exporters_.empty()) return;
+  if (traces()) exporters_.emplace_back([this] { export_queue("traces", spans_, &Telemetry::encode_spans); });
+  if (logs()) exporters_.emplace_back([this] { export_queue("logs", logs_, &Telemetry::encode_logs); });
+  if (metrics()) exporters_.emplace_back([this] { export_metrics(); });
   logger_.info("exporting telemetry", {{"traces", traces() ? config_.endpoint("traces") : "off"},
                                        {"metrics", metrics() ? config_.endpoint("metrics") : "off"},
                                        {"logs", logs() ? config_.endpoint("logs") : "off"}});
@@ -6620,7 +6679,8 @@ inline void Telemetry::stop() {
     stopping_ = true;
   }
   cv_.notify_all();
-  if (thread_.joinable()) thread_.join();
+  for (auto &exporter : exporters_) exporter.join();
+  exporters_.clear();
 }
 
 inline void Telemetry::begin_request(const httplib::Request &req) {
@@ -6892,10 +6952,14 @@ inline bool Telemetry::send(const std::string &signal, const nlohmann::json &bod
       client.set_write_timeout(timeout);
       auto res = client.Post(url.second.empty() ? "/" : url.second.c_str(), payload, "application/json");
       if (res && res->status >= 200 && res->status < 300) {
-        std::lock_guard<std::mutex> lk(mu_);
-        counters_.exported += items;
-        bool recovered = failing_[signal];
-        failing_[signal] = false;
+        bool recovered;
+        {
+          std::lock_guard<std::mutex> lk(mu_);
+          counters_.exported += items;
+          recovered = failing_[signal];
+          failing_[signal] = false;
+        }
+        // Logged without mu_: the log hook exports log records, which takes mu_.
         if (recovered) logger_.info("telemetry export recovered", {{"signal", signal}});
         return true;
       }
@@ -6919,32 +6983,42 @@ inline bool Telemetry::send(const std::string &signal, const nlohmann::json &bod
   return false;
 }
 
-inline void Telemetry::run() {
+template <class Record>
+void Telemetry::export_queue(const std::string &signal, std::deque<Record> &queue,
+                             nlohmann::json (Telemetry::*encode)(std::vector<Record> &) const) {
   auto interval = std::chrono::milliseconds(WRPC_HTTP_OTEL_EXPORT_INTERVAL_MS);
-  auto next_metrics = std::chrono::steady_clock::now() + metrics_interval_;
+  size_t backlog = 0;  // the most records waiting since the queue was last empty
   std::unique_lock<std::mutex> lk(mu_);
   while (true) {
-    auto wake = std::min(std::chrono::steady_clock::now() + interval, next_metrics);
-    cv_.wait_until(lk, wake, [&] {
-      return stopping_ || spans_.size() >= WRPC_HTTP_OTEL_BATCH_SIZE || logs_.size() >= WRPC_HTTP_OTEL_BATCH_SIZE;
-    });
+    cv_.wait_for(lk, interval, [&] { return stopping_ || queue.size() >= WRPC_HTTP_OTEL_BATCH_SIZE; });
     bool stopping = stopping_;
-    auto spans = take_batch(spans_);
-    auto logs = take_batch(logs_);
-    bool more = !spans_.empty() || !logs_.empty();
+    backlog = std::max(backlog, queue.size());
+    auto batch = take_batch(queue);
+    bool more = !queue.empty();
     bool report_overflow = queue_overflowed_ && !overflow_reported_;
     if (report_overflow) overflow_reported_ = true;
     lk.unlock();
     if (report_overflow) logger_.warn("telemetry queue full: dropping telemetry (WRPC_HTTP_OTEL_QUEUE_LIMIT)");
     // At shutdown everything left gets one attempt, so stopping is bounded.
-    if (!spans.empty()) send("traces", encode_spans(spans), spans.size(), stopping);
-    if (!logs.empty()) send("logs", encode_logs(logs), logs.size(), stopping);
-    if (metrics() && (stopping || std::chrono::steady_clock::now() >= next_metrics)) {
-      send("metrics", encode_metrics(), 1, stopping);
-      next_metrics = std::chrono::steady_clock::now() + metrics_interval_;
+    if (!batch.empty()) send(signal, (this->*encode)(batch), batch.size(), stopping);
+    if (!more && backlog > WRPC_HTTP_OTEL_BATCH_SIZE) {
+      batch = {};
+      detail::release_free_heap();
+      backlog = 0;
     }
     lk.lock();
     if (stopping && !more) return;
+  }
+}
+
+inline void Telemetry::export_metrics() {
+  std::unique_lock<std::mutex> lk(mu_);
+  while (true) {
+    bool stopping = cv_.wait_for(lk, metrics_interval_, [&] { return stopping_; });
+    lk.unlock();
+    send("metrics", encode_metrics(), 1, stopping);
+    lk.lock();
+    if (stopping) return;
   }
 }
 
@@ -7334,16 +7408,33 @@ void route_every_method(httplib::Server &server, const std::string &pattern, con
 
 }  // namespace detail
 
-// Registers `handler` under `pattern` for every method cpp-httplib routes.
+// Registers `handler` under `pattern` for every method cpp-httplib routes, as a route the
+// provider answers itself: the handler sees the request head, never its body. A body is not
+// stored: the edge reads it and drops it as it arrives (still framed, still bounded by
+// max_content_len) while the answer is written.
 inline void route_all(httplib::Server &server, const std::string &pattern, const httplib::Server::Handler &handler) {
   auto routed = [pattern, handler](const httplib::Request &req, httplib::Response &res) {
     detail::note_route(pattern);
     handler(req, res);
   };
-  detail::route_every_method(server, pattern, routed, routed);
+  auto body_left_to_edge = [routed](const httplib::Request &req, httplib::Response &res,
+                                    const httplib::ContentReader &) { routed(req, res); };
+  detail::route_every_method(server, pattern, routed, body_left_to_edge);
 }
 
 namespace detail {
+
+// The last routes of a provider listener: a request with a body that no route took is
+// answered 404 without cpp-httplib storing the body first (its own fallback reads it whole).
+inline void answer_unrouted(httplib::Server &server) {
+  auto not_found = [](const httplib::Request &, httplib::Response &res, const httplib::ContentReader &) {
+    write_text(res, 404, "not found");
+  };
+  server.Post(".*", not_found);
+  server.Put(".*", not_found);
+  server.Patch(".*", not_found);
+  server.Delete(".*", not_found);
+}
 
 // Hop-by-hop headers (RFC 9110 7.6.1) and those wasi:http forbids: they describe this
 // connection, not the message, so they are never forwarded in either direction.
@@ -7746,19 +7837,27 @@ private:
   struct ListenerSpec {
     HttpSettings settings;
     std::string target;  // routing_mode `address`: the link's component
-    std::string signature() const {
-      return settings.address + "|" + target + "|" + std::to_string(settings.timeout.count()) + "|" +
-             std::to_string(settings.max_content_len) + "|" + std::to_string(settings.body_idle_timeout.count()) +
-             "|" + std::to_string(settings.head_timeout.count()) + "|" + settings.tls_cert_file + "|" +
-             settings.tls_priv_key_file + "|" + settings.policy.signature();
+    // What the socket and the edge are built from: a change reopens the listener.
+    std::string edge_signature() const {
+      return settings.address + "|" + target + "|" + std::to_string(settings.max_content_len) + "|" +
+             std::to_string(settings.head_timeout.count()) + "|" + settings.tls_cert_file + "|" +
+             settings.tls_priv_key_file;
+    }
+    // What each request reads as it starts: a change applies in place, connections stay.
+    std::string request_signature() const {
+      return std::to_string(settings.timeout.count()) + "|" + std::to_string(settings.body_idle_timeout.count()) +
+             "|" + settings.policy.signature();
     }
   };
   struct Listener {
-    std::string signature;
+    std::string edge_signature, request_signature;
+    // Read by every request (std::atomic_load), replaced whole by a config or link change.
+    std::shared_ptr<const HttpSettings> settings;
     std::unique_ptr<EdgeServer> server;
     std::unique_ptr<Forwarder> forwarder;  // routed modes
     int listen_fd = -1;
     std::thread thread;  // the edge loop
+    HttpSettings current() const { return *std::atomic_load(&settings); }
   };
   struct Route {
     std::string match;  // path prefix or host name
@@ -7773,10 +7872,13 @@ private:
   Secrets open_link_secrets(const LinkDefinition &link) const;
   void put_link(const LinkDefinition &link);
   void delete_link(const LinkDefinition &link);
+  // Runs `task` on the control thread, after the control messages that came before it.
+  void post_control(std::function<void()> task);
   std::map<std::string, ListenerSpec> wanted_listeners() const;
   std::unique_ptr<Listener> start_listener(const ListenerSpec &spec);
-  static void stop_listener(Listener &listener);
+  void stop_listener(const std::string &address);
   void stop_listeners();
+  void open_initial_listeners();
   void reconcile_listeners();
   void rebuild_routes();
   std::string route(const httplib::Request &req) const;
@@ -7797,13 +7899,21 @@ private:
   std::string routing_mode_;  // "", "address", "path" or "host"
   std::shared_ptr<const std::vector<Route>> route_table_ = std::make_shared<std::vector<Route>>();
 
-  std::mutex listeners_mu_;  // held while listeners open and close
-  std::map<std::string, std::unique_ptr<Listener>> listeners_;  // by address
+  // By address. Only the control thread opens, changes and closes listeners (run() too, once
+  // that thread has stopped), so no lock guards the map.
+  std::map<std::string, std::unique_ptr<Listener>> listeners_;
 
   std::mutex shutdown_mu_;
   std::condition_variable shutdown_cv_;
   bool shutdown_requested_ = false;
   std::string shutdown_reply_;  // the host's shutdown request, answered once stopped
+
+  // The control thread: link puts and deletes and config updates, in the order they arrived,
+  // off the NATS reader (which must keep reading the replies that let listeners drain). One
+  // thread at most; after shutdown_requested_ its tasks do nothing. Last member: destroyed,
+  // and so joined, first.
+  std::atomic<bool> control_closed_{false};
+  detail::ElasticTaskQueue control_{1};
 };
 
 namespace detail {
@@ -7876,6 +7986,8 @@ inline Provider::Provider(HostData host_data)
 }
 
 inline Provider::~Provider() {
+  control_closed_ = true;
+  control_.shutdown();
   stop_listeners();
   nc_.close();
   telemetry_->stop();
@@ -8007,15 +8119,22 @@ inline void Provider::subscribe_lattice() {
   });
   auto link_handler = [this](bool put) {
     return [this, put](nats::Message &m) {
-      try {
-        auto link = LinkDefinition::from_json(nlohmann::json::parse(m.data));
-        put ? put_link(link) : delete_link(link);
-        if (!m.reply.empty()) nc_.publish(m.reply, R"({"success":true})");
-      } catch (const std::exception &e) {
-        logger_.error(std::string("bad link ") + (put ? "put" : "del") + ": " + e.what());
-        if (!m.reply.empty())
-          nc_.publish(m.reply, nlohmann::json({{"success", false}, {"error", e.what()}}).dump());
-      }
+      post_control([this, put, data = std::move(m.data), reply = std::move(m.reply)] {
+        std::string answer = R"({"success":true})";
+        try {
+          auto link = LinkDefinition::from_json(nlohmann::json::parse(data));
+          put ? put_link(link) : delete_link(link);
+        } catch (const std::exception &e) {
+          logger_.error(std::string("bad link ") + (put ? "put" : "del") + ": " + e.what());
+          answer = nlohmann::json({{"success", false}, {"error", e.what()}}).dump();
+        }
+        if (reply.empty()) return;
+        try {
+          nc_.publish(reply, answer);
+        } catch (const nats::Error &e) {
+          logger_.warn(std::string("link answer not sent: ") + e.what());
+        }
+      });
     };
   };
   nc_.subscribe(topic("linkdefs.put", link_put_key()), link_handler(true));
@@ -8038,20 +8157,28 @@ inline void Provider::subscribe_lattice() {
     request_shutdown();
   });
   nc_.subscribe(topic("config.update", p), [this](nats::Message &m) {
-    try {
-      StringMap update = detail::lower_keys(
-          detail::json_string_map(nlohmann::json{{"config", nlohmann::json::parse(m.data)}}, "config"));
-      HttpSettings::from_config(update);  // refuse a config that would not apply
-      {
-        std::lock_guard<std::mutex> lk(links_mu_);
-        config_ = std::move(update);
-        settings_cache_.reset();
+    post_control([this, data = std::move(m.data)] {
+      try {
+        StringMap update = detail::lower_keys(
+            detail::json_string_map(nlohmann::json{{"config", nlohmann::json::parse(data)}}, "config"));
+        HttpSettings::from_config(update);  // refuse a config that would not apply
+        {
+          std::lock_guard<std::mutex> lk(links_mu_);
+          config_ = std::move(update);
+          settings_cache_.reset();
+        }
+        logger_.info("config updated");
+        reconcile_listeners();
+      } catch (const std::exception &e) {
+        logger_.error(std::string("config update refused: ") + e.what());
       }
-      logger_.info("config updated");
-      reconcile_listeners();
-    } catch (const std::exception &e) {
-      logger_.error(std::string("config update refused: ") + e.what());
-    }
+    });
+  });
+}
+
+inline void Provider::post_control(std::function<void()> task) {
+  control_.enqueue([this, task = std::move(task)] {
+    if (!control_closed_) task();
   });
 }
 
@@ -8071,29 +8198,33 @@ inline std::map<std::string, Provider::ListenerSpec> Provider::wanted_listeners(
     wanted[spec.settings.address] = spec;
     return wanted;
   }
-  std::lock_guard<std::mutex> lk(links_mu_);
-  for (auto &entry : source_links_) {
-    auto &link = entry.second;
-    ListenerSpec spec;
-    try {
-      spec.settings = HttpSettings::from_config(config_, link.source_config);
-    } catch (const std::exception &e) {
-      logger_.error(std::string("link refused: ") + e.what(), {{"target", link.target}});
-      continue;
+  std::vector<std::pair<std::string, StringMap>> refused;  // logged once links_mu_ is released
+  {
+    std::lock_guard<std::mutex> lk(links_mu_);
+    for (auto &entry : source_links_) {
+      auto &link = entry.second;
+      ListenerSpec spec;
+      try {
+        spec.settings = HttpSettings::from_config(config_, link.source_config);
+      } catch (const std::exception &e) {
+        refused.push_back({std::string("link refused: ") + e.what(), {{"target", link.target}}});
+        continue;
+      }
+      if (link.source_config.find("address") == link.source_config.end()) {
+        refused.push_back({"link refused: routing_mode address needs source_config.address", {{"target", link.target}}});
+        continue;
+      }
+      spec.target = link.target;
+      auto taken = wanted.find(spec.settings.address);
+      if (taken != wanted.end()) {
+        refused.push_back({"link refused: address already used by another link",
+                           {{"address", spec.settings.address}, {"target", link.target}, {"holder", taken->second.target}}});
+        continue;
+      }
+      wanted[spec.settings.address] = spec;
     }
-    if (link.source_config.find("address") == link.source_config.end()) {
-      logger_.error("link refused: routing_mode address needs source_config.address", {{"target", link.target}});
-      continue;
-    }
-    spec.target = link.target;
-    auto taken = wanted.find(spec.settings.address);
-    if (taken != wanted.end()) {
-      logger_.error("link refused: address already used by another link",
-                    {{"address", spec.settings.address}, {"target", link.target}, {"holder", taken->second.target}});
-      continue;
-    }
-    wanted[spec.settings.address] = spec;
   }
+  for (auto &r : refused) logger_.error(r.first, r.second);
   return wanted;
 }
 
@@ -8130,23 +8261,23 @@ inline std::unique_ptr<Provider::Listener> Provider::start_listener(const Listen
   options.tls_cert_file = settings.tls_cert_file;
   options.tls_priv_key_file = settings.tls_priv_key_file;
   auto listener = std::make_unique<Listener>();
-  listener->signature = spec.signature();
+  listener->edge_signature = spec.edge_signature();
+  listener->request_signature = spec.request_signature();
+  listener->settings = std::make_shared<const HttpSettings>(settings);
   listener->server = std::make_unique<EdgeServer>(options, logger_);
   auto &server = *listener->server;
-  detail::install_request_hooks(
-      server,
-      routing_mode_.empty() ? std::function<HttpPolicy()>([this] { return this->settings().policy; })
-                            : std::function<HttpPolicy()>([policy = settings.policy] { return policy; }),
-      *telemetry_, logger_);
+  const Listener *self = listener.get();
+  detail::install_request_hooks(server, [self] { return self->current().policy; }, *telemetry_, logger_);
   if (routing_mode_.empty()) {
     if (routes_) routes_(server);
+    detail::answer_unrouted(server);
   } else {
     // Every path goes to a component: the one this listener's link names, or the one the
     // route table picks per request.
     Director director = routing_mode_ == "address" ? single_target(spec.target)
                                                    : Director([this](const httplib::Request &req) { return route(req); });
     listener->forwarder = std::make_unique<Forwarder>(nc_, host_.lattice_rpc_prefix, std::move(director),
-                                                      [settings] { return settings; }, logger_, host_.provider_key);
+                                                      [self] { return self->current(); }, logger_, host_.provider_key);
     listener->forwarder->mount(server, "");
   }
   listener->listen_fd = EdgeServer::open_listener(settings.address);
@@ -8155,21 +8286,34 @@ inline std::unique_ptr<Provider::Listener> Provider::start_listener(const Listen
   return listener;
 }
 
-// Stops accepting at once and gives running requests WRPC_HTTP_DRAIN_TIMEOUT_MS to finish.
-inline void Provider::stop_listener(Listener &listener) {
+// Stops accepting at once and gives running requests WRPC_HTTP_DRAIN_TIMEOUT_MS to finish;
+// their replies keep flowing, since the NATS reader never waits for this.
+inline void Provider::stop_listener(const std::string &address) {
+  auto it = listeners_.find(address);
+  if (it == listeners_.end()) return;
+  logger_.info("closing listener", {{"address", address}});
+  auto &listener = *it->second;
   listener.server->stop(std::chrono::milliseconds(WRPC_HTTP_DRAIN_TIMEOUT_MS));
   listener.thread.join();
   ::close(listener.listen_fd);
+  listeners_.erase(it);
 }
 
 inline void Provider::stop_listeners() {
-  std::lock_guard<std::mutex> lk(listeners_mu_);
-  for (auto &l : listeners_) stop_listener(*l.second);
-  listeners_.clear();
+  while (!listeners_.empty()) stop_listener(listeners_.begin()->first);
 }
 
-// Brings the open listeners in line with what links and config ask for: closes the ones
-// no longer wanted (their running requests finish), opens the new ones.
+// At start: every wanted listener opens, or the provider fails to start (throws).
+inline void Provider::open_initial_listeners() {
+  for (auto &w : wanted_listeners())
+    if (!listeners_.count(w.first)) listeners_[w.first] = start_listener(w.second);
+}
+
+// Brings the open listeners in line with what links and config ask for. A listener whose
+// socket or edge settings changed is reopened; one whose per-request settings (policy,
+// timeouts) changed keeps its socket and connections and takes the new settings for the
+// requests that start from now on. A listener that moves opens at its new address before
+// the old one drains, so the move costs no gap.
 inline void Provider::reconcile_listeners() {
   std::map<std::string, ListenerSpec> wanted;
   try {
@@ -8178,16 +8322,23 @@ inline void Provider::reconcile_listeners() {
     logger_.error(std::string("keeping the current listeners: ") + e.what());
     return;
   }
-  std::lock_guard<std::mutex> lk(listeners_mu_);
-  for (auto it = listeners_.begin(); it != listeners_.end();) {
-    auto w = wanted.find(it->first);
-    if (w != wanted.end() && w->second.signature() == it->second->signature) {
-      ++it;
+  std::vector<std::string> unwanted;
+  for (auto &open : listeners_) {
+    auto w = wanted.find(open.first);
+    if (w == wanted.end()) {
+      unwanted.push_back(open.first);
       continue;
     }
-    logger_.info("closing listener", {{"address", it->first}});
-    stop_listener(*it->second);
-    it = listeners_.erase(it);
+    auto &listener = *open.second;
+    if (w->second.edge_signature() != listener.edge_signature) {
+      stop_listener(open.first);  // the same address: it must close before it reopens
+      return reconcile_listeners();
+    }
+    if (w->second.request_signature() != listener.request_signature) {
+      listener.request_signature = w->second.request_signature();
+      std::atomic_store(&listener.settings, std::make_shared<const HttpSettings>(w->second.settings));
+      logger_.info("listener settings updated", {{"address", open.first}});
+    }
   }
   for (auto &w : wanted) {
     if (listeners_.count(w.first)) continue;
@@ -8197,6 +8348,7 @@ inline void Provider::reconcile_listeners() {
       logger_.error(e.what());
     }
   }
+  for (auto &address : unwanted) stop_listener(address);
 }
 
 // Routes for routing_mode path/host, rebuilt when links change and swapped whole, so a
@@ -8204,13 +8356,13 @@ inline void Provider::reconcile_listeners() {
 inline void Provider::rebuild_routes() {
   if (routing_mode_ != "path" && routing_mode_ != "host") return;
   auto table = std::make_shared<std::vector<Route>>();
+  std::vector<std::string> unroutable;  // targets, logged once links_mu_ is released
   {
     std::lock_guard<std::mutex> lk(links_mu_);
     for (auto &entry : source_links_) {
       auto it = entry.second.source_config.find(routing_mode_);
       if (it == entry.second.source_config.end()) {
-        logger_.error("link has no source_config." + routing_mode_ + " for routing_mode " + routing_mode_,
-                      {{"target", entry.second.target}});
+        unroutable.push_back(entry.second.target);
         continue;
       }
       std::string match = it->second;
@@ -8225,6 +8377,9 @@ inline void Provider::rebuild_routes() {
       table->push_back({match, entry.second.target});
     }
   }
+  for (auto &target : unroutable)
+    logger_.error("link has no source_config." + routing_mode_ + " for routing_mode " + routing_mode_,
+                  {{"target", target}});
   // Longest prefix first: the first match is the most specific.
   std::sort(table->begin(), table->end(),
             [](const Route &a, const Route &b) { return a.match.size() > b.match.size(); });
@@ -8273,14 +8428,18 @@ inline void Provider::wait_for_shutdown(pid_t host) {
     timespec no_wait{0, 0};
     int sig = sigtimedwait(&signals, nullptr, &no_wait);
     if (sig == SIGTERM || sig == SIGINT) {
+      shutdown_requested_ = true;
+      lk.unlock();
       logger_.info(std::string("received ") + (sig == SIGTERM ? "SIGTERM" : "SIGINT"));
-      shutdown_requested_ = true;
-    } else if (host != 0 && ::getppid() != host) {
-      logger_.warn("the process that started the provider has ended", {{"pid", std::to_string(host)}});
-      shutdown_requested_ = true;
-    } else {
-      shutdown_cv_.wait_for(lk, std::chrono::milliseconds(100));
+      return;
     }
+    if (host != 0 && ::getppid() != host) {
+      shutdown_requested_ = true;
+      lk.unlock();
+      logger_.warn("the process that started the provider has ended", {{"pid", std::to_string(host)}});
+      return;
+    }
+    shutdown_cv_.wait_for(lk, std::chrono::milliseconds(100));
   }
 }
 
@@ -8288,18 +8447,31 @@ inline int Provider::run() {
   const pid_t host = host_.started_by_host ? ::getppid() : 0;
   block_termination_signals();
   telemetry_->start();
+  std::promise<void> opened;  // outlives the control task that sets it (joined below on failure)
   try {
     nc_.connect();
+    // The host data's links and the first listeners come first on the control thread: link
+    // puts and config updates that arrive once subscribed queue up behind them.
+    auto listening = opened.get_future();
+    post_control([this, &opened] {
+      try {
+        for (auto &link : source_links())
+          if (on_source_put_) on_source_put_(link);
+        for (auto &link : target_links())
+          if (on_target_put_) on_target_put_(link);
+        open_initial_listeners();
+        opened.set_value();
+      } catch (...) {
+        opened.set_exception(std::current_exception());
+      }
+    });
     subscribe_lattice();
     nc_.flush(std::chrono::milliseconds(5000));
-    for (auto &link : source_links())
-      if (on_source_put_) on_source_put_(link);
-    for (auto &link : target_links())
-      if (on_target_put_) on_target_put_(link);
-    std::lock_guard<std::mutex> lk(listeners_mu_);
-    for (auto &w : wanted_listeners()) listeners_[w.first] = start_listener(w.second);
+    listening.get();
   } catch (const std::exception &e) {
     logger_.error(std::string("provider failed to start: ") + e.what());
+    control_closed_ = true;
+    control_.shutdown();
     stop_listeners();
     nc_.close();
     telemetry_->stop();
@@ -8308,6 +8480,9 @@ inline int Provider::run() {
   logger_.info("provider started", {{"provider_key", host_.provider_key}, {"lattice", host_.lattice_rpc_prefix}});
   wait_for_shutdown(host);
   logger_.info("shutting down");
+  // A control task under way (a listener draining) ends first; those still queued are dropped.
+  control_closed_ = true;
+  control_.shutdown();
   stop_listeners();
   logger_.info("provider stopped");
   telemetry_->stop();
