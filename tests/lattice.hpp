@@ -10,6 +10,8 @@
 #include "../wrpc_http_provider.hpp"
 #include "support.hpp"
 
+#include <sstream>
+
 namespace testsupport {
 
 using namespace std::chrono_literals;
@@ -253,6 +255,88 @@ inline CurlReply curl(std::vector<std::string> args) {
   reply.body = split == std::string::npos ? "" : result.out.substr(split + 4);
   if (reply.head.size() > 12) reply.status = std::atoi(reply.head.c_str() + 9);
   return reply;
+}
+
+// The OpenTelemetry Collector of tests/otel (make builds it into build/otel; the path is in
+// WRPC_HTTP_OTEL_COLLECTOR), listening on `port` (0: a free one) and writing every batch it
+// receives as one OTLP/JSON line. It can be stopped and started again on the same port (a
+// collector that goes away and comes back); each start writes a file of its own.
+class OtelCollector {
+public:
+  explicit OtelCollector(int port = 0, bool start_now = true) : port_(port ? port : free_port()) {
+    if (start_now) start();
+  }
+
+  void start() {
+    ++run_;
+    std::ofstream config(dir_.file("config.yaml"));
+    config << "receivers:\n  otlp:\n    protocols:\n      http:\n        endpoint: 127.0.0.1:" << port_ << "\n"
+           << "exporters:\n  file:\n    path: " << received_file(run_) << "\n    flush_interval: 50ms\n"
+           << "service:\n  telemetry:\n    metrics:\n      level: none\n  pipelines:\n"
+           << "    traces: {receivers: [otlp], exporters: [file]}\n"
+           << "    metrics: {receivers: [otlp], exporters: [file]}\n"
+           << "    logs: {receivers: [otlp], exporters: [file]}\n";
+    config.close();
+    const char *binary = std::getenv("WRPC_HTTP_OTEL_COLLECTOR");
+    process_ = std::make_unique<Process>(
+        std::vector<std::string>{binary && *binary ? binary : "build/otel/otel-file-collector", "--config",
+                                 dir_.file("config.yaml")},
+        "", true, dir_.file("collector-" + std::to_string(run_) + ".log"));
+    REQUIRE(wait_for_port(port_, std::chrono::milliseconds(20000)));
+  }
+  // SIGTERM (the collector flushes what it received), then waits until the port is free.
+  void stop() {
+    process_.reset();
+    REQUIRE(eventually([&] { return !port_open(port_); }, std::chrono::milliseconds(5000)));
+  }
+
+  int port() const { return port_; }
+  std::string endpoint() const { return "http://127.0.0.1:" + std::to_string(port_); }
+
+  // Every item of `kind` received so far, over all runs: "spans" (resourceSpans/scopeSpans),
+  // "logRecords" (resourceLogs/scopeLogs) or "metrics" (resourceMetrics/scopeMetrics).
+  std::vector<nlohmann::json> items(const std::string &kind) const {
+    std::vector<nlohmann::json> out;
+    for (int run = 1; run <= run_; ++run) {
+      auto more = items_of_run(kind, run);
+      out.insert(out.end(), more.begin(), more.end());
+    }
+    return out;
+  }
+  // The items of `kind` received since the last start().
+  std::vector<nlohmann::json> items_since_start(const std::string &kind) const { return items_of_run(kind, run_); }
+
+private:
+  std::string received_file(int run) const { return dir_.file("received-" + std::to_string(run) + ".jsonl"); }
+
+  std::vector<nlohmann::json> items_of_run(const std::string &kind, int run) const {
+    static const std::map<std::string, std::pair<std::string, std::string>> paths = {
+        {"spans", {"resourceSpans", "scopeSpans"}},
+        {"logRecords", {"resourceLogs", "scopeLogs"}},
+        {"metrics", {"resourceMetrics", "scopeMetrics"}}};
+    auto &path = paths.at(kind);
+    std::vector<nlohmann::json> out;
+    std::istringstream lines(read_file(received_file(run)));
+    std::string line;
+    while (std::getline(lines, line)) {
+      auto batch = nlohmann::json::parse(line, nullptr, false);
+      if (batch.is_discarded() || !batch.contains(path.first)) continue;
+      for (auto &resource : batch[path.first])
+        for (auto &scope : resource.value(path.second, nlohmann::json::array()))
+          for (auto &item : scope.value(kind, nlohmann::json::array())) out.push_back(item);
+    }
+    return out;
+  }
+
+  TempDir dir_;
+  int port_;
+  int run_ = 0;
+  std::unique_ptr<Process> process_;
+};
+
+// The otel_config of a provider exporting traces, metrics and logs to `endpoint` (OTLP/HTTP).
+inline nlohmann::json otel_to(const std::string &endpoint) {
+  return {{"enable_observability", true}, {"observability_endpoint", endpoint}, {"protocol", "Http"}};
 }
 
 }  // namespace testsupport

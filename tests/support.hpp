@@ -409,6 +409,43 @@ inline RawReply send_raw(int port, const std::string &request,
   return reply;
 }
 
+// Sends `request` on the open connection `fd` (kept open: keep-alive) and reads until one whole
+// response came, the server closed the connection, or `timeout` passed.
+inline RawReply exchange_on(int fd, const std::string &request,
+                            std::chrono::milliseconds timeout = std::chrono::milliseconds(3000)) {
+  RawReply reply;
+  size_t sent = 0;
+  while (sent < request.size()) {
+    ssize_t n = ::send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
+    if (n <= 0) break;  // closed by the server: what it sent before is still readable
+    sent += static_cast<size_t>(n);
+  }
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  char buf[65536];
+  while (true) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    pollfd pfd{fd, POLLIN, 0};
+    if (left.count() <= 0 || ::poll(&pfd, 1, static_cast<int>(left.count())) <= 0) break;
+    ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) {
+      reply.closed = true;
+      break;
+    }
+    reply.bytes.append(buf, static_cast<size_t>(n));
+    if (response_complete(reply.bytes)) break;
+  }
+  return reply;
+}
+
+// A field of /proc/PID/status in KiB ("VmRSS", "VmHWM"); -1 when the process is gone.
+inline long proc_status_kib(pid_t pid, const std::string &field) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.compare(0, field.size() + 1, field + ":") == 0) return std::stol(line.substr(field.size() + 1));
+  return -1;
+}
+
 // The number of threads of a running process (Linux /proc).
 inline int thread_count(pid_t pid) {
   std::ifstream status("/proc/" + std::to_string(pid) + "/status");

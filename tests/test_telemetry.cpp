@@ -17,57 +17,8 @@ namespace {
 
 // The collector of tests/otel (make builds it into build/otel), listening on a free port and
 // writing every batch it receives as one OTLP/JSON line.
-class Collector {
-public:
-  Collector() : port_(testsupport::free_port()) {
-    std::ofstream config(dir_.file("config.yaml"));
-    config << "receivers:\n  otlp:\n    protocols:\n      http:\n        endpoint: 127.0.0.1:" << port_ << "\n"
-           << "exporters:\n  file:\n    path: " << dir_.file("received.jsonl") << "\n    flush_interval: 50ms\n"
-           << "service:\n  telemetry:\n    metrics:\n      level: none\n  pipelines:\n"
-           << "    traces: {receivers: [otlp], exporters: [file]}\n"
-           << "    metrics: {receivers: [otlp], exporters: [file]}\n"
-           << "    logs: {receivers: [otlp], exporters: [file]}\n";
-    config.close();
-    const char *binary = std::getenv("WRPC_HTTP_OTEL_COLLECTOR");
-    process_ = std::make_unique<testsupport::Process>(
-        std::vector<std::string>{binary && *binary ? binary : "build/otel/otel-file-collector", "--config",
-                                 dir_.file("config.yaml")},
-        "", true, dir_.file("collector.log"));
-    REQUIRE(testsupport::wait_for_port(port_, 20000ms));
-  }
-
-  std::string endpoint() const { return "http://127.0.0.1:" + std::to_string(port_); }
-
-  // Every item of `kind` received so far: "spans" (resourceSpans/scopeSpans), "logRecords"
-  // (resourceLogs/scopeLogs) or "metrics" (resourceMetrics/scopeMetrics).
-  std::vector<nlohmann::json> items(const std::string &kind) const {
-    static const std::map<std::string, std::pair<std::string, std::string>> paths = {
-        {"spans", {"resourceSpans", "scopeSpans"}},
-        {"logRecords", {"resourceLogs", "scopeLogs"}},
-        {"metrics", {"resourceMetrics", "scopeMetrics"}}};
-    auto &path = paths.at(kind);
-    std::vector<nlohmann::json> out;
-    std::istringstream lines(testsupport::read_file(dir_.file("received.jsonl")));
-    std::string line;
-    while (std::getline(lines, line)) {
-      auto batch = nlohmann::json::parse(line, nullptr, false);
-      if (batch.is_discarded() || !batch.contains(path.first)) continue;
-      for (auto &resource : batch[path.first])
-        for (auto &scope : resource.value(path.second, nlohmann::json::array()))
-          for (auto &item : scope.value(kind, nlohmann::json::array())) out.push_back(item);
-    }
-    return out;
-  }
-
-private:
-  testsupport::TempDir dir_;
-  int port_;
-  std::unique_ptr<testsupport::Process> process_;
-};
-
-nlohmann::json otel_to(const std::string &endpoint) {
-  return {{"enable_observability", true}, {"observability_endpoint", endpoint}, {"protocol", "Http"}};
-}
+using Collector = testsupport::OtelCollector;
+using testsupport::otel_to;
 
 // The value of attribute `key` as text ("" when absent).
 std::string attribute(const nlohmann::json &item, const std::string &key) {
@@ -261,7 +212,8 @@ TEST_CASE("telemetry: stopping the provider sends what is still queued") {
   REQUIRE(curl({e.lattice.url("/proxy"), "-H", "traceparent: " + kTraceparent}).status == 200);
   e.lattice.provider->signal(SIGTERM);
   CHECK(e.lattice.provider->wait(5000ms) == 0);
-  CHECK(spans_of_trace(e.collector, kTraceId).size() == 2);
+  // Sent before the exit; the collector writes its file every 50 ms.
+  CHECK(testsupport::eventually([&] { return spans_of_trace(e.collector, kTraceId).size() == 2; }, 1000ms));
 }
 
 TEST_CASE("telemetry: with the collector down, requests are answered at once and the failure is logged once") {
