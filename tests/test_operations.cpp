@@ -504,7 +504,14 @@ TEST_CASE("operations: 100 concurrent 64 MiB chunked uploads to a route that doe
   MESSAGE(kUploads << " uploads of " << kUploadMiB << " MiB in " << static_cast<long>(took) << " ms; provider RSS "
                    << rss_before / 1024 << " MiB before, peak growth " << growth / 1024 << " MiB");
   CHECK_MESSAGE(answered == kUploads, answered << " of " << kUploads << " answered 200; " << first_failure);
+#ifdef __SANITIZE_THREAD__
+  // ThreadSanitizer's shadow memory costs megabytes per worker thread: the bound says nothing
+  // there. `make test` (AddressSanitizer) and `make test-plain` check it; this build checks
+  // the uploads for races and answers only.
+  (void)kBoundKiB;
+#else
   CHECK_MESSAGE(growth < kBoundKiB, "the provider's peak RSS grew by " << growth / 1024 << " MiB"
                                                                        << std::string(give_up ? " (uploads stopped at 1 GiB)" : ""));
+#endif
   CHECK(lattice.http().Get("/"));
 }
