@@ -6493,13 +6493,38 @@ inline uint64_t unix_nanos() {
       std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
 }
 
+// One attribute of a span, log record or metric series: a string or an integer. Queued
+// records keep their attributes this small and become OTLP JSON only when exported: a full
+// queue (a collector that is away) costs a few hundred bytes per span, not kilobytes.
+struct Attribute {
+  std::string key, text;
+  int64_t number = 0;
+  bool is_number = false;
+  Attribute(std::string k, std::string value) : key(std::move(k)), text(std::move(value)) {}
+  Attribute(std::string k, int64_t value) : key(std::move(k)), number(value), is_number(true) {}
+};
+using Attributes = std::vector<Attribute>;
+
+inline Attribute otlp_attribute(const std::string &key, const std::string &value) { return {key, value}; }
+inline Attribute otlp_attribute(const std::string &key, int64_t value) { return {key, value}; }
+
+inline nlohmann::json otlp_json(const Attributes &attributes) {
+  auto out = nlohmann::json::array();
+  for (auto &a : attributes) {
+    nlohmann::json value = a.is_number ? nlohmann::json{{"intValue", std::to_string(a.number)}}
+                                       : nlohmann::json{{"stringValue", a.text}};
+    out.push_back({{"key", a.key}, {"value", std::move(value)}});
+  }
+  return out;
+}
+
 // One finished span, as OTLP wants it.
 struct SpanRecord {
   enum Kind { server = 2, client = 3 };
   std::string trace_id, span_id, parent_span_id, name;
   Kind kind = server;
   uint64_t start_ns = 0, end_ns = 0;
-  nlohmann::json attributes = nlohmann::json::array();
+  Attributes attributes;
   bool error = false;
 };
 
@@ -6507,7 +6532,7 @@ struct LogRecord {
   uint64_t time_ns = 0;
   int severity = 9;
   std::string severity_text, body, trace_id, span_id;
-  nlohmann::json attributes = nlohmann::json::array();
+  Attributes attributes;
 };
 
 // A method the semantic conventions know, else "_OTHER": a client cannot grow the metric
@@ -6519,12 +6544,6 @@ inline std::string known_method(const std::string &method) {
   return "_OTHER";
 }
 
-inline nlohmann::json otlp_attribute(const std::string &key, const std::string &value) {
-  return {{"key", key}, {"value", {{"stringValue", value}}}};
-}
-inline nlohmann::json otlp_attribute(const std::string &key, int64_t value) {
-  return {{"key", key}, {"value", {{"intValue", std::to_string(value)}}}};
-}
 
 // The request being served on this thread (cpp-httplib serves a request, from routing to
 // the last body byte, on one thread): what its spans and metrics need.
@@ -6534,7 +6553,7 @@ struct RequestTrace {
   std::string method, route, target;
   uint64_t start_ns = 0, client_start_ns = 0, client_end_ns = 0;
   std::chrono::steady_clock::time_point started;
-  nlohmann::json attributes = nlohmann::json::array();
+  Attributes attributes;
   bool sampled() const { return flags.size() == 2 && (std::stoi(flags, nullptr, 16) & 1); }
 };
 
@@ -6782,10 +6801,11 @@ inline void Telemetry::finish(const std::shared_ptr<detail::RequestTrace> &trace
   std::lock_guard<std::mutex> lk(mu_);
   --active_requests_;
   if (!metrics()) return;
-  nlohmann::json attributes = {detail::otlp_attribute("http.request.method", trace->method),
-                               detail::otlp_attribute("http.response.status_code", static_cast<int64_t>(status))};
-  if (!trace->route.empty()) attributes.push_back(detail::otlp_attribute("http.route", trace->route));
-  if (!trace->target.empty()) attributes.push_back(detail::otlp_attribute("wasmcloud.component.id", trace->target));
+  detail::Attributes series = {detail::otlp_attribute("http.request.method", trace->method),
+                                detail::otlp_attribute("http.response.status_code", static_cast<int64_t>(status))};
+  if (!trace->route.empty()) series.push_back(detail::otlp_attribute("http.route", trace->route));
+  if (!trace->target.empty()) series.push_back(detail::otlp_attribute("wasmcloud.component.id", trace->target));
+  auto attributes = detail::otlp_json(series);
   auto key = attributes.dump();
   if (durations_.size() >= max_series && !durations_.count(key)) {
     ++counters_.dropped;
@@ -6855,7 +6875,7 @@ inline nlohmann::json Telemetry::encode_spans(std::vector<detail::SpanRecord> &s
                            {"kind", static_cast<int>(s.kind)},
                            {"startTimeUnixNano", std::to_string(s.start_ns)},
                            {"endTimeUnixNano", std::to_string(s.end_ns)},
-                           {"attributes", std::move(s.attributes)},
+                           {"attributes", detail::otlp_json(s.attributes)},
                            {"status", {{"code", s.error ? 2 : 0}}}};
     if (!s.parent_span_id.empty()) span["parentSpanId"] = s.parent_span_id;
     items.push_back(std::move(span));
@@ -6871,7 +6891,7 @@ inline nlohmann::json Telemetry::encode_logs(std::vector<detail::LogRecord> &log
                              {"severityNumber", l.severity},
                              {"severityText", l.severity_text},
                              {"body", {{"stringValue", l.body}}},
-                             {"attributes", std::move(l.attributes)}};
+                             {"attributes", detail::otlp_json(l.attributes)}};
     if (!l.trace_id.empty()) {
       record["traceId"] = l.trace_id;
       record["spanId"] = l.span_id;
@@ -7926,13 +7946,13 @@ inline std::unique_ptr<Telemetry> make_telemetry(const HostData &h, const Logger
   } catch (const std::exception &e) {
     logger.error(std::string("telemetry off: ") + e.what());
   }
-  nlohmann::json resource = {otlp_attribute("service.name", "wrpc-http-provider"),
-                             otlp_attribute("service.version", WRPC_HTTP_VERSION),
-                             otlp_attribute("service.instance.id", h.instance_id),
-                             otlp_attribute("wasmcloud.provider.id", h.provider_key),
-                             otlp_attribute("wasmcloud.host.id", h.host_id),
-                             otlp_attribute("wasmcloud.lattice", h.lattice_rpc_prefix)};
-  return std::make_unique<Telemetry>(std::move(config), std::move(resource), logger);
+  Attributes resource = {otlp_attribute("service.name", "wrpc-http-provider"),
+                         otlp_attribute("service.version", WRPC_HTTP_VERSION),
+                         otlp_attribute("service.instance.id", h.instance_id),
+                         otlp_attribute("wasmcloud.provider.id", h.provider_key),
+                         otlp_attribute("wasmcloud.host.id", h.host_id),
+                         otlp_attribute("wasmcloud.lattice", h.lattice_rpc_prefix)};
+  return std::make_unique<Telemetry>(std::move(config), otlp_json(resource), logger);
 }
 
 inline nats::Options lattice_options(const HostData &h, const Logger &logger) {
