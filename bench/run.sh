@@ -137,10 +137,7 @@ declare -A CONNS  # key -> cids of its NATS connections
 declare -A PID URL
 
 connection_ids >"$LOGS/cids"
-"$COMPONENT_BIN" --nats "$NATS_URL" --lattice "$LATTICE" --id "$COMPONENT_ID" >"$LOGS/demo-component.log" 2>&1 &
-PIDS+=($!)
-wait_for "${PIDS[-1]}" 10 grep -q "demo component serving" "$LOGS/demo-component.log" ||
-  fail "the demo component did not start"
+start_demo_component "$COMPONENT_BIN" "$NATS_URL"
 CONNS[component]=$(new_connections "$LOGS/cids")
 COMPONENT_PID=${PIDS[-1]}
 

@@ -293,10 +293,7 @@ echo "otel collector        http://127.0.0.1:$OTEL_PORT"
 
 # ---- the component and the provider ----
 
-"$COMPONENT_BIN" --nats "$(node_url 1)" --lattice "$LATTICE" --id "$COMPONENT_ID" >"$LOGS/demo-component.log" 2>&1 &
-PIDS+=($!)
-wait_for "${PIDS[-1]}" 10 grep -qs "demo component serving" "$LOGS/demo-component.log" ||
-  fail "the demo component did not start"
+start_demo_component "$COMPONENT_BIN" "$(node_url 1)"
 echo "demo component        $COMPONENT_ID on node B"
 
 HTTP_PORT=$(free_port "${ports[@]}")

@@ -81,6 +81,15 @@ host_data() {
 EOF
 }
 
+# Starts the demo component binary $1 as $COMPONENT_ID on the lattice at NATS URL $2 (log in
+# $LOGS/demo-component.log) and waits until it serves; its pid is ${PIDS[-1]}.
+start_demo_component() {
+  "$1" --nats "$2" --lattice "$LATTICE" --id "$COMPONENT_ID" >"$LOGS/demo-component.log" 2>&1 &
+  PIDS+=($!)
+  wait_for "${PIDS[-1]}" 10 grep -qs "demo component serving" "$LOGS/demo-component.log" ||
+    fail "the demo component did not start"
+}
+
 # Stops everything; keeps the logs in $LOGS when KEEP_LOGS is set.
 cleanup() {
   trap - INT TERM EXIT

@@ -48,10 +48,7 @@ echo "nats-server       $NATS_URL"
 
 # ---- the component ----
 
-"$COMPONENT_BIN" --nats "$NATS_URL" --lattice "$LATTICE" --id "$COMPONENT_ID" >"$LOGS/demo-component.log" 2>&1 &
-PIDS+=($!)
-wait_for "${PIDS[-1]}" 10 grep -q "demo component serving" "$LOGS/demo-component.log" ||
-  fail "the demo component did not start"
+start_demo_component "$COMPONENT_BIN" "$NATS_URL"
 echo "demo component    $COMPONENT_ID (lattice $LATTICE)"
 
 # ---- the provider, started the way a wasmCloud host starts it ----

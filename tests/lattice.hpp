@@ -57,6 +57,13 @@ inline nlohmann::json link_to(const std::string &target,
 
 inline std::string loopback(int port) { return "127.0.0.1:" + std::to_string(port); }
 
+// A test's own NATS client options for the server at `url`.
+inline wrpc_http::nats::Options client_options(const std::string &url) {
+  wrpc_http::nats::Options o;
+  o.url = url;
+  return o;
+}
+
 // build/http-server started as a wasmCloud host starts it: `host_data`, base64 on one line,
 // on its stdin. Its log (stderr) goes to a temporary file, removed with it.
 class ProviderProcess : public Process {
@@ -120,9 +127,7 @@ struct Lattice {
 
   explicit Lattice(LatticeOptions options = {})
       : http_port(options.listen_port ? options.listen_port : free_port()) {
-    wrpc_http::nats::Options o;
-    o.url = nats.url();
-    client = std::make_unique<wrpc_http::nats::Client>(o);
+    client = std::make_unique<wrpc_http::nats::Client>(client_options(nats.url()));
     client->connect();
     start_component(options.component);
     nlohmann::json config = {{"timeout_ms", "2000"}};

@@ -378,37 +378,6 @@ inline bool response_complete(const std::string &bytes) {
   return bytes.size() - (head_end + 4) >= std::stoull(head.substr(at + 18));
 }
 
-// Sends `request` on a fresh connection and reads until one whole response came, the server
-// closes the connection, or `timeout` passes. A server that refuses part way (and resets the
-// connection) counts as closed.
-inline RawReply send_raw(int port, const std::string &request,
-                         std::chrono::milliseconds timeout = std::chrono::milliseconds(3000)) {
-  int fd = connect_loopback(port);
-  size_t sent = 0;
-  while (sent < request.size()) {
-    ssize_t n = ::send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
-    if (n <= 0) break;  // the server stopped reading: what it answered is still readable
-    sent += static_cast<size_t>(n);
-  }
-  RawReply reply;
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  char buf[65536];
-  while (true) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    pollfd pfd{fd, POLLIN, 0};
-    if (left.count() <= 0 || ::poll(&pfd, 1, static_cast<int>(left.count())) <= 0) break;
-    ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
-    if (n <= 0) {
-      reply.closed = true;
-      break;
-    }
-    reply.bytes.append(buf, static_cast<size_t>(n));
-    if (response_complete(reply.bytes)) break;
-  }
-  ::close(fd);
-  return reply;
-}
-
 // Sends `request` on the open connection `fd` (kept open: keep-alive) and reads until one whole
 // response came, the server closed the connection, or `timeout` passed.
 inline RawReply exchange_on(int fd, const std::string &request,
@@ -434,6 +403,17 @@ inline RawReply exchange_on(int fd, const std::string &request,
     reply.bytes.append(buf, static_cast<size_t>(n));
     if (response_complete(reply.bytes)) break;
   }
+  return reply;
+}
+
+// Sends `request` on a fresh connection and reads until one whole response came, the server
+// closes the connection, or `timeout` passes. A server that refuses part way (and resets the
+// connection) counts as closed.
+inline RawReply send_raw(int port, const std::string &request,
+                         std::chrono::milliseconds timeout = std::chrono::milliseconds(3000)) {
+  int fd = connect_loopback(port);
+  auto reply = exchange_on(fd, request, timeout);
+  ::close(fd);
   return reply;
 }
 

@@ -172,11 +172,7 @@ struct TwoListeners {
   std::atomic<int> alpha_calls{0};
 
   TwoListeners()
-      : client([&] {
-          wrpc_http::nats::Options o;
-          o.url = nats.url();
-          return o;
-        }()) {
+      : client(testsupport::client_options(nats.url())) {
     client.connect();
     for (auto id : {"alpha", "beta"}) testsupport::wait_for_component(client, id);
     client.subscribe(testsupport::invocation_subject("alpha"), [this](wrpc_http::nats::Message &m) {

@@ -27,11 +27,7 @@ struct RoutedLattice {
   int port = testsupport::free_port();
 
   RoutedLattice(const std::string &mode, nlohmann::json links = nlohmann::json::array(), bool wait = true)
-      : client([&] {
-          wrpc_http::nats::Options o;
-          o.url = nats.url();
-          return o;
-        }()) {
+      : client(testsupport::client_options(nats.url())) {
     client.connect();
     for (auto id : {"alpha", "beta"}) testsupport::wait_for_component(client, id);
     nlohmann::json config = {{"routing_mode", mode}, {"default_address", loopback(port)}};
