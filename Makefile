@@ -25,10 +25,11 @@ HEADER   := wrpc_http_provider.hpp
 BUILD    ?= build
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-# Debian 12 package names of everything the build and the tests use.
-PACKAGES := g++ make pkg-config libcpp-httplib-dev nlohmann-json3-dev doctest-dev libssl-dev \
-            libsodium-dev zlib1g-dev openssl nats-server curl golang-go golang-github-nats-io-go-nats-dev \
-            dpkg-dev libbrotli-dev chromium
+# Debian 12 package names: what the binaries and the demo need, and what only the tests add.
+DEMO_PACKAGES := g++ make pkg-config libcpp-httplib-dev nlohmann-json3-dev libssl-dev libsodium-dev zlib1g-dev \
+                 nats-server curl
+TEST_PACKAGES := doctest-dev openssl golang-go golang-github-nats-io-go-nats-dev dpkg-dev libbrotli-dev chromium
+PACKAGES := $(DEMO_PACKAGES) $(TEST_PACKAGES)
 
 BINARIES := $(BUILD)/http-server $(BUILD)/demo-component $(BUILD)/nats_lite $(BUILD)/make_par
 TEST_SOURCES := $(wildcard tests/test_*.cpp)  # tests/dropin.cpp is compiled on its own
@@ -159,7 +160,10 @@ test-tsan: deps
 	  $(MAKE) -j2 test-unit BUILD=build/tsan CXXFLAGS="-O1 -g -fsanitize=thread"
 	@if ls build/tsan/reports/race.* >/dev/null 2>&1; then cat build/tsan/reports/race.*; exit 1; fi
 
-demo: deps all
+# Only what the demo needs is installed first (no test tools, no browser).
+demo:
+	$(MAKE) deps PACKAGES="$(DEMO_PACKAGES)"
+	$(MAKE) all
 	demo/run.sh $(BUILD)
 
 KEYS_DIR ?= $(if $(WASH_KEYS),$(WASH_KEYS),$(HOME)/.wash/keys)
