@@ -1095,6 +1095,13 @@ private:
   void log(LogLevel level, const std::string &text) const {
     if (opts_.log) opts_.log(level, text);
   }
+  void log_server_error(const std::string &text) const { log(LogLevel::warn, "NATS server error: " + text); }
+  // A PONG read on the connection (or on a retired one): wakes flush().
+  void count_pong() {
+    std::lock_guard<std::mutex> lk(pong_mu_);
+    ++pongs_received_;
+    pong_cv_.notify_all();
+  }
 
   Options opts_;
   std::string credentials_url_;  // scheme and credentials given to learned servers
@@ -1839,7 +1846,7 @@ inline void Client::connect() {
     auto sub = std::make_shared<Subscription>();
     sub->subject = inbox_prefix_ + ".>";
     subs_[inbox_sid_] = sub;  // dispatch() routes it to dispatch_inbox()
-    std::string wire = "SUB " + sub->subject + " " + std::to_string(inbox_sid_) + "\r\n";
+    std::string wire = subscribe_wire(inbox_sid_, *sub);
     if (!socket_->write_all(wire.data(), wire.size()))
       throw Error(Error::Kind::connect, "connection lost while subscribing");
   }
@@ -2101,7 +2108,7 @@ inline uint64_t Client::subscribe(const std::string &subject, MessageHandler han
   sub->queue = queue;
   sub->handler = std::move(handler);
   subs_[sid] = sub;
-  std::string wire = "SUB " + subject + (queue.empty() ? "" : " " + queue) + " " + std::to_string(sid) + "\r\n";
+  std::string wire = subscribe_wire(sid, *sub);
   // While disconnected the subscription is only recorded; reconnect() sends it.
   try {
     enqueue(std::move(wire));
@@ -2249,12 +2256,9 @@ inline void Client::reader_loop() {
                              },
                              [this] {
                                pings_out_ = 0;
-                               std::lock_guard<std::mutex> lk(pong_mu_);
-                               ++pongs_received_;
-                               pong_cv_.notify_all();
+                               count_pong();
                              },
-                             [] {},
-                             [this](const std::string &e) { log(LogLevel::warn, "NATS server error: " + e); }});
+                             [] {}, [this](const std::string &e) { log_server_error(e); }});
   std::vector<char> buf(64 * 1024);
   auto last_ping = std::chrono::steady_clock::now();
   while (!closing_) {
@@ -2523,12 +2527,8 @@ inline void Client::drain(Retired &old) {
                              },
                              [this](const std::string &j) { handle_info(j); },
                              [&] { old.socket->write_all("PONG\r\n", 6); },
-                             [this] {  // answers a flush() or keep-alive PING sent before the move
-                               std::lock_guard<std::mutex> lk(pong_mu_);
-                               ++pongs_received_;
-                               pong_cv_.notify_all();
-                             },
-                             [] {}, [this](const std::string &e) { log(LogLevel::warn, "NATS server error: " + e); }});
+                             [this] { count_pong(); },  // answers a flush() or keep-alive PING sent before the move
+                             [] {}, [this](const std::string &e) { log_server_error(e); }});
   std::vector<char> buf(64 * 1024);
   try {
     parser.feed(old.unparsed.data(), old.unparsed.size());
