@@ -34,6 +34,28 @@
 //  wRPC transport, provider runtime, HTTP edge, telemetry (OTLP export), HTTP policies
 //  (CORS, cache-control, read-only mode), HTTP bridge, provider.
 //
+//  A request's path (HTTP/1.1 in, wRPC over NATS out, and back)
+//  -----------------------------------------------------------
+//    socket      EdgeServer::serve (epoll loop) -> accept_all -> park: waits without a thread
+//    edge        dispatch -> worker: serve_connection -> http1::parse_request_head
+//                -> serve_request (EdgeBody frames the body, EdgeStream feeds cpp-httplib)
+//    router      EdgeServer::process -> httplib::Server::process_request: the pre-routing
+//                step (install_request_hooks: Telemetry::begin_request, CORS, readonly_mode),
+//                then the route that matches
+//    forwarder   Forwarder::handle: Director picks the target; the head becomes a RequestHead
+//    call        wrpc::OutgoingCall: invocation -> await_handshake -> write_body ...
+//                finish_request (or send_whole_request when the body is all here)
+//    NATS        nats::Client::send/publish -> write_pending or writer_loop -> socket
+//    reply       nats::Client::reader_loop -> NatsParser -> dispatch_inbox
+//                -> OutgoingCall::State::on_message (the call's channels, AsyncChannels)
+//    response    OutgoingCall::await_response -> Forwarder::send_response: status and fields,
+//                then a content provider pulling read_body / read_trailers; cpp-httplib
+//                writes through EdgeStream::write -> EdgeConnection; the post-routing step
+//                (Telemetry::end_request, cache_control); serve_connection takes the next
+//                request or parks the connection again
+//  The worker holds the request from `edge` to the last response byte. Routes of your own
+//  (cpp-httplib handlers) take the `router` step's place of the forwarder.
+//
 //  Threads, and the lock order
 //  ---------------------------
 //  Threads: the NATS reader (reads, answers health, hands everything that can wait to the
