@@ -15,7 +15,7 @@ int main(int argc, char **argv) {
     wrpc_http::Provider provider(launch.host_data);
     auto proxy = provider.forwarder(wrpc_http::single_target(launch.target));
 
-    provider.serve([&](httplib::Server &http) {
+    provider.serve([&](wrpc_http::Router &http) {
       proxy.mount(http, "/proxy");
       wrpc_http::route_all(http, ".*", [](const httplib::Request &, httplib::Response &res) {
         res.set_content("Hello from the provider!", "text/plain");

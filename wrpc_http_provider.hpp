@@ -15,12 +15,14 @@
 //    wrpc_http::HttpPolicy   CORS, cache_control, readonly_mode of a listener (the Rust
 //                            provider's config keys), applied around every request
 //    wrpc_http::Telemetry    OTLP/HTTP export of spans, metrics and logs, as otel_config asks
+//    wrpc_http::Router       what Provider::serve hands your routes: cpp-httplib's Get, Post,
+//                            ... by pattern, and nothing else of the listener's server
 //
 //        int main(int argc, char **argv) {
 //          auto launch = wrpc_http::Launch::from(argc, argv, "http-http_component");
 //          wrpc_http::Provider provider(launch.host_data);
 //          auto proxy = provider.forwarder(wrpc_http::single_target(launch.target));
-//          provider.serve([&](httplib::Server &http) { proxy.mount(http, "/proxy"); });
+//          provider.serve([&](wrpc_http::Router &http) { proxy.mount(http, "/proxy"); });
 //          return provider.run();
 //        }
 //
@@ -7431,6 +7433,55 @@ inline Director single_target(std::string target) {
   return [target](const httplib::Request &) { return target; };
 }
 
+// The routes of a listener, as Provider::serve hands them out: cpp-httplib's route
+// registration by method and pattern, and nothing else of the server. Its error, pre- and
+// post-routing handlers and its settings stay the edge's own, out of a route's reach. A thin
+// handle on the server: pass it by value.
+class Router {
+public:
+  using Handler = httplib::Server::Handler;
+  using HandlerWithContentReader = httplib::Server::HandlerWithContentReader;
+
+  Router(httplib::Server &server) : server_(server) {}  // NOLINT: a Server is a Router
+
+  Router &Get(const std::string &pattern, Handler handler) { return add(&httplib::Server::Get, pattern, handler); }
+  Router &Options(const std::string &pattern, Handler handler) {
+    return add(&httplib::Server::Options, pattern, handler);
+  }
+  // A plain Handler gets the body read whole into req.body first (up to max_content_len); a
+  // HandlerWithContentReader streams it.
+  Router &Post(const std::string &pattern, Handler handler) { return add(&httplib::Server::Post, pattern, handler); }
+  Router &Post(const std::string &pattern, HandlerWithContentReader handler) {
+    return add(&httplib::Server::Post, pattern, handler);
+  }
+  Router &Put(const std::string &pattern, Handler handler) { return add(&httplib::Server::Put, pattern, handler); }
+  Router &Put(const std::string &pattern, HandlerWithContentReader handler) {
+    return add(&httplib::Server::Put, pattern, handler);
+  }
+  Router &Patch(const std::string &pattern, Handler handler) {
+    return add(&httplib::Server::Patch, pattern, handler);
+  }
+  Router &Patch(const std::string &pattern, HandlerWithContentReader handler) {
+    return add(&httplib::Server::Patch, pattern, handler);
+  }
+  Router &Delete(const std::string &pattern, Handler handler) {
+    return add(&httplib::Server::Delete, pattern, handler);
+  }
+  Router &Delete(const std::string &pattern, HandlerWithContentReader handler) {
+    return add(&httplib::Server::Delete, pattern, handler);
+  }
+
+private:
+  template <class H>
+  Router &add(httplib::Server &(httplib::Server::*method)(const std::string &, H), const std::string &pattern,
+              H handler) {
+    (server_.*method)(pattern, std::move(handler));
+    return *this;
+  }
+
+  httplib::Server &server_;
+};
+
 namespace detail {
 
 // Registers routes under `pattern` for every method cpp-httplib routes: `bodiless` for GET
@@ -7438,14 +7489,14 @@ namespace detail {
 // Handler as `with_body` gets the body read by cpp-httplib first; a HandlerWithContentReader
 // leaves the body to the route.
 template <class BodyHandler>
-void route_every_method(httplib::Server &server, const std::string &pattern, const httplib::Server::Handler &bodiless,
+void route_every_method(Router routes, const std::string &pattern, const httplib::Server::Handler &bodiless,
                         const BodyHandler &with_body) {
-  server.Get(pattern, bodiless);
-  server.Options(pattern, bodiless);
-  server.Post(pattern, with_body);
-  server.Put(pattern, with_body);
-  server.Patch(pattern, with_body);
-  server.Delete(pattern, with_body);
+  routes.Get(pattern, bodiless);
+  routes.Options(pattern, bodiless);
+  routes.Post(pattern, with_body);
+  routes.Put(pattern, with_body);
+  routes.Patch(pattern, with_body);
+  routes.Delete(pattern, with_body);
 }
 
 }  // namespace detail
@@ -7454,14 +7505,14 @@ void route_every_method(httplib::Server &server, const std::string &pattern, con
 // provider answers itself: the handler sees the request head, never its body. A body is not
 // stored: the edge reads it and drops it as it arrives (still framed, still bounded by
 // max_content_len) while the answer is written.
-inline void route_all(httplib::Server &server, const std::string &pattern, const httplib::Server::Handler &handler) {
+inline void route_all(Router routes, const std::string &pattern, const httplib::Server::Handler &handler) {
   auto routed = [pattern, handler](const httplib::Request &req, httplib::Response &res) {
     detail::note_route(pattern);
     handler(req, res);
   };
   auto body_left_to_edge = [routed](const httplib::Request &req, httplib::Response &res,
                                     const httplib::ContentReader &) { routed(req, res); };
-  detail::route_every_method(server, pattern, routed, body_left_to_edge);
+  detail::route_every_method(routes, pattern, routed, body_left_to_edge);
 }
 
 namespace detail {
@@ -7580,7 +7631,7 @@ public:
   // an empty prefix serves every path.
   // Every method reaches the component (the edge routes the ones cpp-httplib does not know
   // as POST); the body streams from the edge, so no handler lets cpp-httplib read it.
-  void mount(httplib::Server &server, const std::string &prefix) {
+  void mount(Router routes, const std::string &prefix) {
     std::string pattern = prefix + "(/.*)?";
     auto plain = [this, pattern](const httplib::Request &req, httplib::Response &res) {
       detail::note_route(pattern);
@@ -7591,7 +7642,7 @@ public:
       detail::note_route(pattern);
       handle(req, res);
     };
-    detail::route_every_method(server, pattern, plain, streamed);
+    detail::route_every_method(routes, pattern, plain, streamed);
   }
 
   // Forwards the request the provider's HTTP edge is serving on this thread.
@@ -7837,12 +7888,12 @@ inline void Forwarder::send_response(const httplib::Request &req, httplib::Respo
 //
 //   wrpc_http::Provider provider(wrpc_http::HostData::read());
 //   auto proxy = provider.forwarder(wrpc_http::single_target("http-http_component"));
-//   provider.serve([&](httplib::Server &http) { proxy.mount(http, "/proxy"); ... });
+//   provider.serve([&](wrpc_http::Router &http) { proxy.mount(http, "/proxy"); ... });
 //   return provider.run();
 class Provider {
 public:
   using LinkCallback = std::function<void(const LinkDefinition &)>;
-  using Routes = std::function<void(httplib::Server &)>;
+  using Routes = std::function<void(Router &)>;
 
   explicit Provider(HostData host_data);
   ~Provider();
@@ -8311,7 +8362,8 @@ inline std::unique_ptr<Provider::Listener> Provider::start_listener(const Listen
   const Listener *self = listener.get();
   detail::install_request_hooks(server, [self] { return self->current().policy; }, *telemetry_, logger_);
   if (routing_mode_.empty()) {
-    if (routes_) routes_(server);
+    Router router(server);
+    if (routes_) routes_(router);
     detail::answer_unrouted(server);
   } else {
     // Every path goes to a component: the one this listener's link names, or the one the
