@@ -278,6 +278,92 @@
 #include <malloc.h>
 #endif
 
+// ---- cpp-httplib versions ----
+//
+// The header builds on cpp-httplib's public API and on two extension points it keeps
+// protected for subclasses, Server::process_request and Server::svr_sock_. What changed
+// between the versions it supports is adapted here, chosen at compile time from
+// CPPHTTPLIB_VERSION:
+//   0.18  process_request takes the peer's and the local address (EdgeServer::process)
+//   0.19  Stream::duration(): milliseconds since the stream began
+//   0.20  Stream::is_writable() becomes wait_writable(), and is_readable() ("readable within
+//         the timeout") becomes "bytes at hand", with wait_readable() for the old meaning
+//   0.34  Stream::is_peer_alive(), by default wait_writable()
+// Tested with 0.11.4 (Debian 12), 0.18.7 (Debian 13), 0.41.0 and 0.53.1; any other version
+// outside 0.11.4 to 0.53.x stops the build here.
+
+namespace wrpc_http {
+namespace detail {
+
+// "0.18.7" -> 18007: major * 1000000 + minor * 1000 + patch.
+constexpr long httplib_version(long major, long minor, long patch) { return major * 1000000 + minor * 1000 + patch; }
+constexpr long httplib_version(const char *text) {
+  long parts[3] = {0, 0, 0};
+  for (int part = 0; *text && part < 3; ++text) {
+    if (*text == '.')
+      ++part;
+    else if (*text >= '0' && *text <= '9')
+      parts[part] = parts[part] * 10 + (*text - '0');
+    else
+      break;
+  }
+  return httplib_version(parts[0], parts[1], parts[2]);
+}
+
+#ifdef CPPHTTPLIB_VERSION
+constexpr long kHttplibVersion = httplib_version(CPPHTTPLIB_VERSION);
+#define WRPC_HTTP_HTTPLIB_FOUND "this is cpp-httplib " CPPHTTPLIB_VERSION
+#else
+constexpr long kHttplibVersion = 0;  // older than 0.11: no CPPHTTPLIB_VERSION yet
+#define WRPC_HTTP_HTTPLIB_FOUND "this cpp-httplib is older than 0.11"
+#endif
+static_assert(kHttplibVersion >= httplib_version(0, 11, 4) && kHttplibVersion < httplib_version(0, 54, 0),
+              "wrpc_http_provider.hpp needs cpp-httplib 0.11.4 to 0.53.x; " WRPC_HTTP_HTTPLIB_FOUND);
+#undef WRPC_HTTP_HTTPLIB_FOUND
+
+// Server::process_request(stream, remote_addr, remote_port, local_addr, local_port, ...)
+constexpr bool kProcessRequestTakesAddresses = kHttplibVersion >= httplib_version(0, 18, 0);
+
+// httplib::Stream in the shape of the cpp-httplib in use, for a stream `Edge` (CRTP) that
+// says what it means once: may_write() (asked before and while a response streams; may flush
+// and wait), bytes_at_hand() (readable without waiting), elapsed_ms().
+enum class StreamShape { is_writable, is_writable_duration, wait_writable };
+constexpr StreamShape kStreamShape = kHttplibVersion < httplib_version(0, 19, 0)   ? StreamShape::is_writable
+                                     : kHttplibVersion < httplib_version(0, 20, 0) ? StreamShape::is_writable_duration
+                                                                                   : StreamShape::wait_writable;
+
+template <class Edge, StreamShape = kStreamShape> class StreamAdapter;
+
+template <class Edge> class StreamAdapter<Edge, StreamShape::is_writable> : public httplib::Stream {
+public:
+  bool is_readable() const override { return true; }  // read() waits by itself
+  bool is_writable() const override { return edge().may_write(); }
+
+protected:
+  const Edge &edge() const { return static_cast<const Edge &>(*this); }
+};
+
+template <class Edge>
+class StreamAdapter<Edge, StreamShape::is_writable_duration> : public StreamAdapter<Edge, StreamShape::is_writable> {
+public:
+  time_t duration() const override { return this->edge().elapsed_ms(); }
+};
+
+template <class Edge> class StreamAdapter<Edge, StreamShape::wait_writable> : public httplib::Stream {
+public:
+  bool is_readable() const override { return edge().bytes_at_hand(); }
+  bool wait_readable() const override { return true; }  // read() waits by itself
+  bool wait_writable() const override { return edge().may_write(); }
+  // is_peer_alive() (0.34), where cpp-httplib has it, keeps its default: wait_writable().
+  time_t duration() const override { return edge().elapsed_ms(); }
+
+protected:
+  const Edge &edge() const { return static_cast<const Edge &>(*this); }
+};
+
+}  // namespace detail
+}  // namespace wrpc_http
+
 // ---- utilities ----
 
 namespace wrpc_http {
@@ -5909,20 +5995,29 @@ inline std::string refusal_response(http1::Refusal refusal) {
 }
 
 // What cpp-httplib reads and writes: a canonical head it parses without surprises, then
-// the request's decoded body and an end; writes go to the connection.
-class EdgeStream : public httplib::Stream {
+// the request's decoded body and an end; writes go to the connection. StreamAdapter gives it
+// the httplib::Stream interface of the cpp-httplib in use.
+class EdgeStream : public StreamAdapter<EdgeStream> {
 public:
   EdgeStream(EdgeConnection &conn, std::string head, EdgeRequest &request)
-      : conn_(conn), head_(std::move(head)), request_(request), body_(request.body) {}
+      : conn_(conn), head_(std::move(head)), request_(request), body_(request.body), started_(Clock::now()) {}
 
-  bool is_readable() const override { return true; }
   // Asked before a content provider runs (cpp-httplib >= 0.12) or by the provider itself, which
-  // may then wait: the held head goes out. A full send buffer is no reason to stop; write waits.
-  bool is_writable() const override {
+  // may then wait (DataSink::is_writable): the held head goes out. A full send buffer is no
+  // reason to stop; write waits.
+  bool may_write() const {
     if (!conn_.flush()) return false;
     pollfd p{conn_.fd(), POLLOUT, 0};
     return ::poll(&p, 1, 0) >= 0 && !(p.revents & (POLLERR | POLLHUP | POLLNVAL));
   }
+  // Only the head: cpp-httplib >= 0.20 reads "stray" bytes of a request that shows no length
+  // when they are at hand, and the body is the edge's to hand out (routes that take it are
+  // given its Content-Length, the Forwarder streams it).
+  bool bytes_at_hand() const { return head_used_ < head_.size(); }
+  time_t elapsed_ms() const {
+    return static_cast<time_t>(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started_).count());
+  }
+
   ssize_t read(char *ptr, size_t size) override {
     if (head_used_ < head_.size()) {
       size_t n = std::min(size, head_.size() - head_used_);
@@ -5975,6 +6070,7 @@ private:
   EdgeBody &body_;
   bool replaced_ = false;  // the edge's refusal went out instead of the route's answer
   bool wrote_head_ = false;
+  Clock::time_point started_;
   static constexpr size_t kMaxHeldHeadBytes = 16 * 1024;
 };
 
@@ -6361,17 +6457,20 @@ inline bool EdgeServer::serve_request(detail::EdgeConnection &conn, const detail
 inline bool EdgeServer::process(httplib::Stream &stream, bool close_connection,
                                 const std::function<void(httplib::Request &)> &setup) {
   bool connection_closed = false;
-#ifdef CPPHTTPLIB_SERVER_READ_TIMEOUT_SECOND
-  // cpp-httplib >= 0.15 takes the addresses as arguments.
-  std::string remote_ip, local_ip;
-  int remote_port = 0, local_port = 0;
-  stream.get_remote_ip_and_port(remote_ip, remote_port);
-  stream.get_local_ip_and_port(local_ip, local_port);
-  return process_request(stream, remote_ip, remote_port, local_ip, local_port, close_connection, connection_closed,
-                         setup);
-#else
-  return process_request(stream, close_connection, connection_closed, setup);
-#endif
+  // Generic, so that only the call that fits the cpp-httplib in use is compiled.
+  auto call = [&](auto &server) {
+    if constexpr (detail::kProcessRequestTakesAddresses) {
+      std::string remote_ip, local_ip;
+      int remote_port = 0, local_port = 0;
+      stream.get_remote_ip_and_port(remote_ip, remote_port);
+      stream.get_local_ip_and_port(local_ip, local_port);
+      return server.process_request(stream, remote_ip, remote_port, local_ip, local_port, close_connection,
+                                    connection_closed, setup);
+    } else {
+      return server.process_request(stream, close_connection, connection_closed, setup);
+    }
+  };
+  return call(*this);
 }
 
 inline void EdgeServer::stop(std::chrono::milliseconds drain) {
