@@ -6126,6 +6126,12 @@ public:
     before_ = std::move(before);
     after_ = std::move(after);
   }
+  // Called on the worker's thread when the response to the request it served there is over,
+  // after `after` and after the last byte (a streamed body's too) left or failed to: `whole`
+  // says whether all of it was written. Once per request cpp-httplib processed, answered or
+  // not; it must not throw. Set it, like around_requests, before serve().
+  using ResponseDone = std::function<void(bool whole)>;
+  void on_response_done(ResponseDone done) { done_ = std::move(done); }
 
 private:
   struct Parked {
@@ -6148,6 +6154,7 @@ private:
   const Logger &logger_;
   BeforeRouting before_;
   AfterRouting after_;
+  ResponseDone done_;
   std::unique_ptr<detail::TlsServerContext> tls_;
   int epoll_fd_ = -1;
   int wake_fd_ = -1;
@@ -6449,8 +6456,9 @@ inline bool EdgeServer::serve_request(detail::EdgeConnection &conn, const detail
     }
     if (!head.authority.empty()) req.headers.emplace("Host", head.authority);
   });
-  detail::current_edge_request() = nullptr;
   bool sent = conn.flush();
+  if (done_) done_(written && sent);
+  detail::current_edge_request() = nullptr;
   return written && sent && head.keep_alive && !request.close_after && body.complete();
 }
 
@@ -6633,6 +6641,8 @@ struct RequestTrace {
   std::string method, route, target;
   uint64_t start_ns = 0, client_start_ns = 0, client_end_ns = 0;
   std::chrono::steady_clock::time_point started;
+  int status = 0;         // the response's, from the post-routing step
+  bool answered = false;  // the post-routing step ran
   nlohmann::json attributes = nlohmann::json::array();
   bool sampled() const { return flags.size() == 2 && (std::stoi(flags, nullptr, 16) & 1); }
 };
@@ -6700,9 +6710,11 @@ public:
     return counters_;
   }
 
-  // Request path: the pre-routing step and the post-routing step (see detail::install_request_hooks).
+  // Request path (see detail::install_request_hooks): the pre-routing step, the post-routing
+  // step, and the end of the response (EdgeServer::on_response_done), where the spans end.
   void begin_request(const httplib::Request &req);
-  void end_request(const httplib::Request &req, httplib::Response &res);
+  void end_request(const httplib::Request &req, const httplib::Response &res);
+  void response_done(bool whole);
   // A log line (the Logger hook), tied to the request on this thread if any.
   void record_log(Logger::Level level, const std::string &message, const StringMap &fields);
 
@@ -6784,7 +6796,9 @@ inline void Telemetry::stop() {
 
 inline void Telemetry::begin_request(const httplib::Request &req) {
   auto &current = detail::current_request_trace();
-  if (current) {  // a request whose response was never written
+  // Still one of a request on this thread: cpp-httplib >= 0.33 runs the pre-routing step
+  // twice for a WebSocket upgrade nothing accepts; or a server without the response_done step.
+  if (current) {
     current.reset();
     std::lock_guard<std::mutex> lk(mu_);
     --active_requests_;
@@ -6810,9 +6824,8 @@ inline void Telemetry::begin_request(const httplib::Request &req) {
   ++active_requests_;
 }
 
-inline void Telemetry::end_request(const httplib::Request &req, httplib::Response &res) {
-  auto trace = std::move(detail::current_request_trace());
-  detail::current_request_trace().reset();
+inline void Telemetry::end_request(const httplib::Request &req, const httplib::Response &res) {
+  auto &trace = detail::current_request_trace();
   if (!trace) return;
   std::string host = req.get_header_value("Host");
   auto colon = host.rfind(':');
@@ -6831,18 +6844,20 @@ inline void Telemetry::end_request(const httplib::Request &req, httplib::Respons
   if (req.has_header("User-Agent"))
     trace->attributes.push_back(detail::otlp_attribute("user_agent.original", req.get_header_value("User-Agent")));
   trace->client_end_ns = detail::unix_nanos();  // the call's response head is here
-  // A streamed body is still to be written: the server span ends with its last byte, when
-  // cpp-httplib releases the content provider.
-  if (res.content_provider_) {
-    auto previous = std::move(res.content_provider_resource_releaser_);
-    int status = res.status;
-    res.content_provider_resource_releaser_ = [this, trace, status, previous](bool success) {
-      if (previous) previous(success);
-      finish(trace, status, success);
-    };
-    return;
-  }
-  finish(trace, res.status, true);
+  // The body, streamed or not, is still to be written: the server span ends with its last
+  // byte, in response_done.
+  trace->status = res.status;
+  trace->answered = true;
+}
+
+inline void Telemetry::response_done(bool whole) {
+  auto trace = std::move(detail::current_request_trace());
+  detail::current_request_trace().reset();
+  if (!trace) return;
+  if (trace->answered) return finish(trace, trace->status, whole);
+  // No response was written for it (cpp-httplib gave up before its post-routing step).
+  std::lock_guard<std::mutex> lk(mu_);
+  --active_requests_;
 }
 
 inline void Telemetry::finish(const std::shared_ptr<detail::RequestTrace> &trace, int status, bool body_ok) {
@@ -7368,6 +7383,13 @@ inline void install_request_hooks(EdgeServer &server, std::function<HttpPolicy()
     }
     try {
       telemetry.end_request(req, res);
+    } catch (const std::exception &e) {
+      logger.warn(std::string("request not traced: ") + e.what());
+    }
+  });
+  server.on_response_done([&telemetry, &logger](bool whole) {
+    try {
+      telemetry.response_done(whole);
     } catch (const std::exception &e) {
       logger.warn(std::string("request not traced: ") + e.what());
     }
