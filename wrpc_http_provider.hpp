@@ -30,9 +30,9 @@
 //    wrpc_http::wrpc::OutgoingCall  one `handle` invocation, client side
 //    wrpc_http::wrpc::Server        serves `handle` (the demo component is built on it)
 //
-//  Sections, in order: configuration macros, utilities, nkeys, NATS client, wRPC codec,
-//  wRPC transport, provider runtime, HTTP edge, telemetry (OTLP export), HTTP policies
-//  (CORS, cache-control, read-only mode), HTTP bridge, provider.
+//  Sections, in order: configuration macros, cpp-httplib versions, utilities, nkeys, NATS
+//  client, wRPC codec, wRPC transport, provider runtime, HTTP edge, telemetry (OTLP export),
+//  HTTP policies (CORS, cache-control, read-only mode), HTTP bridge, provider.
 //
 //  Threads, and the lock order
 //  ---------------------------
@@ -63,7 +63,7 @@
 //    WRPC_HTTP_OTEL_*           OpenTelemetry export queue, batches, intervals, timeout
 //    WRPC_HTTP_*                limits and timeouts of the wRPC transport and the HTTP edge
 //
-//  Needs: cpp-httplib, nlohmann/json, a C++17 compiler, POSIX sockets.
+//  Needs: cpp-httplib 0.11.4 to 0.53.x, nlohmann/json, a C++17 compiler, POSIX sockets.
 //
 #ifndef WRPC_HTTP_PROVIDER_HPP
 #define WRPC_HTTP_PROVIDER_HPP
