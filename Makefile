@@ -2,7 +2,8 @@
 #
 #   make            build/http-server, build/demo-component, build/nats_lite, build/make_par
 #   make test       every test, under AddressSanitizer+UBSan (installs missing Debian packages first)
-#   make test-httplib-0.18  the edge tests built against cpp-httplib 0.18.7 (Debian 13), header-only
+#   make test-httplib  the edge tests built against cpp-httplib 0.18.7 (Debian 13) and 0.41.0
+#                   (Debian sid), header-only; one of them: make test-httplib-0.41.0
 #   make test-plain the same tests on optimized binaries
 #   make demo       nats-server + demo component + provider on loopback, then two curls
 #   make par        build/http-server.par.gz for `wash app deploy wadm.yaml`
@@ -28,14 +29,14 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian 12 package names: what the binaries and the demo need, and what only the tests add.
 DEMO_PACKAGES := g++ make pkg-config libcpp-httplib-dev nlohmann-json3-dev libssl-dev libsodium-dev zlib1g-dev \
                  nats-server curl
-TEST_PACKAGES := doctest-dev openssl golang-go golang-github-nats-io-go-nats-dev dpkg-dev libbrotli-dev chromium
+TEST_PACKAGES := doctest-dev openssl golang-go golang-github-nats-io-go-nats-dev dpkg-dev libbrotli-dev libzstd-dev chromium
 PACKAGES := $(DEMO_PACKAGES) $(TEST_PACKAGES)
 
 BINARIES := $(BUILD)/http-server $(BUILD)/demo-component $(BUILD)/nats_lite $(BUILD)/make_par
 TEST_SOURCES := $(wildcard tests/test_*.cpp)  # tests/dropin.cpp is compiled on its own
 TEST_OBJECTS := $(patsubst tests/%.cpp,$(BUILD)/tests/%.o,$(TEST_SOURCES))
 
-.PHONY: all deps test test-plain test-unit test-edge test-httplib-0.18 test-go test-asan test-tsan demo par bench bench-ab \
+.PHONY: all deps test test-plain test-unit test-edge test-httplib test-go test-asan test-tsan demo par bench bench-ab \
         soak fuzz interop interop-build clean
 
 all: $(BINARIES)
@@ -116,7 +117,7 @@ $(RUST_PROVIDER): $(wildcard bench/rust-provider/Cargo.*) $(wildcard bench/rust-
 SANITIZE_ASAN := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 test: deps
 	$(MAKE) -j2 test-unit BUILD=build/asan CXXFLAGS="$(SANITIZE_ASAN)"
-	$(MAKE) test-httplib-0.18
+	$(MAKE) test-httplib
 	$(MAKE) test-go
 
 # The doctest suite: unit tests and integration tests against real processes.
@@ -128,18 +129,25 @@ test-unit: $(BINARIES) $(BUILD)/fault-component $(BUILD)/tests/dropin.o $(BUILD)
 test-edge: $(BUILD)/http-server $(BUILD)/demo-component $(BUILD)/fault-component $(BUILD)/tests/run-edge-tests
 	WRPC_HTTP_BUILD=$(BUILD) $(BUILD)/tests/run-edge-tests -ts=edge
 
-# The edge tests (ASan+UBSan) against Debian 13's cpp-httplib 0.18.7, used header-only from its
-# Debian source package (tests/httplib_source.sh: apt-get source with a private apt directory,
-# cached in build/httplib-0.18.7). Defines as Debian 13 builds its libcpp-httplib.
-HTTPLIB_018_VERSION := 0.18.7
-HTTPLIB_018_DIR := build/httplib-$(HTTPLIB_018_VERSION)
-HTTPLIB_018_DEFINES := -DCPPHTTPLIB_OPENSSL_SUPPORT -DCPPHTTPLIB_ZLIB_SUPPORT -DCPPHTTPLIB_BROTLI_SUPPORT \
-                       -DCPPHTTPLIB_USE_POLL
-HTTPLIB_018_LDLIBS := -lssl -lcrypto -lsodium -lz -lbrotlienc -lbrotlidec -pthread
-test-httplib-0.18: deps
-	include=$$(tests/httplib_source.sh $(HTTPLIB_018_VERSION) $(HTTPLIB_018_DIR)) && \
-	$(MAKE) -j2 test-edge BUILD=$(HTTPLIB_018_DIR)/asan CXXFLAGS="$(SANITIZE_ASAN)" \
-	  HTTPLIB_CFLAGS="-I$$include $(HTTPLIB_018_DEFINES)" LDLIBS="$(HTTPLIB_018_LDLIBS)"
+# The edge tests (ASan+UBSan) against newer cpp-httplib versions than Debian 12's, each used
+# header-only from its Debian source package (tests/httplib_source.sh VERSION SUITE: apt-get
+# source with a private apt directory, cached in build/httplib-VERSION), with the defines that
+# suite builds its libcpp-httplib with. One recipe, test-httplib-VERSION, for each of them.
+HTTPLIB_HEADER_ONLY := 0.18.7:trixie 0.41.0:sid
+HTTPLIB_TESTS := $(foreach v,$(HTTPLIB_HEADER_ONLY),test-httplib-$(word 1,$(subst :, ,$(v))))
+httplib_suite = $(word 2,$(subst :, ,$(filter $(1):%,$(HTTPLIB_HEADER_ONLY))))
+HTTPLIB_HEADER_DEFINES := -DCPPHTTPLIB_OPENSSL_SUPPORT -DCPPHTTPLIB_ZLIB_SUPPORT -DCPPHTTPLIB_BROTLI_SUPPORT \
+                          -DCPPHTTPLIB_USE_POLL
+HTTPLIB_HEADER_LDLIBS := -lssl -lcrypto -lsodium -lz -lbrotlienc -lbrotlidec -pthread
+# sid builds 0.41.0 with zstd as well (its Build-Depends has libzstd-dev).
+HTTPLIB_ZSTD_0.41.0 := yes
+.PHONY: $(HTTPLIB_TESTS)
+test-httplib: $(HTTPLIB_TESTS)
+$(HTTPLIB_TESTS): test-httplib-%: deps
+	include=$$(tests/httplib_source.sh $* $(call httplib_suite,$*)) && \
+	$(MAKE) -j2 test-edge BUILD=build/httplib-$*/asan CXXFLAGS="$(SANITIZE_ASAN)" \
+	  HTTPLIB_CFLAGS="-I$$include $(HTTPLIB_HEADER_DEFINES) $(if $(HTTPLIB_ZSTD_$*),-DCPPHTTPLIB_ZSTD_SUPPORT)" \
+	  LDLIBS="$(HTTPLIB_HEADER_LDLIBS) $(if $(HTTPLIB_ZSTD_$*),-lzstd)"
 
 test-go:
 	cache=$$(mktemp -d) && cd bench/go-gateway && GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS= \

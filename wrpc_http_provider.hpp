@@ -32,9 +32,9 @@
 //    wrpc_http::wrpc::OutgoingCall  one `handle` invocation, client side
 //    wrpc_http::wrpc::Server        serves `handle` (the demo component is built on it)
 //
-//  Sections, in order: configuration macros, utilities, nkeys, NATS client, wRPC codec,
-//  wRPC transport, provider runtime, HTTP edge, telemetry (OTLP export), HTTP policies
-//  (CORS, cache-control, read-only mode), HTTP bridge, provider.
+//  Sections, in order: configuration macros, cpp-httplib versions, utilities, nkeys, NATS
+//  client, wRPC codec, wRPC transport, provider runtime, HTTP edge, telemetry (OTLP export),
+//  HTTP policies (CORS, cache-control, read-only mode), HTTP bridge, provider.
 //
 //  A request's path (HTTP/1.1 in, wRPC over NATS out, and back)
 //  -----------------------------------------------------------
@@ -87,7 +87,7 @@
 //    WRPC_HTTP_OTEL_*           OpenTelemetry export queue, batches, intervals, timeout
 //    WRPC_HTTP_*                limits and timeouts of the wRPC transport and the HTTP edge
 //
-//  Needs: cpp-httplib, nlohmann/json, a C++17 compiler, POSIX sockets.
+//  Needs: cpp-httplib 0.11.4 to 0.53.x, nlohmann/json, a C++17 compiler, POSIX sockets.
 //
 #ifndef WRPC_HTTP_PROVIDER_HPP
 #define WRPC_HTTP_PROVIDER_HPP
@@ -301,6 +301,92 @@
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
+
+// ---- cpp-httplib versions ----
+//
+// The header builds on cpp-httplib's public API and on two extension points it keeps
+// protected for subclasses, Server::process_request and Server::svr_sock_. What changed
+// between the versions it supports is adapted here, chosen at compile time from
+// CPPHTTPLIB_VERSION:
+//   0.18  process_request takes the peer's and the local address (EdgeServer::process)
+//   0.19  Stream::duration(): milliseconds since the stream began
+//   0.20  Stream::is_writable() becomes wait_writable(), and is_readable() ("readable within
+//         the timeout") becomes "bytes at hand", with wait_readable() for the old meaning
+//   0.34  Stream::is_peer_alive(), by default wait_writable()
+// Tested with 0.11.4 (Debian 12), 0.18.7 (Debian 13), 0.41.0 and 0.53.1; any other version
+// outside 0.11.4 to 0.53.x stops the build here.
+
+namespace wrpc_http {
+namespace detail {
+
+// "0.18.7" -> 18007: major * 1000000 + minor * 1000 + patch.
+constexpr long httplib_version(long major, long minor, long patch) { return major * 1000000 + minor * 1000 + patch; }
+constexpr long httplib_version(const char *text) {
+  long parts[3] = {0, 0, 0};
+  for (int part = 0; *text && part < 3; ++text) {
+    if (*text == '.')
+      ++part;
+    else if (*text >= '0' && *text <= '9')
+      parts[part] = parts[part] * 10 + (*text - '0');
+    else
+      break;
+  }
+  return httplib_version(parts[0], parts[1], parts[2]);
+}
+
+#ifdef CPPHTTPLIB_VERSION
+constexpr long kHttplibVersion = httplib_version(CPPHTTPLIB_VERSION);
+#define WRPC_HTTP_HTTPLIB_FOUND "this is cpp-httplib " CPPHTTPLIB_VERSION
+#else
+constexpr long kHttplibVersion = 0;  // older than 0.11: no CPPHTTPLIB_VERSION yet
+#define WRPC_HTTP_HTTPLIB_FOUND "this cpp-httplib is older than 0.11"
+#endif
+static_assert(kHttplibVersion >= httplib_version(0, 11, 4) && kHttplibVersion < httplib_version(0, 54, 0),
+              "wrpc_http_provider.hpp needs cpp-httplib 0.11.4 to 0.53.x; " WRPC_HTTP_HTTPLIB_FOUND);
+#undef WRPC_HTTP_HTTPLIB_FOUND
+
+// Server::process_request(stream, remote_addr, remote_port, local_addr, local_port, ...)
+constexpr bool kProcessRequestTakesAddresses = kHttplibVersion >= httplib_version(0, 18, 0);
+
+// httplib::Stream in the shape of the cpp-httplib in use, for a stream `Edge` (CRTP) that
+// says what it means once: may_write() (asked before and while a response streams; may flush
+// and wait), bytes_at_hand() (readable without waiting), elapsed_ms().
+enum class StreamShape { is_writable, is_writable_duration, wait_writable };
+constexpr StreamShape kStreamShape = kHttplibVersion < httplib_version(0, 19, 0)   ? StreamShape::is_writable
+                                     : kHttplibVersion < httplib_version(0, 20, 0) ? StreamShape::is_writable_duration
+                                                                                   : StreamShape::wait_writable;
+
+template <class Edge, StreamShape = kStreamShape> class StreamAdapter;
+
+template <class Edge> class StreamAdapter<Edge, StreamShape::is_writable> : public httplib::Stream {
+public:
+  bool is_readable() const override { return true; }  // read() waits by itself
+  bool is_writable() const override { return edge().may_write(); }
+
+protected:
+  const Edge &edge() const { return static_cast<const Edge &>(*this); }
+};
+
+template <class Edge>
+class StreamAdapter<Edge, StreamShape::is_writable_duration> : public StreamAdapter<Edge, StreamShape::is_writable> {
+public:
+  time_t duration() const override { return this->edge().elapsed_ms(); }
+};
+
+template <class Edge> class StreamAdapter<Edge, StreamShape::wait_writable> : public httplib::Stream {
+public:
+  bool is_readable() const override { return edge().bytes_at_hand(); }
+  bool wait_readable() const override { return true; }  // read() waits by itself
+  bool wait_writable() const override { return edge().may_write(); }
+  // is_peer_alive() (0.34), where cpp-httplib has it, keeps its default: wait_writable().
+  time_t duration() const override { return edge().elapsed_ms(); }
+
+protected:
+  const Edge &edge() const { return static_cast<const Edge &>(*this); }
+};
+
+}  // namespace detail
+}  // namespace wrpc_http
 
 // ---- utilities ----
 
@@ -5933,20 +6019,29 @@ inline std::string refusal_response(http1::Refusal refusal) {
 }
 
 // What cpp-httplib reads and writes: a canonical head it parses without surprises, then
-// the request's decoded body and an end; writes go to the connection.
-class EdgeStream : public httplib::Stream {
+// the request's decoded body and an end; writes go to the connection. StreamAdapter gives it
+// the httplib::Stream interface of the cpp-httplib in use.
+class EdgeStream : public StreamAdapter<EdgeStream> {
 public:
   EdgeStream(EdgeConnection &conn, std::string head, EdgeRequest &request)
-      : conn_(conn), head_(std::move(head)), request_(request), body_(request.body) {}
+      : conn_(conn), head_(std::move(head)), request_(request), body_(request.body), started_(Clock::now()) {}
 
-  bool is_readable() const override { return true; }
   // Asked before a content provider runs (cpp-httplib >= 0.12) or by the provider itself, which
-  // may then wait: the held head goes out. A full send buffer is no reason to stop; write waits.
-  bool is_writable() const override {
+  // may then wait (DataSink::is_writable): the held head goes out. A full send buffer is no
+  // reason to stop; write waits.
+  bool may_write() const {
     if (!conn_.flush()) return false;
     pollfd p{conn_.fd(), POLLOUT, 0};
     return ::poll(&p, 1, 0) >= 0 && !(p.revents & (POLLERR | POLLHUP | POLLNVAL));
   }
+  // Only the head: cpp-httplib >= 0.20 reads "stray" bytes of a request that shows no length
+  // when they are at hand, and the body is the edge's to hand out (routes that take it are
+  // given its Content-Length, the Forwarder streams it).
+  bool bytes_at_hand() const { return head_used_ < head_.size(); }
+  time_t elapsed_ms() const {
+    return static_cast<time_t>(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started_).count());
+  }
+
   ssize_t read(char *ptr, size_t size) override {
     if (head_used_ < head_.size()) {
       size_t n = std::min(size, head_.size() - head_used_);
@@ -5999,6 +6094,7 @@ private:
   EdgeBody &body_;
   bool replaced_ = false;  // the edge's refusal went out instead of the route's answer
   bool wrote_head_ = false;
+  Clock::time_point started_;
   static constexpr size_t kMaxHeldHeadBytes = 16 * 1024;
 };
 
@@ -6054,6 +6150,12 @@ public:
     before_ = std::move(before);
     after_ = std::move(after);
   }
+  // Called on the worker's thread when the response to the request it served there is over,
+  // after `after` and after the last byte (a streamed body's too) left or failed to: `whole`
+  // says whether all of it was written. Once per request cpp-httplib processed, answered or
+  // not; it must not throw. Set it, like around_requests, before serve().
+  using ResponseDone = std::function<void(bool whole)>;
+  void on_response_done(ResponseDone done) { done_ = std::move(done); }
 
 private:
   struct Parked {
@@ -6076,6 +6178,7 @@ private:
   const Logger &logger_;
   BeforeRouting before_;
   AfterRouting after_;
+  ResponseDone done_;
   std::unique_ptr<detail::TlsServerContext> tls_;
   int epoll_fd_ = -1;
   int wake_fd_ = -1;
@@ -6377,25 +6480,29 @@ inline bool EdgeServer::serve_request(detail::EdgeConnection &conn, const detail
     }
     if (!head.authority.empty()) req.headers.emplace("Host", head.authority);
   });
-  detail::current_edge_request() = nullptr;
   bool sent = conn.flush();
+  if (done_) done_(written && sent);
+  detail::current_edge_request() = nullptr;
   return written && sent && head.keep_alive && !request.close_after && body.complete();
 }
 
 inline bool EdgeServer::process(httplib::Stream &stream, bool close_connection,
                                 const std::function<void(httplib::Request &)> &setup) {
   bool connection_closed = false;
-#ifdef CPPHTTPLIB_SERVER_READ_TIMEOUT_SECOND
-  // cpp-httplib >= 0.15 takes the addresses as arguments.
-  std::string remote_ip, local_ip;
-  int remote_port = 0, local_port = 0;
-  stream.get_remote_ip_and_port(remote_ip, remote_port);
-  stream.get_local_ip_and_port(local_ip, local_port);
-  return process_request(stream, remote_ip, remote_port, local_ip, local_port, close_connection, connection_closed,
-                         setup);
-#else
-  return process_request(stream, close_connection, connection_closed, setup);
-#endif
+  // Generic, so that only the call that fits the cpp-httplib in use is compiled.
+  auto call = [&](auto &server) {
+    if constexpr (detail::kProcessRequestTakesAddresses) {
+      std::string remote_ip, local_ip;
+      int remote_port = 0, local_port = 0;
+      stream.get_remote_ip_and_port(remote_ip, remote_port);
+      stream.get_local_ip_and_port(local_ip, local_port);
+      return server.process_request(stream, remote_ip, remote_port, local_ip, local_port, close_connection,
+                                    connection_closed, setup);
+    } else {
+      return server.process_request(stream, close_connection, connection_closed, setup);
+    }
+  };
+  return call(*this);
 }
 
 inline void EdgeServer::stop(std::chrono::milliseconds drain) {
@@ -6577,6 +6684,8 @@ struct RequestTrace {
   std::string method, route, target;
   uint64_t start_ns = 0, client_start_ns = 0, client_end_ns = 0;
   std::chrono::steady_clock::time_point started;
+  int status = 0;         // the response's, from the post-routing step
+  bool answered = false;  // the post-routing step ran
   Attributes attributes;
   bool sampled() const { return flags.size() == 2 && (std::stoi(flags, nullptr, 16) & 1); }
 };
@@ -6644,9 +6753,11 @@ public:
     return counters_;
   }
 
-  // Request path: the pre-routing step and the post-routing step (see detail::install_request_hooks).
+  // Request path (see detail::install_request_hooks): the pre-routing step, the post-routing
+  // step, and the end of the response (EdgeServer::on_response_done), where the spans end.
   void begin_request(const httplib::Request &req);
-  void end_request(const httplib::Request &req, httplib::Response &res);
+  void end_request(const httplib::Request &req, const httplib::Response &res);
+  void response_done(bool whole);
   // A log line (the Logger hook), tied to the request on this thread if any.
   void record_log(Logger::Level level, const std::string &message, const StringMap &fields);
 
@@ -6728,7 +6839,9 @@ inline void Telemetry::stop() {
 
 inline void Telemetry::begin_request(const httplib::Request &req) {
   auto &current = detail::current_request_trace();
-  if (current) {  // a request whose response was never written
+  // Still one of a request on this thread: cpp-httplib >= 0.33 runs the pre-routing step
+  // twice for a WebSocket upgrade nothing accepts; or a server without the response_done step.
+  if (current) {
     current.reset();
     std::lock_guard<std::mutex> lk(mu_);
     --active_requests_;
@@ -6754,9 +6867,8 @@ inline void Telemetry::begin_request(const httplib::Request &req) {
   ++active_requests_;
 }
 
-inline void Telemetry::end_request(const httplib::Request &req, httplib::Response &res) {
-  auto trace = std::move(detail::current_request_trace());
-  detail::current_request_trace().reset();
+inline void Telemetry::end_request(const httplib::Request &req, const httplib::Response &res) {
+  auto &trace = detail::current_request_trace();
   if (!trace) return;
   std::string host = req.get_header_value("Host");
   auto colon = host.rfind(':');
@@ -6775,18 +6887,20 @@ inline void Telemetry::end_request(const httplib::Request &req, httplib::Respons
   if (req.has_header("User-Agent"))
     trace->attributes.push_back(detail::otlp_attribute("user_agent.original", req.get_header_value("User-Agent")));
   trace->client_end_ns = detail::unix_nanos();  // the call's response head is here
-  // A streamed body is still to be written: the server span ends with its last byte, when
-  // cpp-httplib releases the content provider.
-  if (res.content_provider_) {
-    auto previous = std::move(res.content_provider_resource_releaser_);
-    int status = res.status;
-    res.content_provider_resource_releaser_ = [this, trace, status, previous](bool success) {
-      if (previous) previous(success);
-      finish(trace, status, success);
-    };
-    return;
-  }
-  finish(trace, res.status, true);
+  // The body, streamed or not, is still to be written: the server span ends with its last
+  // byte, in response_done.
+  trace->status = res.status;
+  trace->answered = true;
+}
+
+inline void Telemetry::response_done(bool whole) {
+  auto trace = std::move(detail::current_request_trace());
+  detail::current_request_trace().reset();
+  if (!trace) return;
+  if (trace->answered) return finish(trace, trace->status, whole);
+  // No response was written for it (cpp-httplib gave up before its post-routing step).
+  std::lock_guard<std::mutex> lk(mu_);
+  --active_requests_;
 }
 
 inline void Telemetry::finish(const std::shared_ptr<detail::RequestTrace> &trace, int status, bool body_ok) {
@@ -7313,6 +7427,13 @@ inline void install_request_hooks(EdgeServer &server, std::function<HttpPolicy()
     }
     try {
       telemetry.end_request(req, res);
+    } catch (const std::exception &e) {
+      logger.warn(std::string("request not traced: ") + e.what());
+    }
+  });
+  server.on_response_done([&telemetry, &logger](bool whole) {
+    try {
+      telemetry.response_done(whole);
     } catch (const std::exception &e) {
       logger.warn(std::string("request not traced: ") + e.what());
     }

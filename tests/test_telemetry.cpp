@@ -39,6 +39,11 @@ std::vector<nlohmann::json> spans_of_trace(const Collector &collector, const std
   return out;
 }
 
+// A span's status code (2: error), 0 when it has none.
+int status_code(const nlohmann::json &span) {
+  return span.value("status", nlohmann::json::object()).value("code", 0);
+}
+
 const nlohmann::json *find_kind(const std::vector<nlohmann::json> &spans, int kind) {
   for (auto &s : spans)
     if (s["kind"] == kind) return &s;
@@ -143,6 +148,46 @@ TEST_CASE("telemetry: a request without traceparent starts a trace: its server s
 TEST_CASE("telemetry: a failed call marks both spans as errors") {
   Exporting e;
   for (auto &span : e.traced_request("/proxy/error", 500)) CHECK(span["status"]["code"] == 2);
+}
+
+// The server span ends when the edge has written the response whole (EdgeServer's
+// on_response_done), not when the route returned: for a streamed body, with its last byte.
+TEST_CASE("telemetry: a streamed response's server span ends with its last body byte, not with its head") {
+  Collector collector;
+  LatticeOptions options{{}, nlohmann::json::array(), otel_to(collector.endpoint())};
+  options.component = "fault-component";  // slow-body: the head at once, the body 600 ms later
+  Lattice lattice(options);
+  auto reply = curl({lattice.url("/proxy/fault/slow-body"), "-H", "traceparent: " + kTraceparent});
+  REQUIRE(reply.status == 200);
+  CHECK(reply.body == "late body");
+  REQUIRE(testsupport::eventually([&] { return spans_of_trace(collector, kTraceId).size() == 2; }, 10000ms));
+  auto spans = spans_of_trace(collector, kTraceId);
+  auto server = find_kind(spans, 2), client = find_kind(spans, 3);
+  REQUIRE(server);
+  REQUIRE(client);
+  auto nanos = [](const nlohmann::json &span, const char *key) { return std::stoull(span[key].get<std::string>()); };
+  // The call's span ends with the component's response head, the request's with the body.
+  CHECK(nanos(*server, "endTimeUnixNano") >= nanos(*client, "endTimeUnixNano") + 400'000'000ull);
+  CHECK(nanos(*server, "endTimeUnixNano") - nanos(*server, "startTimeUnixNano") >= 600'000'000ull);
+  CHECK(status_code(*server) != 2);
+}
+
+TEST_CASE("telemetry: a streamed response cut off mid-body marks the server span as an error") {
+  Collector collector;
+  LatticeOptions options{{}, nlohmann::json::array(), otel_to(collector.endpoint())};
+  options.config = {{"body_idle_timeout_ms", "1000"}};
+  options.component = "fault-component";  // die-mid-body: a 200 head, half a body, then it exits
+  Lattice lattice(options);
+  auto reply = curl({lattice.url("/proxy/fault/die-mid-body"), "-H", "traceparent: " + kTraceparent});
+  CHECK(reply.status == 200);
+  REQUIRE(testsupport::eventually([&] { return spans_of_trace(collector, kTraceId).size() == 2; }, 10000ms));
+  auto spans = spans_of_trace(collector, kTraceId);
+  auto server = find_kind(spans, 2), client = find_kind(spans, 3);
+  REQUIRE(server);
+  REQUIRE(client);
+  CHECK(attribute(*server, "http.response.status_code") == "200");
+  CHECK(status_code(*server) == 2);  // the body never ended
+  CHECK(status_code(*client) != 2);  // the call did answer 200
 }
 
 TEST_CASE("telemetry: the provider's log lines arrive as OTLP logs, a request's with its trace and span ids") {
