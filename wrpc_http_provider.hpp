@@ -5862,9 +5862,9 @@ private:
 class EdgeBody {
 public:
   EdgeBody(EdgeConnection &conn, const http1::Head &head, const http1::Limits &limits, size_t max_content_len,
-           std::chrono::milliseconds read_timeout)
+           std::chrono::milliseconds read_timeout, size_t piece_bytes)
       : conn_(conn), framing_(head.framing), length_left_(head.content_length), decoder_(limits),
-        max_content_len_(max_content_len), read_timeout_(read_timeout) {}
+        max_content_len_(max_content_len), read_timeout_(read_timeout), piece_bytes_(piece_bytes) {}
 
   // The next piece of the body that has arrived (waiting for one); false at its end or
   // when the body is refused (refusal()).
@@ -5891,18 +5891,18 @@ public:
       decoded_ += piece.size() - before;
       if (decoder_.refusal() != http1::Refusal::none) return refuse(decoder_.refusal());
       if (decoded_ > max_content_len_) return refuse(http1::Refusal::body_too_large);
-      if (piece.size() >= WRPC_HTTP_BODY_FLUSH_BYTES) break;
+      if (piece.size() >= piece_bytes_) break;
     }
     return !piece.empty();
   }
 
-  // The whole body, when it is no chunked body, has arrived already and is at most `limit`
-  // bytes; otherwise false and nothing is read.
-  bool take_if_arrived(std::string &whole, size_t limit) {
+  // The whole body, when it is no chunked body, has arrived already and is one piece at most
+  // (EdgeOptions::body_piece_bytes); otherwise false and nothing is read.
+  bool take_if_arrived(std::string &whole) {
     whole.clear();
     if (refusal_ != http1::Refusal::none || framing_ == http1::Framing::chunked) return false;
     if (framing_ == http1::Framing::none || length_left_ == 0) return true;
-    if (length_left_ > limit || conn_.pending_size() < length_left_) return false;
+    if (length_left_ > piece_bytes_ || conn_.pending_size() < length_left_) return false;
     return read_piece(whole);
   }
 
@@ -5956,6 +5956,7 @@ private:
   http1::ChunkedDecoder decoder_;
   size_t max_content_len_;
   std::chrono::milliseconds read_timeout_;
+  size_t piece_bytes_;
   size_t decoded_ = 0;
   http1::Refusal refusal_ = http1::Refusal::none;
   std::string spare_;
@@ -6119,6 +6120,12 @@ struct EdgeOptions {
   std::chrono::milliseconds write_timeout{WRPC_HTTP_WRITE_TIMEOUT_SECOND * 1000};
   size_t max_workers = WRPC_HTTP_MAX_WORKERS;
   size_t keep_alive_max_count = WRPC_HTTP_KEEPALIVE_MAX_COUNT;
+  // After an answer, how long a worker waits for the connection's next request.
+  std::chrono::milliseconds keep_alive_linger{WRPC_HTTP_KEEPALIVE_LINGER_MS};
+  // Decoded request body handed to a route in pieces of at most about this many bytes.
+  size_t body_piece_bytes = WRPC_HTTP_BODY_FLUSH_BYTES;
+  // When the listener closes: how long running requests get to finish (the caller's stop()).
+  std::chrono::milliseconds drain_timeout{WRPC_HTTP_DRAIN_TIMEOUT_MS};
   std::string tls_cert_file, tls_priv_key_file;  // both set: HTTPS
 };
 
@@ -6137,6 +6144,7 @@ public:
   // caller's thread (the edge loop). Once stopping it refuses new connections (shutdown of
   // `listen_fd`); the caller closes `listen_fd` after serve() returned.
   void serve(int listen_fd);
+  const EdgeOptions &options() const { return options_; }
   // Stops accepting, closes idle connections, gives requests in progress `drain` to finish
   // and cuts the rest; serve() returns. Joins every worker.
   void stop(std::chrono::milliseconds drain);
@@ -6428,7 +6436,7 @@ inline void EdgeServer::serve_connection(const std::shared_ptr<detail::EdgeConne
     // Right after an answer the client's next request is usually on its way: wait a moment
     // for it before handing the connection back to the loop, unless others wait for a worker.
     auto got = just_answered && workers_.backlog() == 0
-                   ? conn->fill(std::chrono::milliseconds(WRPC_HTTP_KEEPALIVE_LINGER_MS), true)
+                   ? conn->fill(options_.keep_alive_linger, true)
                    : conn->fill(std::chrono::milliseconds(0));
     just_answered = false;
     if (got == detail::EdgeConnection::Fill::data) continue;
@@ -6454,7 +6462,8 @@ inline bool EdgeServer::serve_request(detail::EdgeConnection &conn, const detail
     static const char continue_line[] = "HTTP/1.1 100 Continue\r\n\r\n";
     if (!conn.write_all(continue_line, sizeof(continue_line) - 1)) return false;
   }
-  detail::EdgeBody body(conn, head, options_.limits, options_.max_content_len, options_.read_timeout);
+  detail::EdgeBody body(conn, head, options_.limits, options_.max_content_len, options_.read_timeout,
+                        options_.body_piece_bytes);
   detail::EdgeRequest request{head, body, conn, conn.over_tls()};
   std::string method = detail::httplib_routes_method(head.method) ? head.method : "POST";
   // cpp-httplib sees origin-form only; the absolute form's authority becomes Host below.
@@ -6541,6 +6550,14 @@ struct OtelConfig {
   std::string protocol = "http";  // "http" or "grpc"; only OTLP/HTTP is exported
   std::vector<std::string> additional_ca_paths;
   std::string trace_level;
+  // How the export runs: not otel_config keys; the WRPC_HTTP_OTEL_* macros are the defaults
+  // (and OTEL_METRIC_EXPORT_INTERVAL, outside a host, sets metrics_interval).
+  size_t queue_limit = WRPC_HTTP_OTEL_QUEUE_LIMIT;  // each of spans and log records; more are dropped
+  size_t batch_size = WRPC_HTTP_OTEL_BATCH_SIZE;
+  std::chrono::milliseconds export_interval{WRPC_HTTP_OTEL_EXPORT_INTERVAL_MS};
+  std::chrono::milliseconds metrics_interval{WRPC_HTTP_OTEL_METRICS_INTERVAL_MS};
+  std::chrono::milliseconds export_timeout{WRPC_HTTP_OTEL_TIMEOUT_MS};  // one attempt
+  int retries = WRPC_HTTP_OTEL_RETRIES;
 
   // Throws std::invalid_argument naming the bad field.
   static OtelConfig from_json(const nlohmann::json &j);
@@ -6732,7 +6749,7 @@ public:
     if (const char *interval = std::getenv("OTEL_METRIC_EXPORT_INTERVAL")) {
       char *end = nullptr;
       long ms = std::strtol(interval, &end, 10);
-      if (end && *end == '\0' && ms > 0) metrics_interval_ = std::chrono::milliseconds(ms);
+      if (end && *end == '\0' && ms > 0) config_.metrics_interval = std::chrono::milliseconds(ms);
     }
   }
   ~Telemetry() { stop(); }
@@ -6746,7 +6763,7 @@ public:
 
   // Starts an exporter thread for each enabled signal.
   void start();
-  // Sends what is queued (one attempt each, bounded by WRPC_HTTP_OTEL_TIMEOUT_MS) and joins.
+  // Sends what is queued (one attempt each, bounded by export_timeout) and joins.
   void stop();
   Counters counters() const {
     std::lock_guard<std::mutex> lk(mu_);
@@ -6780,7 +6797,7 @@ private:
   void finish(const std::shared_ptr<detail::RequestTrace> &trace, int status, bool body_ok);
   // Both with mu_ held by the caller only for take_batch.
   template <class Record> void enqueue(std::deque<Record> &queue, Record &&record);
-  template <class Record> static std::vector<Record> take_batch(std::deque<Record> &queue);
+  template <class Record> std::vector<Record> take_batch(std::deque<Record> &queue) const;
   // The exporter threads, one per enabled signal: a collector endpoint that stalls or fails
   // for one signal delays no other, and metrics leave on their interval whatever happens.
   template <class Record>
@@ -6799,7 +6816,6 @@ private:
   const Logger &logger_;
   bool grpc_ = false;
   uint64_t process_start_ns_;
-  std::chrono::milliseconds metrics_interval_{WRPC_HTTP_OTEL_METRICS_INTERVAL_MS};
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
@@ -6962,18 +6978,18 @@ inline void Telemetry::finish(const std::shared_ptr<detail::RequestTrace> &trace
 
 template <class Record> void Telemetry::enqueue(std::deque<Record> &queue, Record &&record) {
   std::lock_guard<std::mutex> lk(mu_);
-  if (queue.size() >= WRPC_HTTP_OTEL_QUEUE_LIMIT) {
+  if (queue.size() >= config_.queue_limit) {
     ++counters_.dropped;
     queue_overflowed_ = true;
     return;
   }
   queue.push_back(std::move(record));
-  if (queue.size() >= WRPC_HTTP_OTEL_BATCH_SIZE) cv_.notify_all();
+  if (queue.size() >= config_.batch_size) cv_.notify_all();
 }
 
-template <class Record> std::vector<Record> Telemetry::take_batch(std::deque<Record> &queue) {
+template <class Record> std::vector<Record> Telemetry::take_batch(std::deque<Record> &queue) const {
   std::vector<Record> batch;
-  while (!queue.empty() && batch.size() < WRPC_HTTP_OTEL_BATCH_SIZE) {
+  while (!queue.empty() && batch.size() < config_.batch_size) {
     batch.push_back(std::move(queue.front()));
     queue.pop_front();
   }
@@ -7093,7 +7109,7 @@ inline bool Telemetry::send(const std::string &signal, const nlohmann::json &bod
   }
   std::string payload = body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   std::string failure;
-  for (int attempt = 0; attempt <= (final_attempt ? 0 : WRPC_HTTP_OTEL_RETRIES); ++attempt) {
+  for (int attempt = 0; attempt <= (final_attempt ? 0 : config_.retries); ++attempt) {
     if (attempt > 0) {
       std::unique_lock<std::mutex> lk(mu_);
       if (cv_.wait_for(lk, std::chrono::milliseconds(100 << attempt), [&] { return stopping_; })) break;
@@ -7104,7 +7120,7 @@ inline bool Telemetry::send(const std::string &signal, const nlohmann::json &bod
       // cpp-httplib takes one CA file: the first of additional_ca_paths.
       if (!config_.additional_ca_paths.empty()) client.set_ca_cert_path(config_.additional_ca_paths.front().c_str());
 #endif
-      auto timeout = std::chrono::milliseconds(WRPC_HTTP_OTEL_TIMEOUT_MS);
+      auto timeout = config_.export_timeout;
       client.set_connection_timeout(timeout);
       client.set_read_timeout(timeout);
       client.set_write_timeout(timeout);
@@ -7144,11 +7160,10 @@ inline bool Telemetry::send(const std::string &signal, const nlohmann::json &bod
 template <class Record>
 void Telemetry::export_queue(const std::string &signal, std::deque<Record> &queue,
                              nlohmann::json (Telemetry::*encode)(std::vector<Record> &) const) {
-  auto interval = std::chrono::milliseconds(WRPC_HTTP_OTEL_EXPORT_INTERVAL_MS);
   size_t backlog = 0;  // the most records waiting since the queue was last empty
   std::unique_lock<std::mutex> lk(mu_);
   while (true) {
-    cv_.wait_for(lk, interval, [&] { return stopping_ || queue.size() >= WRPC_HTTP_OTEL_BATCH_SIZE; });
+    cv_.wait_for(lk, config_.export_interval, [&] { return stopping_ || queue.size() >= config_.batch_size; });
     bool stopping = stopping_;
     backlog = std::max(backlog, queue.size());
     auto batch = take_batch(queue);
@@ -7156,10 +7171,11 @@ void Telemetry::export_queue(const std::string &signal, std::deque<Record> &queu
     bool report_overflow = queue_overflowed_ && !overflow_reported_;
     if (report_overflow) overflow_reported_ = true;
     lk.unlock();
-    if (report_overflow) logger_.warn("telemetry queue full: dropping telemetry (WRPC_HTTP_OTEL_QUEUE_LIMIT)");
+    if (report_overflow)
+      logger_.warn("telemetry queue full: dropping telemetry", {{"queue_limit", std::to_string(config_.queue_limit)}});
     // At shutdown everything left gets one attempt, so stopping is bounded.
     if (!batch.empty()) send(signal, (this->*encode)(batch), batch.size(), stopping);
-    if (!more && backlog > WRPC_HTTP_OTEL_BATCH_SIZE) {
+    if (!more && backlog > config_.batch_size) {
       batch = {};
       detail::release_free_heap();
       backlog = 0;
@@ -7172,7 +7188,7 @@ void Telemetry::export_queue(const std::string &signal, std::deque<Record> &queu
 inline void Telemetry::export_metrics() {
   std::unique_lock<std::mutex> lk(mu_);
   while (true) {
-    bool stopping = cv_.wait_for(lk, metrics_interval_, [&] { return stopping_; });
+    bool stopping = cv_.wait_for(lk, config_.metrics_interval, [&] { return stopping_; });
     lk.unlock();
     send("metrics", encode_metrics(), 1, stopping);
     lk.lock();
@@ -7868,7 +7884,7 @@ inline void Forwarder::handle(const httplib::Request &req, httplib::Response &re
   };
   try {
     std::string piece;
-    if (edge->body.take_if_arrived(piece, WRPC_HTTP_BODY_FLUSH_BYTES)) {
+    if (edge->body.take_if_arrived(piece)) {
       // A body that is all here goes with the handshake: the worker waits once per call.
       open_call();
       call->send_whole_request(std::move(piece));
@@ -8501,14 +8517,14 @@ inline std::unique_ptr<Provider::Listener> Provider::start_listener(const Listen
   return listener;
 }
 
-// Stops accepting at once and gives running requests WRPC_HTTP_DRAIN_TIMEOUT_MS to finish;
+// Stops accepting at once and gives running requests the edge's drain_timeout to finish;
 // their replies keep flowing, since the NATS reader never waits for this.
 inline void Provider::stop_listener(const std::string &address) {
   auto it = listeners_.find(address);
   if (it == listeners_.end()) return;
   logger_.info("closing listener", {{"address", address}});
   auto &listener = *it->second;
-  listener.server->stop(std::chrono::milliseconds(WRPC_HTTP_DRAIN_TIMEOUT_MS));
+  listener.server->stop(listener.server->options().drain_timeout);
   listener.thread.join();
   ::close(listener.listen_fd);
   listeners_.erase(it);
