@@ -8104,6 +8104,7 @@ private:
   void delete_link(const LinkDefinition &link);
   // Runs `task` on the control thread, after the control messages that came before it.
   void post_control(std::function<void()> task);
+  void stop_control();
   std::map<std::string, ListenerSpec> wanted_listeners() const;
   std::unique_ptr<Listener> start_listener(const ListenerSpec &spec);
   void stop_listener(const std::string &address);
@@ -8216,8 +8217,7 @@ inline Provider::Provider(HostData host_data)
 }
 
 inline Provider::~Provider() {
-  control_closed_ = true;
-  control_.shutdown();
+  stop_control();
   stop_listeners();
   nc_.close();
   telemetry_->stop();
@@ -8412,6 +8412,12 @@ inline void Provider::post_control(std::function<void()> task) {
   });
 }
 
+// A control task under way (a listener draining) ends first; those still queued are dropped.
+inline void Provider::stop_control() {
+  control_closed_ = true;
+  control_.shutdown();
+}
+
 // The listeners the links and config ask for, by address.
 inline std::map<std::string, Provider::ListenerSpec> Provider::wanted_listeners() const {
   std::map<std::string, ListenerSpec> wanted;
@@ -8553,7 +8559,7 @@ inline void Provider::reconcile_listeners() {
     logger_.error(std::string("keeping the current listeners: ") + e.what());
     return;
   }
-  std::vector<std::string> unwanted;
+  std::vector<std::string> unwanted, reopened;
   for (auto &open : listeners_) {
     auto w = wanted.find(open.first);
     if (w == wanted.end()) {
@@ -8562,8 +8568,8 @@ inline void Provider::reconcile_listeners() {
     }
     auto &listener = *open.second;
     if (w->second.edge_signature() != listener.edge_signature) {
-      stop_listener(open.first);  // the same address: it must close before it reopens
-      return reconcile_listeners();
+      reopened.push_back(open.first);
+      continue;
     }
     if (w->second.request_signature() != listener.request_signature) {
       listener.request_signature = w->second.request_signature();
@@ -8571,6 +8577,7 @@ inline void Provider::reconcile_listeners() {
       logger_.info("listener settings updated", {{"address", open.first}});
     }
   }
+  for (auto &address : reopened) stop_listener(address);  // the same address: closed before it reopens
   for (auto &w : wanted) {
     if (listeners_.count(w.first)) continue;
     try {
@@ -8701,8 +8708,7 @@ inline int Provider::run() {
     listening.get();
   } catch (const std::exception &e) {
     logger_.error(std::string("provider failed to start: ") + e.what());
-    control_closed_ = true;
-    control_.shutdown();
+    stop_control();
     stop_listeners();
     nc_.close();
     telemetry_->stop();
@@ -8711,9 +8717,7 @@ inline int Provider::run() {
   logger_.info("provider started", {{"provider_key", host_.provider_key}, {"lattice", host_.lattice_rpc_prefix}});
   wait_for_shutdown(host);
   logger_.info("shutting down");
-  // A control task under way (a listener draining) ends first; those still queued are dropped.
-  control_closed_ = true;
-  control_.shutdown();
+  stop_control();
   stop_listeners();
   logger_.info("provider stopped");
   telemetry_->stop();
