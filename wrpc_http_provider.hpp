@@ -47,8 +47,9 @@
 //    forwarder   Forwarder::handle: Director picks the target; the head becomes a RequestHead
 //    call        wrpc::OutgoingCall: invocation -> await_handshake -> write_body ...
 //                finish_request (or send_whole_request when the body is all here)
-//    NATS        nats::Client::send/publish -> write_pending or writer_loop -> socket
-//    reply       nats::Client::reader_loop -> NatsParser -> dispatch_inbox
+//    NATS        nats::Client::send -> NatsConnection::enqueue -> write_pending (or the
+//                writer thread's writer_loop, when a write is under way) -> socket
+//    reply       nats::Client::reader_loop -> NatsParser -> NatsSubscriptions::dispatch_inbox
 //                -> OutgoingCall::State::on_message (the call's channels, AsyncChannels)
 //    response    OutgoingCall::await_response -> Forwarder::send_response: status and fields,
 //                then a content provider pulling read_body / read_trailers; cpp-httplib
@@ -68,13 +69,16 @@
 //  owner that joins it.
 //
 //  A lock is taken only while holding locks to its left in these chains, never the reverse:
-//    nats::Client    close_mu_ -> { subs_mu_, out_mu_, standby_mu_, pong_mu_, inbox_mu_ }
-//                    standby_mu_ -> subs_mu_ -> { inbox_mu_, out_mu_, NatsSocket::tls_mu_ }
-//                    dispatch_mu_ -> subs_mu_ -> out_mu_
+//    nats::Client    Client::close_mu_ -> { NatsSubscriptions::subs_mu_, NatsConnection::mu_,
+//                                       Client::pong_mu_, NatsLameDuck::mu_ }
+//                    NatsLameDuck::mu_ -> NatsSubscriptions::subs_mu_
+//                    NatsSubscriptions::dispatch_mu_ -> subs_mu_
+//                    subs_mu_ -> { inbox_mu_, NatsConnection::mu_, NatsSocket::tls_mu_ }
 //    wRPC transport  AsyncChannels::mu -> ReaderStallAllowance::mu_
-//  Every other lock is a leaf: nats::Client's pool_mu_, pong_mu_, inbox_mu_ and out_mu_ (a
-//  write happens with it released), EdgeServer::mu_, ElasticTaskQueue::mu_ (worker pools and
-//  the control queue), Telemetry::mu_, Logger::mu_, Provider::links_mu_ and shutdown_mu_.
+//  Every other lock is a leaf: NatsServerPool::mu_, NatsSubscriptions::inbox_mu_,
+//  Client::pong_mu_, NatsConnection::mu_ (a write happens with it released), EdgeServer::mu_,
+//  ElasticTaskQueue::mu_ (worker pools and the control queue), Telemetry::mu_, Logger::mu_,
+//  Provider::links_mu_ and shutdown_mu_.
 //  Nothing calls out (a log line, a log hook, a user callback, a route) while holding a lock,
 //  with one deliberate exception: dispatch_mu_ is held across a subscription handler, so
 //  handlers run one at a time; they may publish and subscribe (locks right of it) and must
@@ -986,6 +990,11 @@ namespace wrpc_http {
 namespace detail {
 class NatsSocket;
 class NatsParser;
+struct NatsParserEvents;
+class NatsServerPool;
+class NatsConnection;
+class NatsSubscriptions;
+class NatsLameDuck;
 }
 namespace nats {
 
@@ -1019,6 +1028,12 @@ using MessageHandler = std::function<void(Message &)>;
 enum class LogLevel { trace, debug, info, warn, error };
 using LogSink = std::function<void(LogLevel, const std::string &)>;
 
+// What a server may send, at most: a hostile or broken one must not make the client buffer GiBs.
+struct ProtocolLimits {
+  size_t max_control_line = WRPC_HTTP_NATS_MAX_CONTROL_LINE;    // bytes of one line (INFO, MSG ...)
+  size_t max_message_bytes = WRPC_HTTP_NATS_MAX_MESSAGE_BYTES;  // headers and payload of one message
+};
+
 struct Options {
   // One URL or a comma-separated list: nats://[user:pass@|token@]host[:port]; tls://...
   // asks for TLS (needs WRPC_HTTP_OPENSSL_SUPPORT). Servers learned from a cluster get the
@@ -1047,6 +1062,13 @@ struct Options {
   // Bound on bytes waiting for the writer thread; publishers block (then fail) past it.
   size_t max_pending_bytes = WRPC_HTTP_NATS_MAX_PENDING_BYTES;
   std::chrono::milliseconds pending_wait{5000};
+  // Servers known at most: the configured ones plus those a cluster announces.
+  size_t max_servers = WRPC_HTTP_NATS_MAX_SERVERS;
+  // The reader may be kept waiting by calls whose body consumers are behind for this share of
+  // the time, at most reader_stall_burst at once (see ReaderStallAllowance).
+  unsigned reader_stall_percent = WRPC_HTTP_NATS_READER_STALL_PERCENT;
+  std::chrono::milliseconds reader_stall_burst{WRPC_HTTP_NATS_READER_STALL_BURST_MS};
+  ProtocolLimits protocol_limits;
   LogSink log;
   std::function<void()> on_disconnected;  // from the reader thread
   std::function<void()> on_reconnected;   // from the reader thread
@@ -1080,16 +1102,18 @@ struct InboxHandler {
   std::function<void()> on_disconnected;
 };
 
-// The waiting a connection's reader may do for the calls on it (WRPC_HTTP_NATS_READER_STALL_*):
-// a burst allowance refilled with a share of the time that passes.
+// The waiting a connection's reader may do for the calls on it (Options::reader_stall_*): a
+// burst allowance refilled with a share of the time that passes.
 class ReaderStallAllowance {
 public:
+  ReaderStallAllowance(unsigned percent, std::chrono::milliseconds burst)
+      : percent_(percent), burst_(burst), left_(burst_) {}
   // Up to `wanted` of waiting the reader may do now.
   std::chrono::microseconds take(std::chrono::microseconds wanted) {
     std::lock_guard<std::mutex> lk(mu_);
     auto now = std::chrono::steady_clock::now();
-    left_ = std::min(kBurst, left_ + std::chrono::duration_cast<std::chrono::microseconds>(now - refilled_) *
-                                         WRPC_HTTP_NATS_READER_STALL_PERCENT / 100);
+    left_ = std::min(burst_, left_ + std::chrono::duration_cast<std::chrono::microseconds>(now - refilled_) *
+                                         percent_ / 100);
     refilled_ = now;
     auto granted = std::min(wanted, left_);
     left_ -= granted;
@@ -1099,16 +1123,23 @@ public:
   void give_back(std::chrono::microseconds unused) {
     if (unused.count() <= 0) return;
     std::lock_guard<std::mutex> lk(mu_);
-    left_ = std::min(kBurst, left_ + unused);
+    left_ = std::min(burst_, left_ + unused);
   }
 
 private:
-  static constexpr std::chrono::microseconds kBurst{std::chrono::milliseconds(WRPC_HTTP_NATS_READER_STALL_BURST_MS)};
+  const unsigned percent_;
+  const std::chrono::microseconds burst_;
   std::mutex mu_;
-  std::chrono::microseconds left_ = kBurst;
+  std::chrono::microseconds left_;
   std::chrono::steady_clock::time_point refilled_ = std::chrono::steady_clock::now();
 };
 
+// The client is four parts with one job each (in detail, below), driven by its reader thread:
+//   NatsServerPool     the servers: configured, learned from the cluster, the one in use
+//   NatsConnection     the socket in use and its writer: publishing, the writer thread
+//   NatsSubscriptions  subscriptions and the inbox: SUB lines, dispatch, inbox routing
+//   NatsLameDuck       the move to another server when one announces lame duck mode
+// The client itself connects, reads (reader_loop), reconnects and closes.
 class Client {
 public:
   explicit Client(Options options);
@@ -1121,7 +1152,7 @@ public:
   // Unsubscribes everything, flushes what was published, closes, joins the threads.
   void close();
 
-  bool connected() const { return connected_.load(); }
+  bool connected() const;
   // `host:port` of the server in use ("" before connect()).
   std::string connected_server() const;
   // `host:port` of every known server, configured and learned, in the order they are tried.
@@ -1153,115 +1184,38 @@ public:
   ReaderStallAllowance &reader_stall_allowance() { return reader_stall_allowance_; }
 
 private:
-  struct Subscription {
-    std::string subject, queue;
-    MessageHandler handler;
-    unsigned max_messages = 0, received = 0;
-  };
-  struct KnownServer {
-    std::string url;      // with scheme and credentials
-    std::string address;  // host:port, the server's identity in the pool
-    bool learned = false; // from INFO connect_urls (dropped when the cluster stops announcing it)
-  };
-  struct Inbox {
-    InboxHandler handler;
-    std::string prefix;  // the inbox subscription its replies come through
-  };
-  // How long both connections keep the subscriptions after a lame duck move.
-  static constexpr std::chrono::milliseconds kInterestSettle{250};
-  // A connection replaced after lame duck: read until its calls are answered.
-  struct Retired {
-    std::unique_ptr<detail::NatsSocket> socket;
-    std::string unparsed;            // bytes the reader had not parsed yet
-    std::string inbox_prefix;
-    std::vector<uint64_t> sids;      // subscriptions to end on it (all but the inbox)
-  };
+  friend class detail::NatsLameDuck;
 
   // Socket (TLS when asked for) + INFO/CONNECT handshake with `url`; returns the
   // connection or throws.
   std::unique_ptr<detail::NatsSocket> open_connection(const std::string &url);
+  // What every connection does with what its server sends; `answer_ping` writes the PONG.
+  // The handshake, the reader and a retired connection change only what they say.
+  detail::NatsParserEvents connection_events(std::function<void()> answer_ping);
   void reader_loop();
-  void writer_loop();
   bool reconnect();
   void lost_connection(const std::string &why);
   // Applies an INFO (max_payload, connect_urls) and returns it parsed.
   nlohmann::json handle_info(const std::string &json);
-  void learn_servers(const nlohmann::json &connect_urls);
-  // The server after `address` in the pool (the first when `address` is not in it).
-  KnownServer next_server(const std::string &address) const;
-  std::string subscribe_wire(uint64_t sid, const Subscription &sub) const;
-  // Lame duck: opens a connection to another server, hands it to the reader thread, then
-  // drains the connection it replaced.
-  void start_lame_duck();
-  void run_lame_duck(const std::string &from);
-  void adopt_standby(detail::NatsParser &parser);
-  void drain(Retired &old);
-  bool inbox_in_use(const std::string &prefix);
-  void notify_lost(const std::string &prefix);
-  void dispatch(Message &msg, uint64_t sid);
-  void dispatch_inbox(Message &msg);
-  void enqueue(std::string &&wire);
-  void write_pending(std::unique_lock<std::mutex> &lk);
+  void deliver(Message &msg, uint64_t sid);
   void log(LogLevel level, const std::string &text) const {
     if (opts_.log) opts_.log(level, text);
   }
   void log_server_error(const std::string &text) const { log(LogLevel::warn, "NATS server error: " + text); }
   // A PONG read on the connection (or on a retired one): wakes flush().
-  void count_pong() {
-    std::lock_guard<std::mutex> lk(pong_mu_);
-    ++pongs_received_;
-    pong_cv_.notify_all();
-  }
+  void count_pong();
 
   Options opts_;
-  std::string credentials_url_;  // scheme and credentials given to learned servers
-  mutable std::mutex pool_mu_;
-  std::vector<KnownServer> pool_;
-  std::string current_address_;
-  std::string inbox_prefix_;  // `_INBOX.<random>`, under inbox_mu_; a new one after lame duck
+  std::unique_ptr<detail::NatsServerPool> pool_;
+  std::unique_ptr<detail::NatsConnection> connection_;
+  std::unique_ptr<detail::NatsSubscriptions> subscriptions_;
+  std::unique_ptr<detail::NatsLameDuck> lame_duck_;
 
-  // Owned by the reader thread (replaced on reconnect under out_mu_); the writer uses it
-  // while connected_, and lost_connection() waits for the writer before destroying it.
-  std::unique_ptr<detail::NatsSocket> socket_;
-  std::atomic<bool> connected_{false};
   std::atomic<bool> closing_{false};
   std::mutex close_mu_;
   std::atomic<size_t> max_payload_{1024 * 1024};
   ReaderStallAllowance reader_stall_allowance_;
-
-  std::thread reader_, writer_;
-  // Subscription handlers run one at a time, also while a retired connection is drained.
-  std::mutex dispatch_mu_;
-
-  // Lame duck. The thread runs once per lame duck notice; standby_ is its new connection
-  // until the reader thread adopts it and hands back the retired one.
-  std::thread lame_duck_;
-  std::atomic<bool> lame_duck_running_{false};
-  std::mutex standby_mu_;
-  std::condition_variable standby_cv_;
-  std::unique_ptr<detail::NatsSocket> standby_;
-  std::string standby_address_;
-  std::atomic<bool> standby_ready_{false};
-  std::optional<Retired> retired_;
-
-  std::mutex out_mu_;
-  // The writer thread is woken only when a write ends with more gathered behind it (or on
-  // close): a publisher that finds the socket free writes itself, so waking the writer after
-  // every write would cost two context switches per publish for nothing.
-  std::condition_variable out_cv_;         // writer waits for data gathered during a write
-  std::condition_variable write_done_cv_;  // close(), lost_connection() and adopt_standby() wait for a write to end
-  std::condition_variable space_cv_;       // publishers wait for room
-  std::string out_buf_;
-  bool writer_busy_ = false;
-
-  std::mutex subs_mu_;
-  std::map<uint64_t, std::shared_ptr<Subscription>> subs_;
-  uint64_t next_sid_ = 1;
-  uint64_t inbox_sid_ = 0;
-
-  std::mutex inbox_mu_;
-  std::unordered_map<std::string, std::shared_ptr<Inbox>> inboxes_;
-  std::atomic<uint64_t> next_token_{1};
+  std::thread reader_;
 
   std::mutex pong_mu_;
   std::condition_variable pong_cv_;
@@ -1698,16 +1652,19 @@ inline void NatsSocket::start_tls(const nats::Options &opts, const std::string &
 
 // Incremental parser of the server-to-client protocol. Never assumes that one read is
 // one message: bytes are appended and complete operations are taken off the front.
+struct NatsParserEvents {
+  std::function<void(nats::Message &, uint64_t sid)> msg;
+  std::function<void(const std::string &)> info;
+  std::function<void()> ping, pong, ok;
+  std::function<void(const std::string &)> err;
+};
+
 class NatsParser {
 public:
-  struct Events {
-    std::function<void(nats::Message &, uint64_t sid)> msg;
-    std::function<void(const std::string &)> info;
-    std::function<void()> ping, pong, ok;
-    std::function<void(const std::string &)> err;
-  };
+  using Events = NatsParserEvents;
 
-  explicit NatsParser(Events events) : ev_(std::move(events)) {}
+  explicit NatsParser(Events events, nats::ProtocolLimits limits = {})
+      : ev_(std::move(events)), limits_(limits) {}
 
   // Throws nats::Error(protocol) on bytes that are not the NATS protocol.
   void feed(const char *data, size_t size) {
@@ -1733,8 +1690,6 @@ public:
   }
 
 private:
-  static constexpr size_t kMaxControlLine = WRPC_HTTP_NATS_MAX_CONTROL_LINE;
-
   [[noreturn]] static void fail(const std::string &why) {
     throw nats::Error(nats::Error::Kind::protocol, "NATS protocol error: " + why);
   }
@@ -1750,7 +1705,7 @@ private:
   bool step() {
     auto eol = buf_.find("\r\n", pos_);
     if (eol == std::string::npos) {
-      if (buf_.size() - pos_ > kMaxControlLine) fail("control line too long");
+      if (buf_.size() - pos_ > limits_.max_control_line) fail("control line too long");
       return false;
     }
     std::string line = buf_.substr(pos_, eol - pos_);
@@ -1802,7 +1757,8 @@ private:
     if (fields.size() == need + 1) msg_.reply = fields[2];
     total_ = parse_size(fields.back());
     // A server never sends more than its max_payload; a hostile one must not make us buffer GiBs.
-    if (total_ > WRPC_HTTP_NATS_MAX_MESSAGE_BYTES) fail("message larger than WRPC_HTTP_NATS_MAX_MESSAGE_BYTES");
+    if (total_ > limits_.max_message_bytes)
+      fail("message larger than " + std::to_string(limits_.max_message_bytes) + " bytes (max_message_bytes)");
     header_size_ = with_headers ? parse_size(fields[fields.size() - 2]) : 0;
     if (header_size_ > total_) fail("header size larger than message");
   }
@@ -1848,6 +1804,7 @@ private:
   }
 
   Events ev_;
+  const nats::ProtocolLimits limits_;
   std::string buf_;
   size_t pos_ = 0;
   nats::Message msg_;
@@ -1861,6 +1818,710 @@ inline std::string nats_header_block(const nats::Headers &headers) {
   block += "\r\n";
   return block;
 }
+
+
+// ---- NATS client: opening a connection ----
+
+// Opens the socket to `server_url`, reads INFO (always in plain text), switches to TLS
+// when the URL or the server asks for it, sends CONNECT and waits for the server to
+// accept it (PONG) or refuse it (-ERR). Returns the handshaken connection. `apply_info` gets
+// the server's INFO (the client learns max_payload and servers from it) and returns it parsed.
+inline std::unique_ptr<NatsSocket> nats_handshake(const std::string &server_url, const nats::Options &opts,
+                                                  const std::function<nlohmann::json(const std::string &)> &apply_info) {
+  auto url = parse_nats_url(server_url);
+  auto socket = std::make_unique<NatsSocket>(tcp_connect(url.host, url.port, opts.connect_timeout));
+  auto fail = [&](const std::string &why) {
+    throw nats::Error(nats::Error::Kind::connect, "NATS handshake with " + url.host + ":" + url.port + " failed: " + why);
+  };
+  auto deadline = std::chrono::steady_clock::now() + opts.connect_timeout;
+  std::string info_json, err_text;
+  bool got_pong = false;
+  NatsParserEvents on;
+  on.msg = [](nats::Message &, uint64_t) {};  // no subscriptions yet
+  on.info = [&](const std::string &j) { info_json = j; };
+  on.ping = [&] { socket->write_all("PONG\r\n", 6); };
+  on.pong = [&] { got_pong = true; };
+  on.ok = [] {};
+  on.err = [&](const std::string &e) { err_text = e; };
+  NatsParser parser(std::move(on), opts.protocol_limits);
+  auto read_until = [&](const std::function<bool()> &done) {
+    char buf[4096];
+    while (!done()) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) fail("timed out");
+      if (!socket->wait_readable(left)) continue;
+      try {
+        parser.feed(buf, socket->read_some(buf, sizeof(buf)));
+      } catch (const nats::Error &e) {
+        fail(err_text.empty() ? e.what() : err_text);  // a server's -ERR says more than the close after it
+      }
+    }
+  };
+  read_until([&] { return !info_json.empty() || !err_text.empty(); });
+  if (!err_text.empty()) fail(err_text);
+  auto info = apply_info(info_json);
+
+  // As in the Go client: a server that requires TLS upgrades a nats:// URL (verifying it
+  // as always, so without its CA in tls_ca_file or the system store this fails); a tls://
+  // URL insists on TLS.
+  auto info_flag = [&](const char *key) { return info.contains(key) && info[key] == true; };
+  bool server_requires_tls = info_flag("tls_required");
+  if (url.tls && !server_requires_tls && !info_flag("tls_available"))
+    fail("the URL asks for TLS (tls://) but the server does not offer it");
+  bool use_tls = url.tls || server_requires_tls;
+  if (use_tls) {
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+    try {
+      socket->start_tls(opts, url.host, deadline);
+    } catch (const nats::Error &e) {
+      fail(e.what());
+    }
+#else
+    fail(std::string(url.tls ? "a tls:// URL" : "this server requires TLS, which") +
+         " needs WRPC_HTTP_OPENSSL_SUPPORT");
+#endif
+  }
+
+  nlohmann::json connect_json = {{"verbose", false},   {"pedantic", false},      {"headers", true},
+                                 {"no_responders", true}, {"name", opts.name}, {"lang", "cpp"},
+                                 {"version", WRPC_HTTP_VERSION}, {"protocol", 1},   {"tls_required", use_tls}};
+  if (!url.user.empty()) {
+    connect_json["user"] = url.user;
+    connect_json["pass"] = url.password;
+  }
+  if (!url.token.empty()) connect_json["auth_token"] = url.token;
+  if (!opts.user_seed.empty()) {
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+    connect_json["sig"] = nkeys::sign_nonce(opts.user_seed, info.value("nonce", std::string()));
+    if (!opts.user_jwt.empty()) {
+      connect_json["jwt"] = opts.user_jwt;
+    } else {
+      connect_json["nkey"] = nkeys::public_key_from_seed(opts.user_seed);
+    }
+#else
+    fail("nkey/JWT authentication needs WRPC_HTTP_OPENSSL_SUPPORT");
+#endif
+  }
+  std::string hello = "CONNECT " + connect_json.dump() + "\r\nPING\r\n";
+  if (!socket->write_all(hello.data(), hello.size())) fail("write failed");
+  read_until([&] { return got_pong || !err_text.empty(); });
+  if (!err_text.empty()) fail(err_text);
+  return socket;
+}
+
+// ---- NATS client, part 1: the server pool ----
+//
+// The configured servers and those the cluster announces (INFO connect_urls), in the order
+// they are tried, and the one in use. One leaf lock.
+class NatsServerPool {
+public:
+  struct Server {
+    std::string url;      // with scheme and credentials
+    std::string address;  // host:port, the server's identity in the pool
+    bool learned = false; // from INFO connect_urls (dropped when the cluster stops announcing it)
+  };
+
+  // Throws nats::Error(connect) on a bad URL, none, or more than opts.max_servers.
+  explicit NatsServerPool(const nats::Options &opts) : randomize_(!opts.no_randomize), max_servers_(opts.max_servers) {
+    for (auto &u : split(opts.url.empty() ? "nats://127.0.0.1:4222" : opts.url, ',')) {
+      if (u.empty()) continue;
+      auto address = server_address(parse_nats_url(u));  // rejects bad URLs up front
+      if (!find(servers_, address)) servers_.push_back({u, address, false});
+    }
+    if (servers_.empty()) throw nats::Error(nats::Error::Kind::connect, "no NATS server URL");
+    if (servers_.size() > max_servers_)
+      throw nats::Error(nats::Error::Kind::connect,
+                        "more than " + std::to_string(max_servers_) + " NATS server URLs (Options::max_servers)");
+    credentials_url_ = servers_.front().url;
+    shuffle(servers_);
+  }
+
+  std::vector<Server> all() const {
+    std::lock_guard<std::mutex> lk(mu_);
+    return servers_;
+  }
+  std::vector<Server> others_than(const std::string &address) const {
+    std::lock_guard<std::mutex> lk(mu_);
+    std::vector<Server> out;
+    for (auto &s : servers_)
+      if (s.address != address) out.push_back(s);
+    return out;
+  }
+  // The server after `address` (the first when `address` is not in the pool).
+  Server next_after(const std::string &address) const {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = std::find_if(servers_.begin(), servers_.end(), [&](const Server &s) { return s.address == address; });
+    return it == servers_.end() || std::next(it) == servers_.end() ? servers_.front() : *std::next(it);
+  }
+  std::vector<std::string> addresses() const {
+    std::lock_guard<std::mutex> lk(mu_);
+    std::vector<std::string> out;
+    for (auto &s : servers_) out.push_back(s.address);
+    return out;
+  }
+  std::string current() const {
+    std::lock_guard<std::mutex> lk(mu_);
+    return current_;
+  }
+  void set_current(const std::string &address) {
+    std::lock_guard<std::mutex> lk(mu_);
+    current_ = address;
+  }
+
+  // The cluster's client URLs (`host:port` strings) join the pool with the first configured
+  // URL's scheme and credentials; learned servers the cluster no longer announces (gone, or in
+  // lame duck mode) leave it. Configured ones stay. Returns a warning per entry ignored.
+  std::vector<std::string> learn(const nlohmann::json &connect_urls) {
+    if (!connect_urls.is_array()) return {"INFO connect_urls is not an array: ignored"};
+    std::vector<std::string> warnings;
+    std::vector<Server> announced;
+    for (auto &entry : connect_urls) {
+      try {
+        if (!entry.is_string()) throw nats::Error(nats::Error::Kind::protocol, "not a string");
+        auto text = entry.get<std::string>();
+        if (text.empty() || text.size() > 256 || text.find_first_of("/@, ") != std::string::npos)
+          throw nats::Error(nats::Error::Kind::protocol, "not host:port");
+        auto url = learned_server_url(credentials_url_, text);
+        announced.push_back({url, server_address(parse_nats_url(url)), true});
+      } catch (const nats::Error &e) {
+        warnings.push_back(std::string("INFO connect_urls entry ignored: ") + e.what());
+      }
+    }
+    std::lock_guard<std::mutex> lk(mu_);
+    servers_.erase(std::remove_if(servers_.begin(), servers_.end(),
+                                  [&](const Server &s) {
+                                    return s.learned && s.address != current_ && !find(announced, s.address);
+                                  }),
+                   servers_.end());
+    std::vector<Server> added;
+    for (auto &a : announced)
+      if (!find(servers_, a.address) && !find(added, a.address) && servers_.size() + added.size() < max_servers_)
+        added.push_back(a);
+    shuffle(added);
+    servers_.insert(servers_.end(), added.begin(), added.end());
+    return warnings;
+  }
+
+private:
+  static bool find(const std::vector<Server> &servers, const std::string &address) {
+    return std::any_of(servers.begin(), servers.end(), [&](const Server &s) { return s.address == address; });
+  }
+  // Random order spreads clients over a cluster; Options::no_randomize keeps the given one.
+  void shuffle(std::vector<Server> &servers) const {
+    if (randomize_) std::shuffle(servers.begin(), servers.end(), std::mt19937_64{std::random_device{}()});
+  }
+
+  const bool randomize_;
+  const size_t max_servers_;
+  std::string credentials_url_;  // scheme and credentials given to learned servers
+  mutable std::mutex mu_;
+  std::vector<Server> servers_;
+  std::string current_;
+};
+
+// ---- NATS client, part 2: the connection in use and its writer ----
+//
+// Publishers enqueue wire bytes; one who finds no write under way writes them itself (a
+// hand-off to the writer thread per publish would cost two context switches for nothing).
+// While a write is under way, what others publish gathers and leaves in one send, by the
+// writer thread when the write ends with more behind it. The client's reader thread reads the
+// same socket and is the only one that replaces it (attach, replace, lost).
+class NatsConnection {
+public:
+  NatsConnection(size_t max_pending_bytes, std::chrono::milliseconds pending_wait)
+      : max_pending_bytes_(max_pending_bytes), pending_wait_(pending_wait) {}
+  ~NatsConnection() { finish(); }
+
+  bool up() const { return up_.load(); }
+  // The reader thread's socket to read; valid between attach() and lost().
+  NatsSocket &socket() { return *socket_; }
+
+  // `socket` (handshaken, subscriptions sent) becomes the connection in use; the first call
+  // starts the writer thread.
+  void attach(std::unique_ptr<NatsSocket> socket) {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      socket_ = std::move(socket);
+      up_ = true;
+    }
+    if (!writer_.joinable()) writer_ = std::thread([this] { writer_loop(); });
+  }
+
+  // Lame duck: `socket` takes over once the write under way ends. Returns the one it replaced.
+  std::unique_ptr<NatsSocket> replace(std::unique_ptr<NatsSocket> socket) {
+    std::unique_lock<std::mutex> lk(mu_);
+    write_done_cv_.wait(lk, [&] { return !writer_busy_; });
+    std::swap(socket_, socket);
+    return socket;
+  }
+
+  // The connection broke: no more writes, and the unsent bytes are dropped (they belonged to
+  // calls that now fail). Publishers get Error(disconnected) until the next attach().
+  void lost() {
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      up_ = false;
+      socket_->shutdown();
+      write_done_cv_.wait(lk, [&] { return !writer_busy_; });
+      socket_.reset();
+      out_buf_.clear();
+    }
+    space_cv_.notify_all();
+  }
+
+  // Client::close(): stops writing and wakes everyone; the reader sees the socket's end.
+  void shut() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      shut_ = true;
+      up_ = false;
+      if (socket_) socket_->shutdown();
+    }
+    out_cv_.notify_all();
+    space_cv_.notify_all();
+  }
+
+  // After shut() and once the reader thread has ended: joins the writer, lets a publisher
+  // still in write_pending() fail out, frees the socket.
+  void finish() {
+    if (writer_.joinable()) writer_.join();
+    std::unique_lock<std::mutex> lk(mu_);
+    write_done_cv_.wait(lk, [&] { return !writer_busy_; });
+    socket_.reset();
+  }
+
+  // Throws nats::Error: disconnected while down, timeout when max_pending_bytes stay full
+  // for pending_wait (the server is not reading).
+  void enqueue(std::string &&wire) {
+    std::unique_lock<std::mutex> lk(mu_);
+    if (!up_) throw nats::Error(nats::Error::Kind::disconnected, "not connected to NATS");
+    if (out_buf_.size() + wire.size() > max_pending_bytes_ && !out_buf_.empty()) {
+      bool room = space_cv_.wait_for(lk, pending_wait_, [&] {
+        return !up_ || out_buf_.size() + wire.size() <= max_pending_bytes_ || out_buf_.empty();
+      });
+      if (!up_) throw nats::Error(nats::Error::Kind::disconnected, "not connected to NATS");
+      if (!room) throw nats::Error(nats::Error::Kind::timeout, "NATS write buffer full (server not reading)");
+    }
+    if (out_buf_.empty()) {
+      out_buf_ = std::move(wire);
+    } else {
+      out_buf_ += wire;
+    }
+    if (!writer_busy_) write_pending(lk);
+  }
+
+private:
+  // With mu_ held and no write under way: sends out_buf_, releasing the lock meanwhile.
+  void write_pending(std::unique_lock<std::mutex> &lk) {
+    std::string chunk;
+    chunk.swap(out_buf_);
+    writer_busy_ = true;
+    NatsSocket *socket = socket_.get();
+    lk.unlock();
+    space_cv_.notify_all();
+    bool ok = socket->write_all(chunk.data(), chunk.size());
+    lk.lock();
+    writer_busy_ = false;
+    // A failed write means the connection is gone; the reader sees it too and reconnects.
+    if (!ok && socket_.get() == socket) socket->shutdown();
+    write_done_cv_.notify_all();
+    if (!out_buf_.empty() || shut_) out_cv_.notify_one();  // the writer takes what gathered meanwhile
+  }
+
+  void writer_loop() {
+    std::unique_lock<std::mutex> lk(mu_);
+    while (!shut_) {
+      out_cv_.wait(lk, [&] { return shut_ || (!writer_busy_ && up_ && !out_buf_.empty()); });
+      if (!shut_) write_pending(lk);
+    }
+  }
+
+  const size_t max_pending_bytes_;
+  const std::chrono::milliseconds pending_wait_;
+  std::atomic<bool> up_{false};
+  std::mutex mu_;
+  std::condition_variable out_cv_;         // the writer waits for bytes gathered during a write
+  std::condition_variable write_done_cv_;  // replace(), lost() and finish() wait for a write to end
+  std::condition_variable space_cv_;       // publishers wait for room
+  std::unique_ptr<NatsSocket> socket_;
+  std::string out_buf_;
+  bool writer_busy_ = false;
+  bool shut_ = false;
+  std::thread writer_;
+};
+
+// ---- NATS client, part 3: subscriptions and the inbox ----
+//
+// Every subscription by sid, the connection's one wildcard inbox subscription
+// (`_INBOX.<random>.>`, sid 1) among them, and the inbox tokens that route replies to calls.
+// Lock order: dispatch_mu_ -> subs_mu_ -> (the `send`/`attach` callbacks: the connection's
+// lock, the socket's); inbox_mu_ is a leaf.
+class NatsSubscriptions {
+public:
+  struct Moved {                   // what the previous connection still carries after a move
+    std::string inbox_prefix;      // its inbox: replies to calls that started there
+    std::vector<uint64_t> sids;    // its other subscriptions, to end there
+  };
+
+  NatsSubscriptions() : inbox_prefix_(new_inbox_prefix()) {
+    auto inbox = std::make_shared<Subscription>();
+    inbox->subject = inbox_prefix_ + ".>";
+    subs_[kInboxSid] = inbox;
+  }
+
+  // A new subscription. `send` gets its SUB line with the table locked, so that a reconnect
+  // or a move (subscribe_all_on) in between cannot miss it.
+  uint64_t add(const std::string &subject, const std::string &queue, nats::MessageHandler handler,
+               const std::function<void(std::string &&)> &send) {
+    std::lock_guard<std::mutex> lk(subs_mu_);
+    uint64_t sid = next_sid_++;
+    auto sub = std::make_shared<Subscription>();
+    sub->subject = subject;
+    sub->queue = queue;
+    sub->handler = std::move(handler);
+    subs_[sid] = sub;
+    send(sub_line(sid, *sub));
+    return sid;
+  }
+
+  // Ends `sid` now (max_messages 0) or after max_messages in all. Its UNSUB line, or "" when
+  // there is no such subscription.
+  std::string remove(uint64_t sid, unsigned max_messages) {
+    std::lock_guard<std::mutex> lk(subs_mu_);
+    auto it = subs_.find(sid);
+    if (it == subs_.end()) return "";
+    if (max_messages == 0 || it->second->received >= max_messages) {
+      subs_.erase(it);
+    } else {
+      it->second->max_messages = max_messages;
+    }
+    return "UNSUB " + std::to_string(sid) + (max_messages ? " " + std::to_string(max_messages) : "") + "\r\n";
+  }
+
+  std::string unsubscribe_all_lines() const {
+    std::lock_guard<std::mutex> lk(subs_mu_);
+    std::string wire;
+    for (auto &s : subs_) wire += "UNSUB " + std::to_string(s.first) + "\r\n";
+    return wire;
+  }
+
+  // Sends every subscription on `socket` (connect, reconnect and lame duck moves alike), the
+  // inbox under a new prefix when `new_inbox`. When the socket takes them, `attach` runs with
+  // the table still locked, so that publishing has moved before another SUB can be sent.
+  // Returns what the previous connection still carries, or nothing when the socket failed.
+  std::optional<Moved> subscribe_all_on(NatsSocket &socket, bool new_inbox, const std::function<void()> &attach) {
+    std::lock_guard<std::mutex> lk(subs_mu_);
+    std::string prefix = new_inbox ? new_inbox_prefix() : inbox_prefix();
+    Moved moved;
+    std::string wire;
+    for (auto &s : subs_) {
+      Subscription shown = *s.second;
+      if (s.first == kInboxSid) {
+        shown.subject = prefix + ".>";
+      } else {
+        moved.sids.push_back(s.first);
+      }
+      wire += sub_line(s.first, shown);
+    }
+    if (!socket.write_all(wire.data(), wire.size())) return std::nullopt;
+    subs_[kInboxSid]->subject = prefix + ".>";
+    {
+      std::lock_guard<std::mutex> inbox_lock(inbox_mu_);
+      moved.inbox_prefix = inbox_prefix_;
+      inbox_prefix_ = prefix;
+    }
+    attach();
+    return moved;
+  }
+
+  // Runs the handler of `sid`: subscription handlers one at a time, inbox messages straight to
+  // their call (which has its own locks). Returns what a handler threw, or "".
+  std::string dispatch(nats::Message &msg, uint64_t sid) {
+    if (sid == kInboxSid) {
+      dispatch_inbox(msg);
+      return "";
+    }
+    std::lock_guard<std::mutex> one_at_a_time(dispatch_mu_);
+    std::shared_ptr<Subscription> sub;
+    {
+      std::lock_guard<std::mutex> lk(subs_mu_);
+      auto it = subs_.find(sid);
+      if (it == subs_.end()) return "";  // unsubscribed while in flight
+      sub = it->second;
+      if (sub->max_messages && ++sub->received >= sub->max_messages) subs_.erase(it);
+    }
+    try {
+      sub->handler(msg);
+    } catch (const std::exception &e) {
+      return "handler for '" + sub->subject + "' threw: " + e.what();
+    }
+    return "";
+  }
+
+  // Counter-based tokens are unique per client and cheap; the prefix is random.
+  std::string next_token() { return std::to_string(next_token_.fetch_add(1)); }
+
+  std::string register_inbox(const std::string &token, nats::InboxHandler handler) {
+    std::lock_guard<std::mutex> lk(inbox_mu_);
+    inboxes_[token] = std::make_shared<Inbox>(Inbox{std::move(handler), inbox_prefix_});
+    return inbox_prefix_ + "." + token;
+  }
+  void release_inbox(const std::string &token) {
+    std::lock_guard<std::mutex> lk(inbox_mu_);
+    inboxes_.erase(token);
+  }
+  std::string inbox_prefix() const {
+    std::lock_guard<std::mutex> lk(inbox_mu_);
+    return inbox_prefix_;
+  }
+  bool inbox_in_use(const std::string &prefix) const {
+    std::lock_guard<std::mutex> lk(inbox_mu_);
+    return std::any_of(inboxes_.begin(), inboxes_.end(), [&](auto &i) { return i.second->prefix == prefix; });
+  }
+
+  // Tells the calls whose replies come through `prefix` that nothing more will come.
+  void notify_lost(const std::string &prefix) {
+    notify(take_inboxes([&](const Inbox &i) { return i.prefix == prefix; }, false));
+  }
+  // Client::close(): every call still waiting is told, and forgotten.
+  void release_all_inboxes() {
+    notify(take_inboxes([](const Inbox &) { return true; }, true));
+  }
+
+private:
+  static constexpr uint64_t kInboxSid = 1;
+  struct Subscription {
+    std::string subject, queue;
+    nats::MessageHandler handler;
+    unsigned max_messages = 0, received = 0;
+  };
+  struct Inbox {
+    nats::InboxHandler handler;
+    std::string prefix;  // the inbox subscription its replies come through
+  };
+
+  static std::string sub_line(uint64_t sid, const Subscription &sub) {
+    return "SUB " + sub.subject + (sub.queue.empty() ? "" : " " + sub.queue) + " " + std::to_string(sid) + "\r\n";
+  }
+
+  // `_INBOX.<random>.<token>[.<suffix>]` to the call that registered <token>.
+  void dispatch_inbox(nats::Message &msg) {
+    size_t token_start = std::strlen("_INBOX.") + kInboxRandomLength + 1;
+    if (msg.subject.size() <= token_start) return;
+    size_t token_end = msg.subject.find('.', token_start);
+    std::string token = msg.subject.substr(token_start, token_end - token_start);
+    std::string suffix = token_end == std::string::npos ? "" : msg.subject.substr(token_end);
+    std::shared_ptr<Inbox> inbox;
+    {
+      std::lock_guard<std::mutex> lk(inbox_mu_);
+      auto it = inboxes_.find(token);
+      if (it == inboxes_.end()) return;  // late reply for a finished call: dropped
+      inbox = it->second;
+    }
+    if (msg.subject.compare(0, inbox->prefix.size(), inbox->prefix) != 0) return;  // not this call's inbox
+    inbox->handler.on_message(suffix, msg);
+  }
+
+  template <class Pick>
+  std::vector<std::shared_ptr<Inbox>> take_inboxes(Pick pick, bool forget) {
+    std::vector<std::shared_ptr<Inbox>> taken;
+    std::lock_guard<std::mutex> lk(inbox_mu_);
+    for (auto it = inboxes_.begin(); it != inboxes_.end();) {
+      if (!pick(*it->second)) {
+        ++it;
+        continue;
+      }
+      taken.push_back(it->second);
+      it = forget ? inboxes_.erase(it) : std::next(it);
+    }
+    return taken;
+  }
+  static void notify(const std::vector<std::shared_ptr<Inbox>> &inboxes) {
+    for (auto &i : inboxes)
+      if (i->handler.on_disconnected) i->handler.on_disconnected();
+  }
+
+  std::mutex dispatch_mu_;  // subscription handlers run one at a time
+  mutable std::mutex subs_mu_;
+  std::map<uint64_t, std::shared_ptr<Subscription>> subs_;
+  uint64_t next_sid_ = kInboxSid + 1;
+  mutable std::mutex inbox_mu_;
+  std::string inbox_prefix_;  // `_INBOX.<random>`; a new one after a lame duck move
+  std::unordered_map<std::string, std::shared_ptr<Inbox>> inboxes_;
+  std::atomic<uint64_t> next_token_{1};
+};
+
+// ---- NATS client, part 4: lame duck moves ----
+//
+// A server in lame duck mode announces it (INFO `ldm`), stops accepting connections and
+// later closes its clients. The move to another server happens in the background:
+//   1. the mover thread opens a connection to another server (standby_);
+//   2. the reader thread adopts it between two reads (adopt_if_ready): every subscription is
+//      sent there, the inbox under a new prefix, and publishing switches to it at once;
+//   3. the mover reads the retired connection, which soon keeps only the old inbox, until
+//      every call that registered an inbox on it has finished (or the server closes it:
+//      those calls then fail as on any lost connection), and closes it.
+// It works on its client's parts (pool, connection, subscriptions) through the client.
+class NatsLameDuck {
+public:
+  explicit NatsLameDuck(nats::Client &client) : client_(client) {}
+  ~NatsLameDuck() { stop(); }
+
+  // Reader thread, on INFO `ldm` from the server `from`.
+  void start(const std::string &from) {
+    if (running_.exchange(true)) return;           // one move at a time
+    if (mover_.joinable()) mover_.join();          // the previous move, finished
+    client_.log(nats::LogLevel::info, "NATS server " + from + " entered lame duck mode: moving to another server");
+    mover_ = std::thread([this, from] {
+      run(from);
+      running_ = false;
+    });
+  }
+
+  // Reader thread, between two reads: switches to the standby connection once it is ready.
+  void adopt_if_ready(NatsParser &parser) {
+    if (standby_ready_) adopt(parser);
+  }
+
+  // The connection in use was lost: a move under way was for it.
+  void cancel() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      standby_.reset();
+      standby_ready_ = false;
+    }
+    cv_.notify_all();
+  }
+
+  // Client::close(), with closing_ set: wakes the mover and joins it.
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);  // so that the mover sees closing_
+    }
+    cv_.notify_all();
+    if (mover_.joinable()) mover_.join();
+    standby_.reset();
+  }
+
+private:
+  // How long both connections keep the subscriptions after a move.
+  static constexpr std::chrono::milliseconds kInterestSettle{250};
+  struct Retired {
+    std::unique_ptr<NatsSocket> socket;
+    std::string unparsed;  // bytes the reader had not parsed yet
+    NatsSubscriptions::Moved interest;
+  };
+
+  void run(const std::string &from) {
+    std::unique_ptr<NatsSocket> socket;
+    std::string address;
+    for (auto &server : client_.pool_->others_than(from)) {
+      if (client_.closing_) return;
+      try {
+        socket = client_.open_connection(server.url);
+        address = server.address;
+        break;
+      } catch (const nats::Error &e) {
+        client_.log(nats::LogLevel::debug, std::string("lame duck: ") + e.what());
+      }
+    }
+    if (!socket)
+      return client_.log(nats::LogLevel::warn, "NATS server " + from +
+                                                   " is in lame duck mode and no other server answers: "
+                                                   "staying until it closes the connection");
+    std::unique_lock<std::mutex> lk(mu_);
+    if (client_.closing_) return;
+    standby_ = std::move(socket);
+    standby_address_ = address;
+    standby_ready_ = true;
+    cv_.wait(lk, [&] { return client_.closing_ || retired_ || !standby_ready_; });
+    if (!retired_) return;  // closing, or the old connection was lost first (then reconnect() took over)
+    Retired old = std::move(*retired_);
+    retired_.reset();
+    lk.unlock();
+    drain(old);
+  }
+
+  void adopt(NatsParser &parser) {
+    std::unique_lock<std::mutex> lk(mu_);
+    if (!standby_ready_) return;
+    standby_ready_ = false;
+    auto socket = std::move(standby_);
+    Retired old;
+    auto &connection = *client_.connection_;
+    auto moved = client_.subscriptions_->subscribe_all_on(*socket, true, [&] {
+      old.socket = connection.replace(std::move(socket));
+    });
+    if (!moved) {
+      cv_.notify_all();
+      lk.unlock();  // no log line with a lock held: a log hook may publish
+      return client_.log(nats::LogLevel::warn, "lame duck: the new connection broke at once; staying");
+    }
+    old.interest = std::move(*moved);
+    old.unparsed = parser.take_unparsed();
+    client_.pings_out_ = 0;
+    client_.pool_->set_current(standby_address_);
+    std::string moved_to = standby_address_;
+    retired_ = std::move(old);
+    cv_.notify_all();
+    lk.unlock();
+    client_.log(nats::LogLevel::info, "NATS moved to " + moved_to + " (lame duck)");
+  }
+
+  // Mover thread: reads the retired connection until the calls waiting on it are done.
+  void drain(Retired &old) {
+    // The subscriptions end on the old connection only once the cluster has had time to learn
+    // of them on the new one (servers spread interest asynchronously; until then they may
+    // still route a message to the old server only). After the UNSUBs, a message to
+    // ourselves: when it is back, the server has ended them and all it sent before is read.
+    auto unsubscribe_at = std::chrono::steady_clock::now() + kInterestSettle;
+    const std::string &prefix = old.interest.inbox_prefix;
+    std::string barrier = prefix + ".drained";
+    std::string wire;
+    for (auto sid : old.interest.sids) wire += "UNSUB " + std::to_string(sid) + "\r\n";
+    wire += "PUB " + barrier + " 0\r\n\r\n";
+    bool unsubscribing = false, unsubscribed = false, ended = false;
+    auto on = client_.connection_events([&] { old.socket->write_all("PONG\r\n", 6); });
+    auto deliver = std::move(on.msg);
+    on.msg = [&](nats::Message &m, uint64_t sid) {
+      if (m.subject == barrier) {
+        unsubscribed = true;
+      } else {
+        deliver(m, sid);
+      }
+    };
+    NatsParser parser(std::move(on), client_.opts_.protocol_limits);
+    std::vector<char> buf(64 * 1024);
+    try {
+      parser.feed(old.unparsed.data(), old.unparsed.size());
+      while (!client_.closing_ && !(unsubscribed && !client_.subscriptions_->inbox_in_use(prefix))) {
+        if (!unsubscribing && std::chrono::steady_clock::now() >= unsubscribe_at) {
+          unsubscribing = true;
+          if (!old.socket->write_all(wire.data(), wire.size()))
+            throw nats::Error(nats::Error::Kind::disconnected, "connection closed by server");
+        }
+        if (!old.socket->wait_readable(std::chrono::milliseconds(20))) continue;
+        size_t n = old.socket->read_some(buf.data(), buf.size());
+        if (n > 0) parser.feed(buf.data(), n);
+      }
+    } catch (const nats::Error &e) {
+      ended = true;
+      client_.log(nats::LogLevel::debug, std::string("lame duck connection ended: ") + e.what());
+    }
+    if (ended) client_.subscriptions_->notify_lost(prefix);
+    old.socket.reset();
+  }
+
+  nats::Client &client_;
+  std::thread mover_;  // one per lame duck notice
+  std::atomic<bool> running_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::unique_ptr<NatsSocket> standby_;  // the new connection until the reader adopts it
+  std::string standby_address_;
+  std::atomic<bool> standby_ready_{false};
+  std::optional<Retired> retired_;  // handed back by the reader for the mover to drain
+};
 
 }  // namespace detail
 
@@ -1895,154 +2556,52 @@ inline void Batch::publish(const std::string &subject, const char *data, size_t 
   wire_ += "\r\n";
 }
 
-inline Client::Client(Options options) : opts_(std::move(options)) {
-  for (auto &u : detail::split(opts_.url.empty() ? "nats://127.0.0.1:4222" : opts_.url, ',')) {
-    if (u.empty()) continue;
-    auto address = detail::server_address(detail::parse_nats_url(u));  // rejects bad URLs up front
-    bool known = std::any_of(pool_.begin(), pool_.end(), [&](const KnownServer &k) { return k.address == address; });
-    if (!known) pool_.push_back({u, address, false});
-  }
-  if (pool_.empty()) throw Error(Error::Kind::connect, "no NATS server URL");
-  if (pool_.size() > WRPC_HTTP_NATS_MAX_SERVERS)
-    throw Error(Error::Kind::connect, "more than WRPC_HTTP_NATS_MAX_SERVERS NATS server URLs");
-  credentials_url_ = pool_.front().url;
-  if (!opts_.no_randomize) std::shuffle(pool_.begin(), pool_.end(), std::mt19937_64{std::random_device{}()});
-  inbox_prefix_ = detail::new_inbox_prefix();
-}
+inline Client::Client(Options options)
+    : opts_(std::move(options)),
+      pool_(std::make_unique<detail::NatsServerPool>(opts_)),
+      connection_(std::make_unique<detail::NatsConnection>(opts_.max_pending_bytes, opts_.pending_wait)),
+      subscriptions_(std::make_unique<detail::NatsSubscriptions>()),
+      lame_duck_(std::make_unique<detail::NatsLameDuck>(*this)),
+      reader_stall_allowance_(opts_.reader_stall_percent, opts_.reader_stall_burst) {}
 
 inline Client::~Client() { close(); }
 
-inline std::string Client::connected_server() const {
-  std::lock_guard<std::mutex> lk(pool_mu_);
-  return current_address_;
-}
-
-inline std::vector<std::string> Client::known_servers() const {
-  std::lock_guard<std::mutex> lk(pool_mu_);
-  std::vector<std::string> out;
-  for (auto &k : pool_) out.push_back(k.address);
-  return out;
-}
-
-inline Client::KnownServer Client::next_server(const std::string &address) const {
-  std::lock_guard<std::mutex> lk(pool_mu_);
-  auto it = std::find_if(pool_.begin(), pool_.end(), [&](const KnownServer &k) { return k.address == address; });
-  return it == pool_.end() || std::next(it) == pool_.end() ? pool_.front() : *std::next(it);
-}
+inline bool Client::connected() const { return connection_->up(); }
+inline std::string Client::connected_server() const { return pool_->current(); }
+inline std::vector<std::string> Client::known_servers() const { return pool_->addresses(); }
 
 inline void Client::connect() {
   if (reader_.joinable()) throw Error(Error::Kind::connect, "already connected");
-  std::vector<KnownServer> servers;
-  {
-    std::lock_guard<std::mutex> lk(pool_mu_);
-    servers = pool_;
-  }
+  std::unique_ptr<detail::NatsSocket> socket;
   std::string errors;
-  for (auto &server : servers) {  // the first INFO may add servers: they count from the next failure on
+  for (auto &server : pool_->all()) {  // the first INFO may add servers: they count from the next failure on
     try {
-      socket_ = open_connection(server.url);
-      std::lock_guard<std::mutex> lk(pool_mu_);
-      current_address_ = server.address;
-      errors.clear();
+      socket = open_connection(server.url);
+      pool_->set_current(server.address);
       break;
     } catch (const Error &e) {
       errors += (errors.empty() ? "" : "; ") + std::string(e.what());
     }
   }
-  if (!errors.empty()) throw Error(Error::Kind::connect, errors);
-  {
-    std::lock_guard<std::mutex> lk(subs_mu_);
-    inbox_sid_ = next_sid_++;
-    auto sub = std::make_shared<Subscription>();
-    sub->subject = inbox_prefix_ + ".>";
-    subs_[inbox_sid_] = sub;  // dispatch() routes it to dispatch_inbox()
-    std::string wire = subscribe_wire(inbox_sid_, *sub);
-    if (!socket_->write_all(wire.data(), wire.size()))
-      throw Error(Error::Kind::connect, "connection lost while subscribing");
-  }
-  connected_ = true;
-  writer_ = std::thread([this] { writer_loop(); });
+  if (!socket) throw Error(Error::Kind::connect, errors);
+  if (!subscriptions_->subscribe_all_on(*socket, false, [&] { connection_->attach(std::move(socket)); }))
+    throw Error(Error::Kind::connect, "connection lost while subscribing");
   reader_ = std::thread([this] { reader_loop(); });
 }
 
-// Opens the socket to `server_url`, reads INFO (always in plain text), switches to TLS
-// when the URL or the server asks for it, sends CONNECT and waits for the server to
-// accept it (PONG) or refuse it (-ERR). Returns the handshaken connection.
+inline detail::NatsParserEvents Client::connection_events(std::function<void()> answer_ping) {
+  detail::NatsParserEvents on;
+  on.msg = [this](Message &m, uint64_t sid) { deliver(m, sid); };
+  on.info = [this](const std::string &json) { handle_info(json); };
+  on.ping = std::move(answer_ping);
+  on.pong = [this] { count_pong(); };
+  on.ok = [] {};
+  on.err = [this](const std::string &e) { log_server_error(e); };
+  return on;
+}
+
 inline std::unique_ptr<detail::NatsSocket> Client::open_connection(const std::string &server_url) {
-  auto url = detail::parse_nats_url(server_url);
-  auto socket = std::make_unique<detail::NatsSocket>(detail::tcp_connect(url.host, url.port, opts_.connect_timeout));
-  auto fail = [&](const std::string &why) {
-    throw Error(Error::Kind::connect, "NATS handshake with " + url.host + ":" + url.port + " failed: " + why);
-  };
-  auto deadline = std::chrono::steady_clock::now() + opts_.connect_timeout;
-  std::string info_json, err_text;
-  bool got_pong = false;
-  detail::NatsParser parser({[](Message &, uint64_t) {}, [&](const std::string &j) { info_json = j; },
-                             [&] { socket->write_all("PONG\r\n", 6); }, [&] { got_pong = true; }, [] {},
-                             [&](const std::string &e) { err_text = e; }});
-  auto read_until = [&](const std::function<bool()> &done) {
-    char buf[4096];
-    while (!done()) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-      if (left.count() <= 0) fail("timed out");
-      if (!socket->wait_readable(left)) continue;
-      try {
-        parser.feed(buf, socket->read_some(buf, sizeof(buf)));
-      } catch (const Error &e) {
-        fail(err_text.empty() ? e.what() : err_text);  // a server's -ERR says more than the close after it
-      }
-    }
-  };
-  read_until([&] { return !info_json.empty() || !err_text.empty(); });
-  if (!err_text.empty()) fail(err_text);
-  auto info = handle_info(info_json);
-
-  // As in the Go client: a server that requires TLS upgrades a nats:// URL (verifying it
-  // as always, so without its CA in tls_ca_file or the system store this fails); a tls://
-  // URL insists on TLS.
-  auto info_flag = [&](const char *key) { return info.contains(key) && info[key] == true; };
-  bool server_requires_tls = info_flag("tls_required");
-  if (url.tls && !server_requires_tls && !info_flag("tls_available"))
-    fail("the URL asks for TLS (tls://) but the server does not offer it");
-  bool use_tls = url.tls || server_requires_tls;
-  if (use_tls) {
-#ifdef WRPC_HTTP_OPENSSL_SUPPORT
-    try {
-      socket->start_tls(opts_, url.host, deadline);
-    } catch (const Error &e) {
-      fail(e.what());
-    }
-#else
-    fail(std::string(url.tls ? "a tls:// URL" : "this server requires TLS, which") +
-         " needs WRPC_HTTP_OPENSSL_SUPPORT");
-#endif
-  }
-
-  nlohmann::json connect_json = {{"verbose", false},   {"pedantic", false},      {"headers", true},
-                                 {"no_responders", true}, {"name", opts_.name}, {"lang", "cpp"},
-                                 {"version", WRPC_HTTP_VERSION}, {"protocol", 1},   {"tls_required", use_tls}};
-  if (!url.user.empty()) {
-    connect_json["user"] = url.user;
-    connect_json["pass"] = url.password;
-  }
-  if (!url.token.empty()) connect_json["auth_token"] = url.token;
-  if (!opts_.user_seed.empty()) {
-#ifdef WRPC_HTTP_OPENSSL_SUPPORT
-    connect_json["sig"] = detail::nkeys::sign_nonce(opts_.user_seed, info.value("nonce", std::string()));
-    if (!opts_.user_jwt.empty()) {
-      connect_json["jwt"] = opts_.user_jwt;
-    } else {
-      connect_json["nkey"] = detail::nkeys::public_key_from_seed(opts_.user_seed);
-    }
-#else
-    fail("nkey/JWT authentication needs WRPC_HTTP_OPENSSL_SUPPORT");
-#endif
-  }
-  std::string hello = "CONNECT " + connect_json.dump() + "\r\nPING\r\n";
-  if (!socket->write_all(hello.data(), hello.size())) fail("write failed");
-  read_until([&] { return got_pong || !err_text.empty(); });
-  if (!err_text.empty()) fail(err_text);
-  return socket;
+  return detail::nats_handshake(server_url, opts_, [this](const std::string &json) { return handle_info(json); });
 }
 
 inline nlohmann::json Client::handle_info(const std::string &json) {
@@ -2055,146 +2614,34 @@ inline nlohmann::json Client::handle_info(const std::string &json) {
   } catch (const nlohmann::json::exception &e) {
     throw Error(Error::Kind::protocol, std::string("bad INFO from server: ") + e.what());
   }
-  if (info.contains("connect_urls")) learn_servers(info["connect_urls"]);
+  if (info.contains("connect_urls"))
+    for (auto &warning : pool_->learn(info["connect_urls"])) log(LogLevel::warn, warning);
   return info;
-}
-
-// The cluster's client URLs (`host:port` strings) join the pool; learned servers the
-// cluster no longer announces (gone, or in lame duck mode) leave it. Configured ones stay.
-inline void Client::learn_servers(const nlohmann::json &connect_urls) {
-  if (!connect_urls.is_array()) return log(LogLevel::warn, "INFO connect_urls is not an array: ignored");
-  std::vector<KnownServer> announced;
-  for (auto &entry : connect_urls) {
-    try {
-      if (!entry.is_string()) throw Error(Error::Kind::protocol, "not a string");
-      auto text = entry.get<std::string>();
-      if (text.empty() || text.size() > 256 || text.find_first_of("/@, ") != std::string::npos)
-        throw Error(Error::Kind::protocol, "not host:port");
-      auto url = detail::learned_server_url(credentials_url_, text);
-      announced.push_back({url, detail::server_address(detail::parse_nats_url(url)), true});
-    } catch (const Error &e) {
-      log(LogLevel::warn, std::string("INFO connect_urls entry ignored: ") + e.what());
-    }
-  }
-  std::lock_guard<std::mutex> lk(pool_mu_);
-  auto announced_address = [&](const std::string &address) {
-    return std::any_of(announced.begin(), announced.end(), [&](const KnownServer &k) { return k.address == address; });
-  };
-  pool_.erase(std::remove_if(pool_.begin(), pool_.end(),
-                             [&](const KnownServer &k) {
-                               return k.learned && k.address != current_address_ && !announced_address(k.address);
-                             }),
-              pool_.end());
-  std::vector<KnownServer> added;
-  for (auto &a : announced) {
-    bool known = std::any_of(pool_.begin(), pool_.end(), [&](const KnownServer &k) { return k.address == a.address; });
-    bool twice = std::any_of(added.begin(), added.end(), [&](const KnownServer &k) { return k.address == a.address; });
-    if (!known && !twice && pool_.size() + added.size() < WRPC_HTTP_NATS_MAX_SERVERS) added.push_back(a);
-  }
-  if (!opts_.no_randomize) std::shuffle(added.begin(), added.end(), std::mt19937_64{std::random_device{}()});
-  pool_.insert(pool_.end(), added.begin(), added.end());
 }
 
 inline void Client::close() {
   std::unique_lock<std::mutex> close_lock(close_mu_);
   if (closing_) return;
   std::string drain_failure;
-  if (connected_) {
+  if (connection_->up()) {
     // Drain: unsubscribe everything, then a PING whose PONG proves the server has seen all
     // that was published before.
-    std::string wire;
-    {
-      std::lock_guard<std::mutex> lk(subs_mu_);
-      for (auto &s : subs_) wire += "UNSUB " + std::to_string(s.first) + "\r\n";
-    }
     try {
-      if (!wire.empty()) enqueue(std::move(wire));
+      connection_->enqueue(subscriptions_->unsubscribe_all_lines());
       flush(std::chrono::milliseconds(2000));
     } catch (const Error &e) {
       drain_failure = e.what();
     }
   }
-  {
-    std::lock_guard<std::mutex> lk(out_mu_);
-    closing_ = true;
-    connected_ = false;
-    if (socket_) socket_->shutdown();
-  }
-  out_cv_.notify_all();
-  space_cv_.notify_all();
+  closing_ = true;
+  connection_->shut();
   pong_cv_.notify_all();
-  {
-    std::lock_guard<std::mutex> lk(standby_mu_);  // so that the lame duck thread sees closing_
-  }
-  standby_cv_.notify_all();
   if (reader_.joinable()) reader_.join();
-  if (writer_.joinable()) writer_.join();
-  if (lame_duck_.joinable()) lame_duck_.join();
-  {
-    // A publisher may still be in write_pending() with the socket: let it fail out first.
-    std::unique_lock<std::mutex> lk(out_mu_);
-    write_done_cv_.wait(lk, [&] { return !writer_busy_; });
-  }
-  socket_.reset();
-  standby_.reset();
-  std::unordered_map<std::string, std::shared_ptr<Inbox>> orphans;
-  {
-    std::lock_guard<std::mutex> lk(inbox_mu_);
-    orphans.swap(inboxes_);
-  }
+  lame_duck_->stop();
+  connection_->finish();
   close_lock.unlock();
-  for (auto &o : orphans)
-    if (o.second->handler.on_disconnected) o.second->handler.on_disconnected();
+  subscriptions_->release_all_inboxes();
   if (!drain_failure.empty()) log(LogLevel::debug, "drain on close: " + drain_failure);
-}
-
-inline void Client::enqueue(std::string &&wire) {
-  std::unique_lock<std::mutex> lk(out_mu_);
-  if (!connected_) throw Error(Error::Kind::disconnected, "not connected to NATS");
-  if (out_buf_.size() + wire.size() > opts_.max_pending_bytes && !out_buf_.empty()) {
-    bool room = space_cv_.wait_for(lk, opts_.pending_wait, [&] {
-      return !connected_ || out_buf_.size() + wire.size() <= opts_.max_pending_bytes || out_buf_.empty();
-    });
-    if (!connected_) throw Error(Error::Kind::disconnected, "not connected to NATS");
-    if (!room) throw Error(Error::Kind::timeout, "NATS write buffer full (server not reading)");
-  }
-  if (out_buf_.empty()) {
-    out_buf_ = std::move(wire);
-  } else {
-    out_buf_ += wire;
-  }
-  // Nobody writing: write now, on this thread, saving a hand-off to the writer thread. While
-  // a write is under way, what others publish gathers in out_buf_ and leaves in one send.
-  if (!writer_busy_) write_pending(lk);
-}
-
-// With out_mu_ held and no write under way: sends out_buf_, releasing the lock meanwhile.
-inline void Client::write_pending(std::unique_lock<std::mutex> &lk) {
-  std::string chunk;
-  chunk.swap(out_buf_);
-  writer_busy_ = true;
-  detail::NatsSocket *socket = socket_.get();
-  lk.unlock();
-  space_cv_.notify_all();
-  bool ok = socket->write_all(chunk.data(), chunk.size());
-  lk.lock();
-  writer_busy_ = false;
-  // A failed write means the connection is gone; the reader sees it too and reconnects.
-  if (!ok && socket_.get() == socket) socket->shutdown();
-  write_done_cv_.notify_all();
-  if (!out_buf_.empty() || closing_) out_cv_.notify_one();  // the writer takes what gathered meanwhile
-}
-
-inline void Client::writer_loop() {
-  std::unique_lock<std::mutex> lk(out_mu_);
-  while (!closing_ || (connected_ && !out_buf_.empty())) {
-    out_cv_.wait(lk, [&] { return !writer_busy_ && (closing_ || (connected_ && !out_buf_.empty())); });
-    if (!connected_ || out_buf_.empty()) {
-      if (closing_) break;
-      continue;
-    }
-    write_pending(lk);
-  }
 }
 
 inline void Client::publish(const std::string &subject, const std::string &data, const std::string &reply,
@@ -2206,61 +2653,37 @@ inline void Client::publish(const std::string &subject, const std::string &data,
 
 inline void Client::send(Batch &batch) {
   if (closing_) throw Error(Error::Kind::closed, "NATS client is closed");
-  if (!batch.empty()) enqueue(batch.take());
+  if (!batch.empty()) connection_->enqueue(batch.take());
 }
 
 inline uint64_t Client::subscribe(const std::string &subject, MessageHandler handler, const std::string &queue) {
   if (!detail::valid_subject(subject, true)) throw Error(Error::Kind::protocol, "invalid subject '" + subject + "'");
-  std::lock_guard<std::mutex> lk(subs_mu_);
-  uint64_t sid = next_sid_++;
-  auto sub = std::make_shared<Subscription>();
-  sub->subject = subject;
-  sub->queue = queue;
-  sub->handler = std::move(handler);
-  subs_[sid] = sub;
-  std::string wire = subscribe_wire(sid, *sub);
-  // While disconnected the subscription is only recorded; reconnect() sends it.
-  try {
-    enqueue(std::move(wire));
-  } catch (const Error &e) {
-    if (e.kind() != Error::Kind::disconnected) throw;
-  }
-  return sid;
+  return subscriptions_->add(subject, queue, std::move(handler), [&](std::string &&sub_line) {
+    try {
+      connection_->enqueue(std::move(sub_line));
+    } catch (const Error &e) {
+      if (e.kind() != Error::Kind::disconnected) throw;  // while disconnected, reconnect() sends it
+    }
+  });
 }
 
 inline void Client::unsubscribe(uint64_t sid, unsigned max_messages) {
-  {
-    std::lock_guard<std::mutex> lk(subs_mu_);
-    auto it = subs_.find(sid);
-    if (it == subs_.end()) return;
-    if (max_messages == 0 || it->second->received >= max_messages) {
-      subs_.erase(it);
-    } else {
-      it->second->max_messages = max_messages;
-    }
-  }
+  auto unsub_line = subscriptions_->remove(sid, max_messages);
+  if (unsub_line.empty()) return;
   try {
-    enqueue("UNSUB " + std::to_string(sid) + (max_messages ? " " + std::to_string(max_messages) : "") + "\r\n");
+    connection_->enqueue(std::move(unsub_line));
   } catch (const Error &e) {
     if (e.kind() != Error::Kind::disconnected) throw;
   }
 }
 
-inline std::string Client::next_inbox_token() {
-  // Counter-based tokens are unique per connection and cheap; the prefix is random.
-  return std::to_string(next_token_.fetch_add(1));
-}
+inline std::string Client::next_inbox_token() { return subscriptions_->next_token(); }
 
 inline std::string Client::register_inbox(const std::string &token, InboxHandler handler) {
-  std::lock_guard<std::mutex> lk(inbox_mu_);
-  inboxes_[token] = std::make_shared<Inbox>(Inbox{std::move(handler), inbox_prefix_});
-  return inbox_prefix_ + "." + token;
+  return subscriptions_->register_inbox(token, std::move(handler));
 }
 
-inline void Client::release_inbox(const std::string &token) {
-  std::lock_guard<std::mutex> lk(inbox_mu_);
-  inboxes_.erase(token);
-}
+inline void Client::release_inbox(const std::string &token) { subscriptions_->release_inbox(token); }
 
 inline Message Client::request(const std::string &subject, const std::string &data,
                                std::chrono::milliseconds timeout, const Headers *headers) {
@@ -2309,73 +2732,43 @@ inline void Client::flush(std::chrono::milliseconds timeout) {
     std::lock_guard<std::mutex> lk(pong_mu_);
     target = ++pings_sent_;
   }
-  enqueue("PING\r\n");
+  connection_->enqueue("PING\r\n");
   std::unique_lock<std::mutex> lk(pong_mu_);
-  if (!pong_cv_.wait_for(lk, timeout, [&] { return pongs_received_ >= target || !connected_; }))
+  if (!pong_cv_.wait_for(lk, timeout, [&] { return pongs_received_ >= target || !connection_->up(); }))
     throw Error(Error::Kind::timeout, "flush timed out");
   if (pongs_received_ < target) throw Error(Error::Kind::disconnected, "connection lost during flush");
 }
 
-inline void Client::dispatch(Message &msg, uint64_t sid) {
-  if (sid == inbox_sid_) return dispatch_inbox(msg);  // call state has its own locks
-  std::lock_guard<std::mutex> one_at_a_time(dispatch_mu_);
-  std::shared_ptr<Subscription> sub;
-  {
-    std::lock_guard<std::mutex> lk(subs_mu_);
-    auto it = subs_.find(sid);
-    if (it == subs_.end()) return;  // unsubscribed while in flight
-    sub = it->second;
-    if (sub->max_messages && ++sub->received >= sub->max_messages) subs_.erase(it);
-  }
-  try {
-    sub->handler(msg);
-  } catch (const std::exception &e) {
-    log(LogLevel::error, "handler for '" + sub->subject + "' threw: " + e.what());
-  }
+inline void Client::count_pong() {
+  pings_out_ = 0;
+  std::lock_guard<std::mutex> lk(pong_mu_);
+  ++pongs_received_;
+  pong_cv_.notify_all();
 }
 
-inline void Client::dispatch_inbox(Message &msg) {
-  // `_INBOX.<random>.<token>[.<suffix>]`
-  size_t token_start = std::strlen("_INBOX.") + detail::kInboxRandomLength + 1;
-  if (msg.subject.size() <= token_start) return;
-  size_t token_end = msg.subject.find('.', token_start);
-  std::string token = msg.subject.substr(token_start, token_end - token_start);
-  std::string suffix = token_end == std::string::npos ? "" : msg.subject.substr(token_end);
-  std::shared_ptr<Inbox> inbox;
-  {
-    std::lock_guard<std::mutex> lk(inbox_mu_);
-    auto it = inboxes_.find(token);
-    if (it == inboxes_.end()) return;  // late reply for a finished call: dropped
-    inbox = it->second;
-  }
-  if (msg.subject.compare(0, inbox->prefix.size(), inbox->prefix) != 0) return;  // not this call's inbox
-  inbox->handler.on_message(suffix, msg);
+inline void Client::deliver(Message &msg, uint64_t sid) {
+  auto failure = subscriptions_->dispatch(msg, sid);
+  if (!failure.empty()) log(LogLevel::error, failure);
 }
 
 inline void Client::reader_loop() {
-  detail::NatsParser parser({[this](Message &m, uint64_t sid) { dispatch(m, sid); },
-                             [this](const std::string &j) {
-                               auto info = handle_info(j);
-                               if (info.value("ldm", false) == true) start_lame_duck();
-                             },
-                             [this] {
-                               try {
-                                 enqueue("PONG\r\n");
-                               } catch (const Error &) {
-                               }
-                             },
-                             [this] {
-                               pings_out_ = 0;
-                               count_pong();
-                             },
-                             [] {}, [this](const std::string &e) { log_server_error(e); }});
+  auto on = connection_events([this] {
+    try {
+      connection_->enqueue("PONG\r\n");  // through the writer: a publisher may be mid-write
+    } catch (const Error &) {
+    }
+  });
+  on.info = [this](const std::string &json) {
+    if (handle_info(json).value("ldm", false) == true) lame_duck_->start(connected_server());
+  };
+  detail::NatsParser parser(std::move(on), opts_.protocol_limits);
   std::vector<char> buf(64 * 1024);
   auto last_ping = std::chrono::steady_clock::now();
   while (!closing_) {
-    if (standby_ready_) adopt_standby(parser);
+    lame_duck_->adopt_if_ready(parser);
     std::string lost_reason;
     try {
-      size_t n = socket_->read_within(buf.data(), buf.size(), std::chrono::milliseconds(250));
+      size_t n = connection_->socket().read_within(buf.data(), buf.size(), std::chrono::milliseconds(250));
       if (n > 0) parser.feed(buf.data(), n);
     } catch (const Error &e) {
       lost_reason = e.what();
@@ -2388,7 +2781,7 @@ inline void Client::reader_loop() {
       } else {
         ++pings_out_;
         try {
-          enqueue("PING\r\n");
+          connection_->enqueue("PING\r\n");
         } catch (const Error &) {
         }
       }
@@ -2402,56 +2795,16 @@ inline void Client::reader_loop() {
   }
 }
 
-// Marks the connection down, drops unsent bytes (they belonged to calls that now fail) and
-// tells every inbox waiting on it, so that no caller waits for a reply that cannot come.
+// Marks the connection down and tells every call waiting on it, so that no caller waits for
+// a reply that cannot come.
 inline void Client::lost_connection(const std::string &why) {
   log(LogLevel::warn, "NATS connection to " + connected_server() + " lost: " + why);
-  {
-    std::unique_lock<std::mutex> lk(out_mu_);
-    connected_ = false;
-    socket_->shutdown();
-    write_done_cv_.wait(lk, [&] { return !writer_busy_; });
-    socket_.reset();
-    out_buf_.clear();
-  }
-  space_cv_.notify_all();
+  connection_->lost();
   pong_cv_.notify_all();
   pings_out_ = 0;
-  {
-    // A lame duck move under way was for the connection that is gone.
-    std::lock_guard<std::mutex> lk(standby_mu_);
-    standby_.reset();
-    standby_ready_ = false;
-  }
-  standby_cv_.notify_all();
-  std::string prefix;
-  {
-    std::lock_guard<std::mutex> lk(inbox_mu_);
-    prefix = inbox_prefix_;
-  }
-  notify_lost(prefix);
+  lame_duck_->cancel();
+  subscriptions_->notify_lost(subscriptions_->inbox_prefix());
   if (opts_.on_disconnected) opts_.on_disconnected();
-}
-
-// Tells the inboxes whose replies come through `prefix` that nothing more will come.
-inline void Client::notify_lost(const std::string &prefix) {
-  std::vector<std::shared_ptr<Inbox>> waiting;
-  {
-    std::lock_guard<std::mutex> lk(inbox_mu_);
-    for (auto &i : inboxes_)
-      if (i.second->prefix == prefix) waiting.push_back(i.second);
-  }
-  for (auto &w : waiting)
-    if (w->handler.on_disconnected) w->handler.on_disconnected();
-}
-
-inline bool Client::inbox_in_use(const std::string &prefix) {
-  std::lock_guard<std::mutex> lk(inbox_mu_);
-  return std::any_of(inboxes_.begin(), inboxes_.end(), [&](auto &i) { return i.second->prefix == prefix; });
-}
-
-inline std::string Client::subscribe_wire(uint64_t sid, const Subscription &sub) const {
-  return "SUB " + sub.subject + (sub.queue.empty() ? "" : " " + sub.queue) + " " + std::to_string(sid) + "\r\n";
 }
 
 // Retries with exponential backoff and jitter until connected, close() or the attempt
@@ -2473,7 +2826,7 @@ inline bool Client::reconnect() {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     if (closing_) return false;
     wait = std::min(wait * 2, opts_.reconnect_wait_max);
-    auto server = next_server(last_tried);
+    auto server = pool_->next_after(last_tried);
     last_tried = server.address;
     std::unique_ptr<detail::NatsSocket> socket;
     try {
@@ -2482,182 +2835,14 @@ inline bool Client::reconnect() {
       log(LogLevel::debug, std::string("reconnect attempt ") + std::to_string(attempt) + ": " + e.what());
       continue;
     }
-    {
-      // Holding subs_mu_ until connected_ is set: a concurrent subscribe() either is in
-      // this list or waits and then sends its own SUB on the new connection.
-      std::lock_guard<std::mutex> subs_lock(subs_mu_);
-      std::string wire;
-      for (auto &s : subs_) wire += subscribe_wire(s.first, *s.second);
-      if (!socket->write_all(wire.data(), wire.size())) continue;
-      std::lock_guard<std::mutex> lk(out_mu_);
-      socket_ = std::move(socket);
-      connected_ = true;
-    }
-    {
-      std::lock_guard<std::mutex> lk(pool_mu_);
-      current_address_ = server.address;
-    }
+    if (!subscriptions_->subscribe_all_on(*socket, false, [&] { connection_->attach(std::move(socket)); }))
+      continue;
+    pool_->set_current(server.address);
     log(LogLevel::info, "NATS reconnected to " + server.address + " after " + std::to_string(attempt) + " attempt(s)");
     if (opts_.on_reconnected) opts_.on_reconnected();
     return true;
   }
   return false;
-}
-
-// ---- lame duck ----
-//
-// A server in lame duck mode announces it (INFO `ldm`), stops accepting connections and
-// later closes its clients. The move to another server happens in the background:
-//   1. the lame duck thread opens a connection to another server (standby_);
-//   2. the reader thread adopts it between two reads: every subscription is sent there, the
-//      inbox under a new prefix, and publishing switches to it at once;
-//   3. the lame duck thread reads the retired connection, which soon keeps only the old
-//      inbox, until every call that registered an inbox on it has finished (or the server
-//      closes it: those calls then fail as on any lost connection), and closes it.
-
-// Reader thread, on INFO `ldm`.
-inline void Client::start_lame_duck() {
-  if (lame_duck_running_.exchange(true)) return;  // one move at a time
-  if (lame_duck_.joinable()) lame_duck_.join();   // the previous move, finished
-  std::string from = connected_server();
-  log(LogLevel::info, "NATS server " + from + " entered lame duck mode: moving to another server");
-  lame_duck_ = std::thread([this, from] {
-    run_lame_duck(from);
-    lame_duck_running_ = false;
-  });
-}
-
-inline void Client::run_lame_duck(const std::string &from) {
-  std::vector<KnownServer> others;
-  {
-    std::lock_guard<std::mutex> lk(pool_mu_);
-    for (auto &k : pool_)
-      if (k.address != from) others.push_back(k);
-  }
-  std::unique_ptr<detail::NatsSocket> socket;
-  std::string address;
-  for (auto &server : others) {
-    if (closing_) return;
-    try {
-      socket = open_connection(server.url);
-      address = server.address;
-      break;
-    } catch (const Error &e) {
-      log(LogLevel::debug, std::string("lame duck: ") + e.what());
-    }
-  }
-  if (!socket)
-    return log(LogLevel::warn, "NATS server " + from + " is in lame duck mode and no other server answers: "
-                                   "staying until it closes the connection");
-  std::unique_lock<std::mutex> lk(standby_mu_);
-  if (closing_) return;
-  standby_ = std::move(socket);
-  standby_address_ = address;
-  standby_ready_ = true;
-  standby_cv_.wait(lk, [&] { return closing_ || retired_ || !standby_ready_; });
-  if (!retired_) return;  // closing, or the old connection was lost first (then reconnect() took over)
-  Retired old = std::move(*retired_);
-  retired_.reset();
-  lk.unlock();
-  drain(old);
-}
-
-// Reader thread: switches to the standby connection.
-inline void Client::adopt_standby(detail::NatsParser &parser) {
-  std::unique_lock<std::mutex> standby_lock(standby_mu_);
-  if (!standby_ready_) return;
-  standby_ready_ = false;
-  auto socket = std::move(standby_);
-  Retired old;
-  auto prefix = detail::new_inbox_prefix();
-  bool moved = false;
-  {
-    // subs_mu_ is held until the socket is swapped: a SUB sent meanwhile reaches the new one.
-    std::lock_guard<std::mutex> subs_lock(subs_mu_);
-    std::string wire;
-    for (auto &s : subs_) {
-      if (s.first == inbox_sid_) {
-        s.second->subject = prefix + ".>";
-      } else {
-        old.sids.push_back(s.first);
-      }
-      wire += subscribe_wire(s.first, *s.second);
-    }
-    if (socket->write_all(wire.data(), wire.size())) {
-      {
-        std::lock_guard<std::mutex> lk(inbox_mu_);
-        old.inbox_prefix = inbox_prefix_;
-        inbox_prefix_ = prefix;
-      }
-      std::unique_lock<std::mutex> lk(out_mu_);
-      write_done_cv_.wait(lk, [&] { return !writer_busy_; });
-      old.socket = std::move(socket_);
-      socket_ = std::move(socket);
-      moved = true;
-    } else {
-      subs_[inbox_sid_]->subject = inbox_prefix_ + ".>";  // reader thread: nobody else changes it
-    }
-  }
-  if (!moved) {
-    standby_cv_.notify_all();
-    standby_lock.unlock();  // no log line with a lock held: a log hook may publish
-    return log(LogLevel::warn, "lame duck: the new connection broke at once; staying");
-  }
-  old.unparsed = parser.take_unparsed();
-  pings_out_ = 0;
-  {
-    std::lock_guard<std::mutex> lk(pool_mu_);
-    current_address_ = standby_address_;
-  }
-  std::string moved_to = standby_address_;
-  retired_ = std::move(old);
-  standby_cv_.notify_all();
-  standby_lock.unlock();
-  log(LogLevel::info, "NATS moved to " + moved_to + " (lame duck)");
-}
-
-// Lame duck thread: reads the retired connection until the calls waiting on it are done.
-inline void Client::drain(Retired &old) {
-  // The subscriptions end on the old connection only once the cluster has had time to learn
-  // of them on the new one (servers spread interest asynchronously; until then they may
-  // still route a message to the old server only). After the UNSUBs, a message to
-  // ourselves: when it is back, the server has ended them and all it sent before is read.
-  auto unsubscribe_at = std::chrono::steady_clock::now() + kInterestSettle;
-  std::string barrier = old.inbox_prefix + ".drained";
-  std::string wire;
-  for (auto sid : old.sids) wire += "UNSUB " + std::to_string(sid) + "\r\n";
-  wire += "PUB " + barrier + " 0\r\n\r\n";
-  bool unsubscribing = false, unsubscribed = false, ended = false;
-  detail::NatsParser parser({[&](Message &m, uint64_t sid) {
-                               if (m.subject == barrier) {
-                                 unsubscribed = true;
-                               } else {
-                                 dispatch(m, sid);
-                               }
-                             },
-                             [this](const std::string &j) { handle_info(j); },
-                             [&] { old.socket->write_all("PONG\r\n", 6); },
-                             [this] { count_pong(); },  // answers a flush() or keep-alive PING sent before the move
-                             [] {}, [this](const std::string &e) { log_server_error(e); }});
-  std::vector<char> buf(64 * 1024);
-  try {
-    parser.feed(old.unparsed.data(), old.unparsed.size());
-    while (!closing_ && !(unsubscribed && !inbox_in_use(old.inbox_prefix))) {
-      if (!unsubscribing && std::chrono::steady_clock::now() >= unsubscribe_at) {
-        unsubscribing = true;
-        if (!old.socket->write_all(wire.data(), wire.size()))
-          throw Error(Error::Kind::disconnected, "connection closed by server");
-      }
-      if (!old.socket->wait_readable(std::chrono::milliseconds(20))) continue;
-      size_t n = old.socket->read_some(buf.data(), buf.size());
-      if (n > 0) parser.feed(buf.data(), n);
-    }
-  } catch (const Error &e) {
-    ended = true;
-    log(LogLevel::debug, std::string("lame duck connection ended: ") + e.what());
-  }
-  if (ended) notify_lost(old.inbox_prefix);
-  old.socket.reset();
 }
 
 }  // namespace nats
@@ -4859,7 +5044,8 @@ struct HostData {
   static HostData parse_json(const std::string &json);
   static HostData parse_base64(const std::string &line);
   // Reads one line from `fd` (stdin), waiting at most `timeout`, as the Go SDK does.
-  static HostData read(int fd = 0, std::chrono::milliseconds timeout = std::chrono::milliseconds(5000));
+  static HostData read(int fd = 0, std::chrono::milliseconds timeout = std::chrono::milliseconds(5000),
+                       size_t max_line = WRPC_HTTP_MAX_HOST_DATA_BYTES);
 };
 
 namespace detail {
@@ -5017,12 +5203,12 @@ inline HostData HostData::parse_base64(const std::string &line) {
   return parse_json(json);
 }
 
-inline HostData HostData::read(int fd, std::chrono::milliseconds timeout) {
+inline HostData HostData::read(int fd, std::chrono::milliseconds timeout, size_t max_line) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   std::string line;
   char c;
   // Byte by byte up to the newline: whatever follows on stdin is not ours to consume.
-  while (line.size() < WRPC_HTTP_MAX_HOST_DATA_BYTES) {
+  while (line.size() < max_line) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) throw std::invalid_argument("no host data on stdin within the timeout");
     pollfd pfd{fd, POLLIN, 0};
@@ -5034,7 +5220,7 @@ inline HostData HostData::read(int fd, std::chrono::milliseconds timeout) {
     if (n <= 0 || c == '\n') break;
     line.push_back(c);
   }
-  if (line.size() >= WRPC_HTTP_MAX_HOST_DATA_BYTES) throw std::invalid_argument("host data line too long");
+  if (line.size() >= max_line) throw std::invalid_argument("host data line too long");
   return parse_base64(line);
 }
 
@@ -5963,38 +6149,46 @@ private:
   size_t spare_used_ = 0;
 };
 
-// The request a worker is serving, for the handlers that run inside cpp-httplib's
-// process_request on the same thread (the Forwarder reads the raw head and the body here).
+struct RequestTrace;  // telemetry's record of one request (telemetry section)
+
+// The request a worker is serving: the raw head and the body the Forwarder reads, and what
+// the steps around it (telemetry, the error handler) keep of it.
 struct EdgeRequest {
   const http1::Head &head;
   EdgeBody &body;
   EdgeConnection &conn;
   bool over_tls;
-  bool answered_by_component = false;  // the status came from a component
-  bool close_after = false;            // the provider answered with an error: close
+  const httplib::Request *routed = nullptr;  // cpp-httplib's object for it, once process_request made it
+  std::shared_ptr<RequestTrace> trace{};      // from Telemetry::begin_request, when telemetry is on
+  bool answered_by_component = false;         // the status came from a component
+  bool close_after = false;                   // the provider answered with an error: close
 };
 
-inline EdgeRequest *&current_edge_request() {
+// The request this worker thread is serving (serve_request sets and clears it). Read directly
+// only where no request is at hand: a log line's trace correlation (Telemetry::log).
+inline EdgeRequest *&serving_on_this_thread() {
   thread_local EdgeRequest *current = nullptr;
   return current;
 }
 
-// The method as the client sent it (cpp-httplib's routes see methods it does not know as POST).
-inline std::string sent_method(const httplib::Request &req) {
-  auto *edge = current_edge_request();
-  return edge ? edge->head.method : req.method;
+// cpp-httplib hands hooks and routes `(req, res)` and nothing of ours, in every version: this
+// is the one place where the edge's request crosses that boundary. It is the request this
+// worker serves, and only for its own httplib::Request (nullptr for any other, such as a
+// route called by hand). From here on it travels as a parameter.
+inline EdgeRequest *edge_request(const httplib::Request &req) {
+  auto *current = serving_on_this_thread();
+  return current && current->routed == &req ? current : nullptr;
 }
 
-inline bool arrived_over_tls() {
-  auto *edge = current_edge_request();
-  return edge && edge->over_tls;
+// The method as the client sent it (cpp-httplib's routes see methods it does not know as POST).
+inline std::string sent_method(const httplib::Request &req) {
+  auto *edge = edge_request(req);
+  return edge ? edge->head.method : req.method;
 }
 
 // Sends what the edge holds of the response (its head, kept back to leave with the first body
 // bytes) before the route waits for something: the client sees the head while it waits.
-inline void flush_edge_response() {
-  if (auto *edge = current_edge_request()) edge->conn.flush();
-}
+inline void flush_edge_response(EdgeRequest &edge) { edge.conn.flush(); }
 
 inline const char *reason_phrase(int status) {
   switch (status) {
@@ -6119,6 +6313,7 @@ struct EdgeOptions {
   std::chrono::milliseconds read_timeout{WRPC_HTTP_READ_TIMEOUT_SECOND * 1000};
   std::chrono::milliseconds write_timeout{WRPC_HTTP_WRITE_TIMEOUT_SECOND * 1000};
   size_t max_workers = WRPC_HTTP_MAX_WORKERS;
+  std::chrono::milliseconds worker_idle_exit{WRPC_HTTP_WORKER_IDLE_MS};  // an idle worker exits after it
   size_t keep_alive_max_count = WRPC_HTTP_KEEPALIVE_MAX_COUNT;
   // After an answer, how long a worker waits for the connection's next request.
   std::chrono::milliseconds keep_alive_linger{WRPC_HTTP_KEEPALIVE_LINGER_MS};
@@ -6126,6 +6321,7 @@ struct EdgeOptions {
   size_t body_piece_bytes = WRPC_HTTP_BODY_FLUSH_BYTES;
   // When the listener closes: how long running requests get to finish (the caller's stop()).
   std::chrono::milliseconds drain_timeout{WRPC_HTTP_DRAIN_TIMEOUT_MS};
+  int listen_backlog = WRPC_HTTP_LISTEN_BACKLOG;
   std::string tls_cert_file, tls_priv_key_file;  // both set: HTTPS
 };
 
@@ -6139,7 +6335,7 @@ public:
   EdgeServer &operator=(const EdgeServer &) = delete;
 
   // A listening socket on "host:port" for serve(); throws when the address is taken.
-  static int open_listener(const std::string &address);
+  static int open_listener(const std::string &address, int backlog);
   // Accepts on the listening socket `listen_fd` and serves until stop(); runs in the
   // caller's thread (the edge loop). Once stopping it refuses new connections (shutdown of
   // `listen_fd`); the caller closes `listen_fd` after serve() returned.
@@ -6162,7 +6358,7 @@ public:
   // after `after` and after the last byte (a streamed body's too) left or failed to: `whole`
   // says whether all of it was written. Once per request cpp-httplib processed, answered or
   // not; it must not throw. Set it, like around_requests, before serve().
-  using ResponseDone = std::function<void(bool whole)>;
+  using ResponseDone = std::function<void(detail::EdgeRequest &request, bool whole)>;
   void on_response_done(ResponseDone done) { done_ = std::move(done); }
 
 private:
@@ -6201,7 +6397,7 @@ private:
 };
 
 inline EdgeServer::EdgeServer(EdgeOptions options, const Logger &logger)
-    : options_(std::move(options)), logger_(logger), workers_(options_.max_workers) {
+    : options_(std::move(options)), logger_(logger), workers_(options_.max_workers, options_.worker_idle_exit) {
   detail::raise_open_file_limit();
   if (!options_.tls_cert_file.empty())
     tls_ = std::make_unique<detail::TlsServerContext>(options_.tls_cert_file, options_.tls_priv_key_file);
@@ -6218,7 +6414,7 @@ inline EdgeServer::EdgeServer(EdgeOptions options, const Logger &logger)
   set_keep_alive_timeout(static_cast<time_t>(options_.keep_alive_timeout.count() / 1000));
   // The provider's own errors close the connection: the rest of the request may be unread.
   set_error_handler(HandlerWithResponse([](const httplib::Request &req, httplib::Response &res) {
-    auto *edge = detail::current_edge_request();
+    auto *edge = detail::edge_request(req);
     if (!edge) return HandlerResponse::Unhandled;
     if (edge->body.refusal() != detail::http1::Refusal::none) {
       auto info = detail::http1::describe(edge->body.refusal());
@@ -6469,7 +6665,7 @@ inline bool EdgeServer::serve_request(detail::EdgeConnection &conn, const detail
   // cpp-httplib sees origin-form only; the absolute form's authority becomes Host below.
   std::string target = head.path_with_query;
   detail::EdgeStream stream(conn, method + " " + target + " HTTP/1.1\r\n\r\n", request);
-  detail::current_edge_request() = &request;
+  detail::serving_on_this_thread() = &request;
   // cpp-httplib >= 0.12 reads a GET, HEAD or OPTIONS body itself before the route runs; the
   // edge leaves every body to the route (the Forwarder streams it), so to cpp-httplib those
   // requests show no length.
@@ -6477,7 +6673,8 @@ inline bool EdgeServer::serve_request(detail::EdgeConnection &conn, const detail
   // The last request a connection may carry is answered with `Connection: close`, so the
   // client does not send another one into the closing connection.
   bool last_allowed = conn.served + 1 >= options_.keep_alive_max_count;
-  bool written = process(stream, !head.keep_alive || last_allowed, [&head, routes_take_body](httplib::Request &req) {
+  bool written = process(stream, !head.keep_alive || last_allowed, [&](httplib::Request &req) {
+    request.routed = &req;
     // The fields as sent, never percent-decoded; the edge has decoded the body already, so
     // cpp-httplib must not act on its framing or expectation.
     for (auto &f : head.fields) {
@@ -6490,8 +6687,8 @@ inline bool EdgeServer::serve_request(detail::EdgeConnection &conn, const detail
     if (!head.authority.empty()) req.headers.emplace("Host", head.authority);
   });
   bool sent = conn.flush();
-  if (done_) done_(written && sent);
-  detail::current_edge_request() = nullptr;
+  if (done_) done_(request, written && sent);
+  detail::serving_on_this_thread() = nullptr;
   return written && sent && head.keep_alive && !request.close_after && body.complete();
 }
 
@@ -6693,8 +6890,8 @@ inline std::string known_method(const std::string &method) {
 }
 
 
-// The request being served on this thread (cpp-httplib serves a request, from routing to
-// the last body byte, on one thread): what its spans and metrics need.
+// What a request's spans and metrics need, kept on its EdgeRequest from the pre-routing step
+// to the last body byte.
 struct RequestTrace {
   Telemetry *telemetry = nullptr;
   std::string trace_id, parent_span_id, server_span_id, client_span_id, flags;
@@ -6707,20 +6904,16 @@ struct RequestTrace {
   bool sampled() const { return flags.size() == 2 && (std::stoi(flags, nullptr, 16) & 1); }
 };
 
-inline std::shared_ptr<RequestTrace> &current_request_trace() {
-  thread_local std::shared_ptr<RequestTrace> trace;
-  return trace;
-}
-
-// Names the route (the handler's pattern or the link's path) of the request on this thread.
-inline void note_route(const std::string &route) {
-  if (auto &t = current_request_trace()) t->route = route;
+// Names the route (the handler's pattern or the link's path) `req` took.
+inline void note_route(const httplib::Request &req, const std::string &route) {
+  auto *edge = edge_request(req);
+  if (edge && edge->trace) edge->trace->route = route;
 }
 
 // The traceparent a wRPC call to `target` sends: with tracing on, that of a new client span,
 // child of the request's server span; empty when tracing is off (the caller falls back).
-inline std::string traced_call(const std::string &target) {
-  auto &t = current_request_trace();
+inline std::string traced_call(EdgeRequest &edge, const std::string &target) {
+  auto &t = edge.trace;
   if (!t) return "";
   t->target = target;
   t->client_span_id = random_hex(16);
@@ -6774,7 +6967,7 @@ public:
   // step, and the end of the response (EdgeServer::on_response_done), where the spans end.
   void begin_request(const httplib::Request &req);
   void end_request(const httplib::Request &req, const httplib::Response &res);
-  void response_done(bool whole);
+  void response_done(detail::EdgeRequest &request, bool whole);
   // A log line (the Logger hook), tied to the request on this thread if any.
   void record_log(Logger::Level level, const std::string &message, const StringMap &fields);
 
@@ -6854,7 +7047,9 @@ inline void Telemetry::stop() {
 }
 
 inline void Telemetry::begin_request(const httplib::Request &req) {
-  auto &current = detail::current_request_trace();
+  auto *edge = detail::edge_request(req);
+  if (!edge) return;  // not behind the provider's edge: nothing to end the span with
+  auto &current = edge->trace;
   // Still one of a request on this thread: cpp-httplib >= 0.33 runs the pre-routing step
   // twice for a WebSocket upgrade nothing accepts; or a server without the response_done step.
   if (current) {
@@ -6884,14 +7079,15 @@ inline void Telemetry::begin_request(const httplib::Request &req) {
 }
 
 inline void Telemetry::end_request(const httplib::Request &req, const httplib::Response &res) {
-  auto &trace = detail::current_request_trace();
-  if (!trace) return;
+  auto *edge = detail::edge_request(req);
+  if (!edge || !edge->trace) return;
+  auto &trace = edge->trace;
   std::string host = req.get_header_value("Host");
   auto colon = host.rfind(':');
   if (colon != std::string::npos && host.back() != ']') host.resize(colon);
   trace->attributes = {detail::otlp_attribute("http.request.method", trace->method),
                        detail::otlp_attribute("url.path", req.path),
-                       detail::otlp_attribute("url.scheme", detail::arrived_over_tls() ? "https" : "http"),
+                       detail::otlp_attribute("url.scheme", edge->over_tls ? "https" : "http"),
                        detail::otlp_attribute("server.address", host.empty() ? req.local_addr : host),
                        detail::otlp_attribute("server.port", static_cast<int64_t>(req.local_port)),
                        detail::otlp_attribute("http.response.status_code", static_cast<int64_t>(res.status))};
@@ -6909,9 +7105,9 @@ inline void Telemetry::end_request(const httplib::Request &req, const httplib::R
   trace->answered = true;
 }
 
-inline void Telemetry::response_done(bool whole) {
-  auto trace = std::move(detail::current_request_trace());
-  detail::current_request_trace().reset();
+inline void Telemetry::response_done(detail::EdgeRequest &edge, bool whole) {
+  auto trace = std::move(edge.trace);
+  edge.trace.reset();
   if (!trace) return;
   if (trace->answered) return finish(trace, trace->status, whole);
   // No response was written for it (cpp-httplib gave up before its post-routing step).
@@ -7005,7 +7201,8 @@ inline void Telemetry::record_log(Logger::Level level, const std::string &messag
   record.severity_text = Logger::level_name(level);
   record.body = message;
   for (auto &f : fields) record.attributes.push_back(detail::otlp_attribute(f.first, f.second));
-  if (auto &t = detail::current_request_trace()) {
+  auto *edge = detail::serving_on_this_thread();
+  if (auto *t = edge ? edge->trace.get() : nullptr) {
     record.trace_id = t->trace_id;
     record.span_id = t->client_span_id.empty() ? t->server_span_id : t->client_span_id;
   }
@@ -7447,9 +7644,9 @@ inline void install_request_hooks(EdgeServer &server, std::function<HttpPolicy()
       logger.warn(std::string("request not traced: ") + e.what());
     }
   });
-  server.on_response_done([&telemetry, &logger](bool whole) {
+  server.on_response_done([&telemetry, &logger](detail::EdgeRequest &request, bool whole) {
     try {
-      telemetry.response_done(whole);
+      telemetry.response_done(request, whole);
     } catch (const std::exception &e) {
       logger.warn(std::string("request not traced: ") + e.what());
     }
@@ -7476,6 +7673,7 @@ struct HttpSettings {
   // Both set: the listener serves HTTPS with this certificate chain and key (PEM files).
   std::string tls_cert_file, tls_priv_key_file;
   HttpPolicy policy;  // CORS, cache_control, readonly_mode
+  size_t max_target_bytes = WRPC_HTTP_MAX_TARGET_BYTES;  // longest component id a director may pick
 
   // Throws std::invalid_argument naming the bad key.
   static HttpSettings from_config(const StringMap &config, const StringMap &overrides = {});
@@ -7644,7 +7842,7 @@ void route_every_method(Router routes, const std::string &pattern, const httplib
 // max_content_len) while the answer is written.
 inline void route_all(Router routes, const std::string &pattern, const httplib::Server::Handler &handler) {
   auto routed = [pattern, handler](const httplib::Request &req, httplib::Response &res) {
-    detail::note_route(pattern);
+    detail::note_route(req, pattern);
     handler(req, res);
   };
   auto body_left_to_edge = [routed](const httplib::Request &req, httplib::Response &res,
@@ -7744,8 +7942,8 @@ namespace detail {
 
 // A component id becomes one token of a NATS subject: printable, no dots or wildcards, and
 // short enough for the server's control line.
-inline bool valid_target(const std::string &target) {
-  if (target.empty() || target.size() > WRPC_HTTP_MAX_TARGET_BYTES) return false;
+inline bool valid_target(const std::string &target, size_t max_bytes) {
+  if (target.empty() || target.size() > max_bytes) return false;
   for (unsigned char c : target)
     if (c <= ' ' || c >= 0x7f || c == '.' || c == '*' || c == '>') return false;
   return true;
@@ -7771,12 +7969,12 @@ public:
   void mount(Router routes, const std::string &prefix) {
     std::string pattern = prefix + "(/.*)?";
     auto plain = [this, pattern](const httplib::Request &req, httplib::Response &res) {
-      detail::note_route(pattern);
+      detail::note_route(req, pattern);
       handle(req, res);
     };
     auto streamed = [this, pattern](const httplib::Request &req, httplib::Response &res,
                                     const httplib::ContentReader &) {
-      detail::note_route(pattern);
+      detail::note_route(req, pattern);
       handle(req, res);
     };
     detail::route_every_method(routes, pattern, plain, streamed);
@@ -7786,8 +7984,8 @@ public:
   void handle(const httplib::Request &req, httplib::Response &res);
 
 private:
-  void send_response(const httplib::Request &req, httplib::Response &res, std::shared_ptr<wrpc::OutgoingCall> call,
-                     const ResponseHead &head, const HttpSettings &settings);
+  void send_response(detail::EdgeRequest &edge, const httplib::Request &req, httplib::Response &res,
+                     std::shared_ptr<wrpc::OutgoingCall> call, const ResponseHead &head, const HttpSettings &settings);
 
   nats::Client &nc_;
   std::string lattice_;
@@ -7834,7 +8032,7 @@ inline std::string trace_parent_for(const httplib::Request &req) {
 
 inline void Forwarder::handle(const httplib::Request &req, httplib::Response &res) {
   auto started = std::chrono::steady_clock::now();
-  auto *edge = detail::current_edge_request();
+  auto *edge = detail::edge_request(req);
   if (!edge) return detail::write_text(res, 500, "the Forwarder serves only behind the provider's HTTP edge");
   const detail::http1::Head &in = edge->head;
   HttpSettings settings = settings_();
@@ -7846,10 +8044,10 @@ inline void Forwarder::handle(const httplib::Request &req, httplib::Response &re
   }
   if (target.empty()) return detail::write_text(res, 404, "no link routes this request");
   // The target becomes a NATS subject token: request data must not smuggle wildcards or dots.
-  if (!detail::valid_target(target)) return detail::write_text(res, 400, "bad request: invalid target");
+  if (!detail::valid_target(target, settings.max_target_bytes)) return detail::write_text(res, 400, "bad request: invalid target");
 
   // Trace context travels in the invocation's NATS headers, with the ids the Rust SDK sends.
-  std::string traceparent = detail::traced_call(target);
+  std::string traceparent = detail::traced_call(*edge, target);
   if (traceparent.empty()) traceparent = detail::trace_parent_for(req);
   std::string trace_id = traceparent.substr(3, 32);
   nats::Headers nats_headers = {{"traceparent", traceparent}, {"source-id", source_id_}, {"target-id", target}};
@@ -7904,7 +8102,7 @@ inline void Forwarder::handle(const httplib::Request &req, httplib::Response &re
       call->finish_request(trailers);
     }
     ResponseHead response = call->await_response(deadline);
-    send_response(req, res, std::move(call), response, settings);
+    send_response(*edge, req, res, std::move(call), response, settings);
     edge->answered_by_component = true;
     if (logger_.enabled(Logger::Level::debug))
       logger_.debug("forwarded", {{"method", in.method},
@@ -7925,13 +8123,14 @@ inline void Forwarder::handle(const httplib::Request &req, httplib::Response &re
 namespace detail {
 // The component's next body piece (false at its end). When it is not there yet, what the edge
 // holds of the response (its head) leaves first: the client sees the head while the body is slow.
-inline bool next_body_piece(wrpc::OutgoingCall &call, std::string &piece, std::chrono::milliseconds idle) {
-  if (call.body_would_wait()) flush_edge_response();
+inline bool next_body_piece(EdgeRequest &edge, wrpc::OutgoingCall &call, std::string &piece,
+                            std::chrono::milliseconds idle) {
+  if (call.body_would_wait()) flush_edge_response(edge);
   return call.read_body(piece, idle);
 }
 }  // namespace detail
 
-inline void Forwarder::send_response(const httplib::Request &req, httplib::Response &res,
+inline void Forwarder::send_response(detail::EdgeRequest &edge, const httplib::Request &req, httplib::Response &res,
                                      std::shared_ptr<wrpc::OutgoingCall> call, const ResponseHead &head,
                                      const HttpSettings &settings) {
   if (head.status < 200 || head.status > 599)
@@ -7974,12 +8173,12 @@ inline void Forwarder::send_response(const httplib::Request &req, httplib::Respo
     // The component promised a length: pass it on, and cut the connection if it lies.
     res.set_content_provider(
         static_cast<size_t>(*content_length), content_type,
-        [call, idle, &logger = logger_, pending = std::string(), used = size_t(0)](size_t, size_t remaining,
+        [&edge, call, idle, &logger = logger_, pending = std::string(), used = size_t(0)](size_t, size_t remaining,
                                                                 httplib::DataSink &sink) mutable {
           try {
             if (used == pending.size()) {
               used = 0;
-              if (!detail::next_body_piece(*call, pending, idle)) return false;  // ended short of its length
+              if (!detail::next_body_piece(edge, *call, pending, idle)) return false;  // ended short of its length
             }
             size_t n = std::min(pending.size() - used, remaining);  // never past the promise
             if (!sink.write(pending.data() + used, n)) return false;
@@ -7995,17 +8194,17 @@ inline void Forwarder::send_response(const httplib::Request &req, httplib::Respo
   // Unknown length: chunked framing written here, so trailers can follow the last chunk.
   res.set_header("Transfer-Encoding", "chunked");
   res.set_content_provider(content_type.empty() ? "application/octet-stream" : content_type,
-                           [call, idle, &logger = logger_, piece = std::string(), framed = std::string()](
+                           [&edge, call, idle, &logger = logger_, piece = std::string(), framed = std::string()](
                                size_t, httplib::DataSink &sink) mutable {
                              try {
-                               if (detail::next_body_piece(*call, piece, idle)) {
+                               if (detail::next_body_piece(edge, *call, piece, idle)) {
                                  detail::frame_chunk(piece, framed);
                                  // A body that already ended goes out with its last chunk in
                                  // one write.
                                  if (!call->body_complete()) return sink.write(framed.data(), framed.size());
                                } else {
                                  framed.clear();
-                                 detail::flush_edge_response();  // an empty body: trailers may take a while
+                                 detail::flush_edge_response(edge);  // an empty body: trailers may take a while
                                }
                                framed += detail::last_chunk_with_trailers(call->read_trailers(idle));
                                if (!sink.write(framed.data(), framed.size())) return false;
@@ -8466,7 +8665,7 @@ inline std::map<std::string, Provider::ListenerSpec> Provider::wanted_listeners(
 
 // A listening TCP socket on `address` (SO_REUSEADDR, not SO_REUSEPORT: a second listener on
 // the same port must fail, not silently share it), non-blocking for the edge loop.
-inline int EdgeServer::open_listener(const std::string &address) {
+inline int EdgeServer::open_listener(const std::string &address, int backlog) {
   auto host_port = detail::parse_address(address);
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
@@ -8481,7 +8680,7 @@ inline int EdgeServer::open_listener(const std::string &address) {
   if (fd < 0) throw std::runtime_error("cannot listen on " + address + ": " + std::strerror(errno));
   int yes = 1;
   ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-  if (::bind(fd, found->ai_addr, found->ai_addrlen) != 0 || ::listen(fd, WRPC_HTTP_LISTEN_BACKLOG) != 0) {
+  if (::bind(fd, found->ai_addr, found->ai_addrlen) != 0 || ::listen(fd, backlog) != 0) {
     int error = errno;
     ::close(fd);
     throw std::runtime_error("cannot listen on " + address + ": " + std::strerror(error));
@@ -8517,7 +8716,7 @@ inline std::unique_ptr<Provider::Listener> Provider::start_listener(const Listen
                                                       [self] { return self->current(); }, logger_, host_.provider_key);
     listener->forwarder->mount(server, "");
   }
-  listener->listen_fd = EdgeServer::open_listener(settings.address);
+  listener->listen_fd = EdgeServer::open_listener(settings.address, listener->server->options().listen_backlog);
   listener->thread = std::thread([l = listener.get()] { l->server->serve(l->listen_fd); });
   logger_.info("listening", {{"address", settings.address}, {"target", spec.target}});
   return listener;
@@ -8641,7 +8840,7 @@ inline std::string Provider::route(const httplib::Request &req) const {
     // Segment-aware: `/api` matches `/api` and `/api/...`, not `/apix`.
     if (r.match == "/" || (path.compare(0, r.match.size(), r.match) == 0 &&
                            (path.size() == r.match.size() || path[r.match.size()] == '/'))) {
-      detail::note_route(r.match);
+      detail::note_route(req, r.match);
       return r.target;
     }
   }

@@ -269,7 +269,7 @@ inline std::string nats_parser_fault(const std::string& stream) {
   const NatsParseLog pieces = parse_nats(stream, true);
   // A line longer than the control-line limit is rejected as soon as that much is buffered
   // without a CRLF, which depends on the split; below the limit the split must not matter.
-  if (stream.size() <= WRPC_HTTP_NATS_MAX_CONTROL_LINE &&
+  if (stream.size() <= wrpc_http::nats::ProtocolLimits{}.max_control_line &&
       (whole.events != pieces.events || whole.rejected != pieces.rejected))
     return "NATS: the events depend on how the bytes were split";
   return "";

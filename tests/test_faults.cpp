@@ -393,7 +393,7 @@ struct DirectedForwarder {
         logger, "test-provider");
     server = std::make_unique<wrpc_http::EdgeServer>(wrpc_http::EdgeOptions{}, logger);
     forwarder->mount(*server, "/proxy");
-    listen_fd = wrpc_http::EdgeServer::open_listener("127.0.0.1:" + std::to_string(port));
+    listen_fd = wrpc_http::EdgeServer::open_listener("127.0.0.1:" + std::to_string(port), server->options().listen_backlog);
     server_thread = std::thread([this] { server->serve(listen_fd); });
     REQUIRE(testsupport::wait_for_port(port));
   }
