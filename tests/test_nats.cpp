@@ -171,6 +171,18 @@ TEST_CASE("nats client: publish reaches a subscriber with headers and payload in
   CHECK(got[1].data.empty());
 }
 
+TEST_CASE("nats client: a subscription made before connect receives once connected") {
+  testsupport::NatsServer server;
+  Client pub(options_for(server)), sub(options_for(server));
+  std::atomic<int> got{0};
+  sub.subscribe("early", [&](Message &) { got++; });
+  sub.connect();
+  sub.flush(2s);
+  pub.connect();
+  pub.publish("early", "x");
+  CHECK(eventually([&] { return got == 1; }));
+}
+
 TEST_CASE("nats client: request gets the reply through the shared inbox") {
   testsupport::NatsServer server;
   Client a(options_for(server)), b(options_for(server));
