@@ -44,7 +44,9 @@
 //    router      EdgeServer::process -> httplib::Server::process_request: the pre-routing
 //                step (install_request_hooks: Telemetry::begin_request, CORS, readonly_mode),
 //                then the route that matches
-//    forwarder   Forwarder::handle: Director picks the target; the head becomes a RequestHead
+//    forwarder   Forwarder::handle: detail::edge_request(req) finds the edge's request (the
+//                one place it crosses cpp-httplib's (req, res); a parameter from here on);
+//                the Director picks the target; the head becomes a RequestHead
 //    call        wrpc::OutgoingCall: invocation -> await_handshake -> write_body ...
 //                finish_request (or send_whole_request when the body is all here)
 //    NATS        nats::Client::send -> NatsConnection::enqueue -> write_pending (or the
