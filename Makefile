@@ -11,7 +11,7 @@
 #   make bench      the benchmark against wasmCloud's Rust provider and a Go gateway (bench/results.md)
 #   make bench-ab BASELINE=<rev>  `/` and `/proxy` before (rev) and after (this tree), interleaved
 #   make soak       wrk load through cycles of link, config, collector and NATS cluster events (SOAK_SECONDS, SOAK_CYCLES)
-#   make interop    the provider against a wasmCloud host, Rust's wRPC and a Wasm component (long first build)
+#   make interop    the provider against a wasmCloud host, wadm and wash, Rust's wRPC and a Wasm component (long first build)
 
 CXX      ?= g++
 CXXSTD   := -std=c++17
@@ -203,17 +203,32 @@ soak: deps all $(BUILD)/nats_lite $(OTEL_COLLECTOR)
 	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_CYCLES=$(SOAK_CYCLES) bench/soak.sh $(BUILD) $(OTEL_COLLECTOR)
 
 # The provider against peers written elsewhere (interop/run.sh): a wasmCloud 1.x host, Rust's
-# wRPC over NATS and a Wasm component built with componentize-js. Builds are cached in
-# $(BUILD)/interop (first build: wasmtime and the host, long); not part of `make test`.
-INTEROP_CARGO := cd interop/rust && CARGO_TARGET_DIR=$(CURDIR)/$(BUILD)/interop/cargo CARGO_BUILD_JOBS=2 \
+# wRPC over NATS, a Wasm component built with componentize-js, and the user's flow with wadm and
+# wash (`wash app deploy wadm.yaml`). Builds are cached in $(BUILD)/interop (first build:
+# wasmtime, the host and wash, long); not part of `make test`.
+INTEROP_CARGO := CARGO_TARGET_DIR=$(CURDIR)/$(BUILD)/interop/cargo CARGO_BUILD_JOBS=2 \
                  RUSTC_WRAPPER=$(CURDIR)/interop/rust/rustc-wrapper.sh nice -n 10 cargo build --release --locked
-interop-build: all par
+# The lattice's nats-server: wadm 0.21's streams use sources with subject transforms, which need
+# nats-server >= 2.10 (Debian 12 has 2.9.10), so a pinned release is built from its Go module.
+INTEROP_NATS_VERSION := v2.11.3
+INTEROP_NATS_SERVER  := $(BUILD)/interop/nats-server-$(INTEROP_NATS_VERSION)/nats-server
+$(INTEROP_NATS_SERVER):
+	GOBIN=$(CURDIR)/$(@D) GOFLAGS=-mod=mod nice -n 10 go install github.com/nats-io/nats-server/v2@$(INTEROP_NATS_VERSION)
+# wash, the 1.x CLI users run, from crates.io with the Cargo.lock it was published with.
+INTEROP_WASH_VERSION := 0.43.0
+INTEROP_WASH := $(BUILD)/interop/wash-$(INTEROP_WASH_VERSION)/bin/wash
+$(INTEROP_WASH):
+	CARGO_TARGET_DIR=$(CURDIR)/$(BUILD)/interop/cargo-wash CARGO_BUILD_JOBS=2 nice -n 10 \
+	  cargo install --locked wash --version $(INTEROP_WASH_VERSION) --root $(CURDIR)/$(BUILD)/interop/wash-$(INTEROP_WASH_VERSION)
+
+interop-build: all par $(INTEROP_NATS_SERVER) $(INTEROP_WASH)
 	interop/component/build.sh $(BUILD)/interop/component
-	$(INTEROP_CARGO)
+	cd interop/rust && $(INTEROP_CARGO)
+	cd interop/wadm && $(INTEROP_CARGO)
 
 interop: deps
 	$(MAKE) interop-build
-	interop/run.sh $(BUILD)
+	INTEROP_NATS_SERVER=$(INTEROP_NATS_SERVER) INTEROP_WASH=$(INTEROP_WASH) interop/run.sh $(BUILD)
 
 # libFuzzer targets (fuzz/): each parser of untrusted input under ASan+UBSan. `make fuzz` runs
 # each for FUZZ_SECONDS on a scratch copy of its seed corpus and fails on the first finding.

@@ -8,19 +8,30 @@
 #      with JetStream: the provider started from build/http-server.par.gz through the host's
 #      control interface (interop-ctl = wasmcloud-control-interface), the same component started
 #      by the host, the link put as wadm.yaml puts it.
+#   3. The user's flow: the README's "Deploying on wasmCloud" snippet, line by line, with wash
+#      (from crates.io) against that host and wadm (interop-wadm = wadm::start_wadm with a
+#      minimal main), deploying the repository's wadm.yaml; then the app's status, the
+#      inventory, the archive's claims, delete (the provider ends, the port closes) and a second
+#      deploy.
+# Every check runs on nats-server $INTEROP_NATS_SERVER (wadm's streams need >= 2.10; Debian 12
+# has 2.9.10), built from its Go module by `make interop-build`.
 #
-# Usage: interop/run.sh BUILD_DIR   (after `make interop-build`). Prints a table of checks and
-# exits 1 if any fails. KEEP_LOGS=1 keeps the logs of a passing run; NATS_TRACE=1 runs the
-# nats-servers with -V (every message, payloads included, in the logs: for capturing bytes).
+# Usage: interop/run.sh BUILD_DIR   (after `make interop-build`; the Makefile sets
+# INTEROP_NATS_SERVER and INTEROP_WASH). Prints a table of checks and exits 1 if any fails.
+# KEEP_LOGS=1 keeps the logs of a passing run; NATS_TRACE=1 runs the nats-servers with -V
+# (every message, payloads included, in the logs: for capturing bytes).
 set -uo pipefail
 
 BUILD=${1:-build}
 CARGO_OUT="$BUILD/interop/cargo/release"
 COMPONENT_WASM="$BUILD/interop/component/component.wasm"
 PAR="$BUILD/http-server.par.gz"
+NATS_SERVER=${INTEROP_NATS_SERVER:?the nats-server binary (make interop sets it)}
+WASH=${INTEROP_WASH:?the wash binary (make interop sets it)}
 
 for f in "$BUILD/http-server" "$PAR" "$COMPONENT_WASM" "$CARGO_OUT/interop-host" \
-         "$CARGO_OUT/interop-wrpc-runner" "$CARGO_OUT/interop-ctl"; do
+         "$CARGO_OUT/interop-wrpc-runner" "$CARGO_OUT/interop-ctl" "$CARGO_OUT/interop-wadm" \
+         "$NATS_SERVER" "$WASH"; do
   [[ -e "$f" ]] || { echo "interop: $f is missing; run 'make interop'" >&2; exit 1; }
 done
 
@@ -140,7 +151,7 @@ start_nats() {  # PORT [ARGS...]
   local port=$1
   shift
   ((${NATS_TRACE:-0})) && set -- "$@" -V
-  nats-server -a 127.0.0.1 -p "$port" "$@" >"$LOGS/nats-server-$port.log" 2>&1 &
+  "$NATS_SERVER" -a 127.0.0.1 -p "$port" "$@" >"$LOGS/nats-server-$port.log" 2>&1 &
   PIDS+=($!)
   wait_for "${PIDS[-1]}" 10 port_in_use "$port" || fail "nats-server did not start on port $port"
 }
@@ -297,7 +308,167 @@ else
 fi
 stop_all
 
-record "Go: go.wasmcloud.dev/provider/wrpchttp client -> demo component" SKIP \
+# ---- 3. The user's flow: wash app deploy wadm.yaml on wadm ----
+
+# The README's deploy snippet (the first sh block under "## Deploying on wasmCloud").
+readme_deploy_lines() {
+  awk '/^## Deploying on wasmCloud/ { section = 1 } section && /^```sh/ { block = 1; next }
+       block && /^```/ { exit } block' README.md
+}
+# wadm.yaml with the component image pointed at the interop's Wasm component (the registry
+# image cannot be pulled here): the only line that may differ. wash resolves the provider's
+# `file://./build/...` against the manifest's folder, so that folder gets a `build` link to
+# the repository's.
+MANIFEST="$LOGS/wadm.yaml"
+ln -s "$(abs build)" "$LOGS/build"
+COMPONENT_IMAGE_LINE='        image: ghcr.io/wasmcloud/components/http-hello-world-rust:0.1.0'
+manifest_copy() {
+  grep -qxF "$COMPONENT_IMAGE_LINE" wadm.yaml || { echo "wadm.yaml has no line '$COMPONENT_IMAGE_LINE'"; return 1; }
+  awk -v from="$COMPONENT_IMAGE_LINE" -v to="        image: $COMPONENT_URL" '$0 == from { $0 = to } 1' wadm.yaml >"$MANIFEST"
+  local changed
+  changed=$(diff wadm.yaml "$MANIFEST" | grep -c '^[<>]')
+  ((changed == 2)) || { echo "the copy differs from wadm.yaml in $changed lines, not 1"; return 1; }
+  cmp -s <(grep -vxF "$COMPONENT_IMAGE_LINE" wadm.yaml) <(grep -vxF "        image: $COMPONENT_URL" "$MANIFEST") ||
+    { echo "the copy's other lines are not byte-equal"; return 1; }
+  echo "only the component image differs: $COMPONENT_URL"
+}
+# wash as a user runs it, pointed at this lattice, with a HOME of its own (no ~/.wash touched).
+wash_() {
+  HOME="$LOGS/wash-home" RUST_BACKTRACE=0 WASMCLOUD_CTL_HOST=127.0.0.1 WASMCLOUD_CTL_PORT="$NATS_PORT" \
+    WASMCLOUD_LATTICE="$LATTICE" "$WASH" "$@"
+}
+wadm_answers() { wash_ app list >/dev/null 2>&1; }
+# The app's own status (its scalers' are "type"s).
+app_deployed() { wash_ app list -o json 2>/dev/null | grep -q '"status": "deployed"'; }
+APP_PORT=8080  # wadm.yaml's source config: address 0.0.0.0:8080
+answers_on() {  # URL TEXT
+  [[ "$(curl -s --max-time 2 "$1")" == "$2" ]]
+}
+# A README line, run as written (wash from the interop, wadm.yaml as its copy); prints its output.
+readme_line() {  # LINE
+  local line=$1 args
+  read -r -a args <<<"$line"
+  case "${args[0]}" in
+    wash)
+      args=("${args[@]/#wadm.yaml/$MANIFEST}")
+      wash_ "${args[@]:1}" 2>&1 ;;
+    curl) "${args[@]}" -s --max-time 10 ;;
+    *) echo "not a wash or curl line"; return 1 ;;
+  esac
+}
+readme_wash_line() {  # LINE: succeeds with its output
+  local out
+  out=$(readme_line "$1") || { echo "failed: $(grep -m 1 '[^[:space:]]' <<<"$out")"; return 1; }
+  grep -m 1 '[^[:space:]]' <<<"$out" | head -c 200
+}
+readme_deploy() {  # LINE: wash app deploy, then wadm reports the app Deployed
+  readme_wash_line "$1" >/dev/null || { readme_wash_line "$1"; return 1; }
+  wait_for "$WADM_PID" 90 app_deployed || { echo "not Deployed after 90 s: $(wash_ app list 2>&1 | tail -n 2 | tr '\n' ' ')"; return 1; }
+  echo "deployed; wash app list says Deployed"
+}
+readme_app_list() {  # LINE: a row for http v0.1.0, and the app Deployed (wash 0.43's table
+  # prints the status as a wrapped struct, so that is read from its JSON)
+  local out
+  out=$(readme_line "$1") || { echo "failed: $(grep -m 1 '[^[:space:]]' <<<"$out")"; return 1; }
+  grep -qE '^ *http +v0\.1\.0 ' <<<"$out" || { echo "no 'http v0.1.0' row: $(tr -s ' \n' ' ' <<<"$out" | head -c 300)"; return 1; }
+  app_deployed || { echo "the app is not Deployed"; return 1; }
+  echo "http v0.1.0, status Deployed"
+}
+readme_curl() {  # LINE EXPECTED URL: waits until URL answers EXPECTED (the deployment
+  # settling), then runs the line as written
+  wait_for "$WADM_PID" 60 answers_on "$3" "$2" || true
+  local out
+  out=$(readme_line "$1") || { echo "curl failed"; return 1; }
+  [[ "$out" == "$2" ]] || { echo "got '${out:0:200}'"; return 1; }
+  echo "$out"
+}
+readme_delete() {  # LINE: the provider process ends and the port refuses within 2 s
+  local provider start took
+  provider=$(provider_pid)
+  [[ -n "$provider" ]] || { echo "no provider process under the host before delete"; return 1; }
+  start=$(now_ms)
+  readme_wash_line "$1" >/dev/null || { readme_wash_line "$1"; return 1; }
+  wait_ended "$provider" 2000 >/dev/null || { echo "provider $provider still running 2 s after delete"; return 1; }
+  until port_closed "$APP_PORT"; do
+    (($(now_ms) - start <= 2000)) || { echo "port $APP_PORT still open 2 s after delete"; return 1; }
+    sleep 0.02
+  done
+  took=$(($(now_ms) - start))
+  echo "provider ended and port $APP_PORT refused connections $took ms after delete"
+}
+app_status_shows_link() {
+  local out
+  out=$(wash_ app status http 2>&1) || { echo "wash app status failed: $(grep -m 1 '[^[:space:]]' <<<"$out")"; return 1; }
+  grep -qE -- '-\(wasi:http\)-> .*LinkScaler +Deployed' <<<"$out" ||
+    { echo "no deployed wasi:http link in: $(tr -s ' \n' ' ' <<<"$out" | head -c 300)"; return 1; }
+  grep -E -- '-\(wasi:http\)->' <<<"$out" | tr -s ' ' | head -n 1
+}
+inventory_lists_provider() {
+  local out
+  out=$(wash_ get inventory 2>&1) || { echo "wash get inventory failed: $(grep -m 1 '[^[:space:]]' <<<"$out")"; return 1; }
+  grep -q "$PROVIDER_ID" <<<"$out" || { echo "no $PROVIDER_ID in: $(tr '\n' ' ' <<<"$out" | head -c 300)"; return 1; }
+  grep "$PROVIDER_ID" <<<"$out" | tr -s ' ' | head -n 1
+}
+par_claims() {
+  local out
+  out=$(HOME="$LOGS/wash-home" RUST_BACKTRACE=0 "$WASH" par inspect "$PAR" 2>&1) ||
+    { echo "wash par inspect failed: $(grep -m 1 '[^[:space:]]' <<<"$out")"; return 1; }
+  local want
+  for want in http-server wrpc-http-provider 0.1.0 x86_64-linux; do
+    grep -q -- "$want" <<<"$out" || { echo "no '$want' in: $(tr '\n' ' ' <<<"$out" | head -c 300)"; return 1; }
+  done
+  echo "name http-server, vendor wrpc-http-provider, version 0.1.0, target x86_64-linux"
+}
+second_deploy() {
+  wash_ app deploy "$MANIFEST" >/dev/null 2>&1 || { echo "deploy failed"; return 1; }
+  wait_for "$WADM_PID" 90 app_deployed || { echo "not Deployed again"; return 1; }
+  wait_for "$WADM_PID" 60 answers_on "http://127.0.0.1:$APP_PORT/proxy" "Hello from the component!" ||
+    { echo "/proxy does not answer after the second deploy"; return 1; }
+  wash_ app delete http >/dev/null 2>&1 || { echo "second delete failed"; return 1; }
+  wait_for "$WADM_PID" 10 port_closed "$APP_PORT" || { echo "port $APP_PORT open after the second delete"; return 1; }
+  echo "deployed, /proxy answered, deleted again"
+}
+
+NATS_PORT=$(free_port)
+NATS_URL="nats://127.0.0.1:$NATS_PORT"
+start_nats "$NATS_PORT" -js -sd "$LOGS/jetstream-wash"
+check "wash: wadm.yaml copy with the local component" manifest_copy
+check "wash: wash par inspect shows the claims make par wrote" par_claims
+if port_in_use "$APP_PORT"; then
+  record "wash: port $APP_PORT (wadm.yaml's address) free" FAIL "something else listens on $APP_PORT"
+elif ! start_host host-wash; then
+  record "wash: host started" FAIL "$(tail -n 1 "$LOGS/host-wash.log")"
+else
+  WADM_NATS_SERVER="127.0.0.1:$NATS_PORT" "$CARGO_OUT/interop-wadm" >"$LOGS/wadm.log" 2>&1 &
+  PIDS+=($!)
+  WADM_PID=$!
+  if ! wait_for "$WADM_PID" 60 wadm_answers; then
+    record "wash: wadm answers wash app list" FAIL "$(tail -n 1 "$LOGS/wadm.log")"
+  else
+    while IFS= read -r readme; do
+      command=$(sed -E 's/[[:space:]]*#.*$//' <<<"$readme")
+      [[ -n "$command" ]] || continue
+      name="README: $command"
+      case "$command" in
+        make*) [[ -e "$PAR" ]] && record "$name" PASS "built by make interop-build" || record "$name" FAIL "no $PAR" ;;
+        "wash up"*) record "$name" SKIP "stood in for by this host and wadm (wash up downloads them)" ;;
+        "wash app deploy"*)
+          check "$name" readme_deploy "$command"
+          check "wash: wash app status shows the link" app_status_shows_link
+          check "wash: wash get inventory lists the provider" inventory_lists_provider ;;
+        "wash app list"*) check "$name" readme_app_list "$command" ;;
+        "curl "*/proxy*) check "$name" readme_curl "$command" "Hello from the component!" "http://127.0.0.1:$APP_PORT/proxy" ;;
+        "curl "*) check "$name" readme_curl "$command" "Hello from the provider!" "http://127.0.0.1:$APP_PORT/" ;;
+        "wash app delete"*) check "$name" readme_delete "$command" ;;
+        *) check "$name" readme_wash_line "$command" ;;
+      esac
+    done < <(readme_deploy_lines)
+    check "wash: a second deploy works again" second_deploy
+  fi
+fi
+stop_all
+
+record "Go: go.wasmcloud.dev/provider/wrpchttp client -> demo component" SKIP \\
   "blocked: the Go module proxy refuses go.wasmcloud.dev (403, not on the module-host allowlist)"
 
 print_table || { KEEP_LOGS=1; exit 1; }
