@@ -6377,6 +6377,7 @@ private:
   bool serve_request(detail::EdgeConnection &conn, const detail::http1::Head &head);
   void refuse(detail::EdgeConnection &conn, detail::http1::Refusal refusal);
   void close_connection(const std::shared_ptr<detail::EdgeConnection> &conn);
+  void leave_active(const std::shared_ptr<detail::EdgeConnection> &conn);
   bool process(httplib::Stream &stream, bool close_connection, const std::function<void(httplib::Request &)> &setup);
   void wake();
 
@@ -6588,11 +6589,18 @@ inline void EdgeServer::expire_parked() {
   }
 }
 
-inline void EdgeServer::close_connection(const std::shared_ptr<detail::EdgeConnection> &conn) {
-  conn->close();
+// A worker's connection leaves the served ones (stop() no longer shuts it down).
+inline void EdgeServer::leave_active(const std::shared_ptr<detail::EdgeConnection> &conn) {
   std::lock_guard<std::mutex> lk(mu_);
   active_.erase(conn.get());
   if (active_.empty()) idle_cv_.notify_all();
+}
+
+inline void EdgeServer::close_connection(const std::shared_ptr<detail::EdgeConnection> &conn) {
+  // Closed only once out of active_: stop() shuts down the descriptors in it, and a closed
+  // one's number may already belong to a new connection.
+  leave_active(conn);
+  conn->close();
 }
 
 inline void EdgeServer::refuse(detail::EdgeConnection &conn, detail::http1::Refusal refusal) {
@@ -6639,11 +6647,7 @@ inline void EdgeServer::serve_connection(const std::shared_ptr<detail::EdgeConne
     just_answered = false;
     if (got == detail::EdgeConnection::Fill::data) continue;
     if (got == detail::EdgeConnection::Fill::closed) break;
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      active_.erase(conn.get());
-      if (active_.empty()) idle_cv_.notify_all();
-    }
+    leave_active(conn);
     return park(conn, false);
   }
   close_connection(conn);
