@@ -6916,6 +6916,30 @@ inline void note_route(const httplib::Request &req, const std::string &route) {
   if (edge && edge->trace) edge->trace->route = route;
 }
 
+// The low-cardinality template a span and `http.route` name a route by, never a regular
+// expression (OpenTelemetry's HTTP conventions): a path prefix and everything below it is
+// `/prefix/*` (`/*` for all paths); a cpp-httplib pattern keeps its literal path up to its
+// first regular-expression character, then `*` (`/items/(\d+)` is `/items/*`).
+inline std::string route_template(const std::string &pattern) {
+  static const char *const kEverythingBelow = "(/.*)?";
+  std::string literal = pattern;
+  bool below = false;
+  if (literal.size() >= std::strlen(kEverythingBelow) &&
+      literal.compare(literal.size() - std::strlen(kEverythingBelow), std::string::npos, kEverythingBelow) == 0) {
+    literal.resize(literal.size() - std::strlen(kEverythingBelow));
+    below = true;
+  }
+  auto special = literal.find_first_of("\\^$.|?*+()[]{}");
+  if (special != std::string::npos) {
+    literal.resize(special);
+    below = true;
+  }
+  if (literal.empty() || literal[0] != '/') literal.insert(literal.begin(), '/');
+  if (!below) return literal;
+  if (literal.back() != '/') literal += '/';
+  return literal + "*";
+}
+
 // The traceparent a wRPC call to `target` sends: with tracing on, that of a new client span,
 // child of the request's server span; empty when tracing is off (the caller falls back).
 inline std::string traced_call(EdgeRequest &edge, const std::string &target) {
@@ -7847,8 +7871,8 @@ void route_every_method(Router routes, const std::string &pattern, const httplib
 // stored: the edge reads it and drops it as it arrives (still framed, still bounded by
 // max_content_len) while the answer is written.
 inline void route_all(Router routes, const std::string &pattern, const httplib::Server::Handler &handler) {
-  auto routed = [pattern, handler](const httplib::Request &req, httplib::Response &res) {
-    detail::note_route(req, pattern);
+  auto routed = [route = detail::route_template(pattern), handler](const httplib::Request &req, httplib::Response &res) {
+    detail::note_route(req, route);
     handler(req, res);
   };
   auto body_left_to_edge = [routed](const httplib::Request &req, httplib::Response &res,
@@ -7974,13 +7998,13 @@ public:
   // as POST); the body streams from the edge, so no handler lets cpp-httplib read it.
   void mount(Router routes, const std::string &prefix) {
     std::string pattern = prefix + "(/.*)?";
-    auto plain = [this, pattern](const httplib::Request &req, httplib::Response &res) {
-      detail::note_route(req, pattern);
+    auto plain = [this, route = detail::route_template(pattern)](const httplib::Request &req, httplib::Response &res) {
+      detail::note_route(req, route);
       handle(req, res);
     };
-    auto streamed = [this, pattern](const httplib::Request &req, httplib::Response &res,
-                                    const httplib::ContentReader &) {
-      detail::note_route(req, pattern);
+    auto streamed = [this, route = detail::route_template(pattern)](const httplib::Request &req, httplib::Response &res,
+                                                                   const httplib::ContentReader &) {
+      detail::note_route(req, route);
       handle(req, res);
     };
     detail::route_every_method(routes, pattern, plain, streamed);
@@ -8297,6 +8321,7 @@ private:
   struct Route {
     std::string match;  // path prefix or host name
     std::string target;
+    std::string name;   // path mode: the route template spans are named by (`/api/*`)
   };
 
   std::string topic(const std::string &suffix, const std::string &key) const {
@@ -8817,7 +8842,7 @@ inline void Provider::rebuild_routes() {
         if (match.empty() || match[0] != '/') match = "/" + match;
         while (match.size() > 1 && match.back() == '/') match.pop_back();
       }
-      table->push_back({match, entry.second.target});
+      table->push_back({match, entry.second.target, detail::route_template(match + "(/.*)?")});
     }
   }
   for (auto &target : unroutable)
@@ -8846,7 +8871,7 @@ inline std::string Provider::route(const httplib::Request &req) const {
     // Segment-aware: `/api` matches `/api` and `/api/...`, not `/apix`.
     if (r.match == "/" || (path.compare(0, r.match.size(), r.match) == 0 &&
                            (path.size() == r.match.size() || path[r.match.size()] == '/'))) {
-      detail::note_route(req, r.match);
+      detail::note_route(req, r.name);
       return r.target;
     }
   }

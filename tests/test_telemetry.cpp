@@ -102,7 +102,7 @@ TEST_CASE("telemetry: the server span is a child of the incoming traceparent, th
   REQUIRE(client);
   CHECK((*server)["parentSpanId"] == kParentSpan);
   CHECK((*client)["parentSpanId"] == (*server)["spanId"]);
-  CHECK((*server)["name"] == "GET /proxy(/.*)?");
+  CHECK((*server)["name"] == "GET /proxy/*");
   CHECK(std::stoull((*server)["startTimeUnixNano"].get<std::string>()) <=
         std::stoull((*client)["startTimeUnixNano"].get<std::string>()));
 }
@@ -122,7 +122,7 @@ TEST_CASE("telemetry: spans carry the semantic-convention attributes and the tar
   auto spans = e.traced_request("/proxy/status/404", 404);
   auto &server = *find_kind(spans, 2);
   CHECK(attribute(server, "http.request.method") == "GET");
-  CHECK(attribute(server, "http.route") == "/proxy(/.*)?");
+  CHECK(attribute(server, "http.route") == "/proxy/*");
   CHECK(attribute(server, "http.response.status_code") == "404");
   CHECK(attribute(server, "url.path") == "/proxy/status/404");
   CHECK(attribute(server, "url.scheme") == "http");
@@ -141,7 +141,7 @@ TEST_CASE("telemetry: a request without traceparent starts a trace: its server s
   REQUIRE(testsupport::eventually([&] { return !e.collector.items("spans").empty(); }, 10000ms));
   auto span = e.collector.items("spans").front();
   CHECK_FALSE(span.contains("parentSpanId"));
-  CHECK(span["name"] == "GET .*");
+  CHECK(span["name"] == "GET /*");
   CHECK(span["traceId"].get<std::string>().size() == 32);
 }
 
@@ -349,4 +349,15 @@ TEST_CASE("telemetry: methods outside the semantic conventions' list count as _O
   CHECK(wrpc_http::detail::known_method("PATCH") == "PATCH");
   CHECK(wrpc_http::detail::known_method("BREW") == "_OTHER");
   CHECK(wrpc_http::detail::known_method("get") == "_OTHER");
+}
+
+TEST_CASE("telemetry: routes are named by path templates, never by regular expressions") {
+  using wrpc_http::detail::route_template;
+  CHECK(route_template("/proxy(/.*)?") == "/proxy/*");  // Forwarder::mount(http, "/proxy")
+  CHECK(route_template("(/.*)?") == "/*");              // mount(http, ""): every path
+  CHECK(route_template("/(/.*)?") == "/*");             // routing_mode path, link path "/"
+  CHECK(route_template(".*") == "/*");                  // route_all(http, ".*", ...)
+  CHECK(route_template("/items/(\\d+)") == "/items/*");
+  CHECK(route_template("/health") == "/health");
+  CHECK(route_template("/") == "/");
 }
