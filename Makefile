@@ -221,14 +221,24 @@ $(INTEROP_WASH):
 	CARGO_TARGET_DIR=$(CURDIR)/$(BUILD)/interop/cargo-wash CARGO_BUILD_JOBS=2 nice -n 10 \
 	  cargo install --locked wash --version $(INTEROP_WASH_VERSION) --root $(CURDIR)/$(BUILD)/interop/wash-$(INTEROP_WASH_VERSION)
 
+# The host versions the host and wash sections run against: 0.27.1 (wasmCloud 1.9) is
+# interop/rust/host; each other VERSION is interop/hosts/VERSION, its own crate and Cargo.lock
+# with the same main, built into $(BUILD)/interop/cargo-hosts.
+INTEROP_HOST_VERSIONS ?= 0.27.1
+interop_host_bin = $(if $(filter 0.27.1,$(1)),$(BUILD)/interop/cargo/release/interop-host,$(BUILD)/interop/cargo-hosts/release/interop-host-$(1))
+INTEROP_HOSTS = $(foreach v,$(INTEROP_HOST_VERSIONS),$(v)=$(call interop_host_bin,$(v)))
+
 interop-build: all par $(INTEROP_NATS_SERVER) $(INTEROP_WASH)
 	interop/component/build.sh $(BUILD)/interop/component
 	cd interop/rust && $(INTEROP_CARGO)
 	cd interop/wadm && $(INTEROP_CARGO)
+	set -e; for v in $(filter-out 0.27.1,$(INTEROP_HOST_VERSIONS)); do \
+	  (cd interop/hosts/$$v && $(INTEROP_CARGO:$(BUILD)/interop/cargo=$(BUILD)/interop/cargo-hosts)); done
 
 interop: deps
 	$(MAKE) interop-build
-	INTEROP_NATS_SERVER=$(INTEROP_NATS_SERVER) INTEROP_WASH=$(INTEROP_WASH) interop/run.sh $(BUILD)
+	INTEROP_NATS_SERVER=$(INTEROP_NATS_SERVER) INTEROP_WASH=$(INTEROP_WASH) INTEROP_HOSTS="$(INTEROP_HOSTS)" \
+	  interop/run.sh $(BUILD)
 
 # libFuzzer targets (fuzz/): each parser of untrusted input under ASan+UBSan. `make fuzz` runs
 # each for FUZZ_SECONDS on a scratch copy of its seed corpus and fails on the first finding.

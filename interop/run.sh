@@ -16,8 +16,11 @@
 # Every check runs on nats-server $INTEROP_NATS_SERVER (wadm's streams need >= 2.10; Debian 12
 # has 2.9.10), built from its Go module by `make interop-build`.
 #
+# Sections 2 and 3 run once per host version in INTEROP_HOSTS ("VERSION=BINARY ...").
+#
 # Usage: interop/run.sh BUILD_DIR   (after `make interop-build`; the Makefile sets
-# INTEROP_NATS_SERVER and INTEROP_WASH). Prints a table of checks and exits 1 if any fails.
+# INTEROP_NATS_SERVER, INTEROP_WASH and INTEROP_HOSTS). Prints a table of checks and exits 1
+# if any fails.
 # KEEP_LOGS=1 keeps the logs of a passing run; NATS_TRACE=1 runs the nats-servers with -V
 # (every message, payloads included, in the logs: for capturing bytes).
 set -uo pipefail
@@ -28,8 +31,9 @@ COMPONENT_WASM="$BUILD/interop/component/component.wasm"
 PAR="$BUILD/http-server.par.gz"
 NATS_SERVER=${INTEROP_NATS_SERVER:?the nats-server binary (make interop sets it)}
 WASH=${INTEROP_WASH:?the wash binary (make interop sets it)}
+read -r -a HOSTS <<<"${INTEROP_HOSTS:?host versions as VERSION=BINARY (make interop sets it)}"
 
-for f in "$BUILD/http-server" "$PAR" "$COMPONENT_WASM" "$CARGO_OUT/interop-host" \
+for f in "$BUILD/http-server" "$PAR" "$COMPONENT_WASM" "${HOSTS[@]#*=}" \
          "$CARGO_OUT/interop-wrpc-runner" "$CARGO_OUT/interop-ctl" "$CARGO_OUT/interop-wadm" \
          "$NATS_SERVER" "$WASH"; do
   [[ -e "$f" ]] || { echo "interop: $f is missing; run 'make interop'" >&2; exit 1; }
@@ -185,14 +189,8 @@ else
 fi
 stop_all
 
-# ---- 2. wasmCloud host ----
+# ---- 2. wasmCloud host (per version: HOST_VERSION, HOST_BIN) ----
 
-NATS_PORT=$(free_port)
-P1=$(free_port "$NATS_PORT")            # the provider's own config
-P2=$(free_port "$NATS_PORT" "$P1")      # the link's source config (wadm.yaml's address)
-P3=$(free_port "$NATS_PORT" "$P1" "$P2") # the provider config after an update
-NATS_URL="nats://127.0.0.1:$NATS_PORT"
-start_nats "$NATS_PORT" -js -sd "$LOGS/jetstream"
 ctl() { "$CARGO_OUT/interop-ctl" --nats "$NATS_URL" --lattice "$LATTICE" "$@"; }
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
@@ -217,7 +215,7 @@ HOST_PID=
 HOST_LOG=
 start_host() {  # LOG_NAME: starts the host, sets HOST_PID, HOST_LOG and HOST_ID
   HOST_LOG="$LOGS/$1.log"  # the provider's stderr goes there too
-  "$CARGO_OUT/interop-host" --nats "$NATS_URL" --lattice "$LATTICE" >"$LOGS/$1.out" 2>"$HOST_LOG" &
+  "$HOST_BIN" --nats "$NATS_URL" --lattice "$LATTICE" >"$LOGS/$1.out" 2>"$HOST_LOG" &
   HOST_PID=$!
   PIDS+=($HOST_PID)
   wait_for "$HOST_PID" 30 grep -q '^host_id=' "$LOGS/$1.out" || return 1
@@ -280,33 +278,42 @@ config_update() {
   echo "listener moved from $P1 to $P3"
 }
 
-if start_host host; then
-  record "wasmCloud host: started" PASS "host $HOST_ID"
-  ctl put-config provider-config "address=127.0.0.1:$P1" >/dev/null
-  ctl put-config http-address "address=127.0.0.1:$P2" >/dev/null
-  check "wasmCloud host: provider from the archive healthy, component started" start_workloads
-  check "wasmCloud host: link put (wadm.yaml: source config address)" \
-    ctl put-link "$PROVIDER_ID" "$COMPONENT_ID" wasi http incoming-handler http-address
-  if wait_for "$HOST_PID" 10 answers_provider "$P2"; then
-    request_checks "wasmCloud host" "$P2"
+host_section() {
+  local H="wasmCloud host $HOST_VERSION"
+  NATS_PORT=$(free_port)
+  P1=$(free_port "$NATS_PORT")             # the provider's own config
+  P2=$(free_port "$NATS_PORT" "$P1")       # the link's source config (wadm.yaml's address)
+  P3=$(free_port "$NATS_PORT" "$P1" "$P2") # the provider config after an update
+  NATS_URL="nats://127.0.0.1:$NATS_PORT"
+  start_nats "$NATS_PORT" -js -sd "$LOGS/jetstream-$HOST_VERSION"
+  if start_host "host-$HOST_VERSION"; then
+    record "$H: started" PASS "host $HOST_ID"
+    ctl put-config provider-config "address=127.0.0.1:$P1" >/dev/null
+    ctl put-config http-address "address=127.0.0.1:$P2" >/dev/null
+    check "$H: provider from the archive healthy, component started" start_workloads
+    check "$H: link put (wadm.yaml: source config address)" \
+      ctl put-link "$PROVIDER_ID" "$COMPONENT_ID" wasi http incoming-handler http-address
+    if wait_for "$HOST_PID" 10 answers_provider "$P2"; then
+      request_checks "$H" "$P2"
+    else
+      record "$H: provider listens at the link's address" FAIL "no answer on $P2"
+    fi
+    check "$H: host stopped (SIGTERM) -> provider gone" stop_host_and_wait
+    if start_host "host-$HOST_VERSION-restarted"; then
+      check "$H restarted: provider and component started again" start_workloads
+      check "$H restarted: GET /proxy (link from the lattice)" \
+        wait_for "$HOST_PID" 10 expect_body "http://127.0.0.1:$P2/proxy" "Hello from the component!"
+      check "$H: link deleted" link_deleted
+      check "$H: provider config update moves the listener" config_update
+      check "$H: provider stopped through the host within 1 s" stop_provider_within_1s
+    else
+      record "$H restarted" FAIL "$(tail -n 1 "$LOGS/host-$HOST_VERSION-restarted.log")"
+    fi
   else
-    record "wasmCloud host: provider listens at the link's address" FAIL "no answer on $P2"
+    record "$H: started" FAIL "$(tail -n 1 "$LOGS/host-$HOST_VERSION.log")"
   fi
-  check "wasmCloud host: host stopped (SIGTERM) -> provider gone" stop_host_and_wait
-  if start_host host-restarted; then
-    check "wasmCloud host restarted: provider and component started again" start_workloads
-    check "wasmCloud host restarted: GET /proxy (link from the lattice)" \
-      wait_for "$HOST_PID" 10 expect_body "http://127.0.0.1:$P2/proxy" "Hello from the component!"
-    check "wasmCloud host: link deleted" link_deleted
-    check "wasmCloud host: provider config update moves the listener" config_update
-    check "wasmCloud host: provider stopped through the host within 1 s" stop_provider_within_1s
-  else
-    record "wasmCloud host restarted" FAIL "$(tail -n 1 "$LOGS/host-restarted.log")"
-  fi
-else
-  record "wasmCloud host: started" FAIL "$(tail -n 1 "$LOGS/host.log")"
-fi
-stop_all
+  stop_all
+}
 
 # ---- 3. The user's flow: wash app deploy wadm.yaml on wadm ----
 
@@ -429,46 +436,56 @@ second_deploy() {
   echo "deployed, /proxy answered, deleted again"
 }
 
-NATS_PORT=$(free_port)
-NATS_URL="nats://127.0.0.1:$NATS_PORT"
-start_nats "$NATS_PORT" -js -sd "$LOGS/jetstream-wash"
+wash_section() {
+  local W="wash on host $HOST_VERSION"
+  NATS_PORT=$(free_port)
+  NATS_URL="nats://127.0.0.1:$NATS_PORT"
+  start_nats "$NATS_PORT" -js -sd "$LOGS/jetstream-wash-$HOST_VERSION"
+  if port_in_use "$APP_PORT"; then
+    record "$W: port $APP_PORT (wadm.yaml's address) free" FAIL "something else listens on $APP_PORT"
+  elif ! start_host "host-wash-$HOST_VERSION"; then
+    record "$W: host started" FAIL "$(tail -n 1 "$LOGS/host-wash-$HOST_VERSION.log")"
+  else
+    WADM_NATS_SERVER="127.0.0.1:$NATS_PORT" "$CARGO_OUT/interop-wadm" >"$LOGS/wadm-$HOST_VERSION.log" 2>&1 &
+    PIDS+=($!)
+    WADM_PID=$!
+    if ! wait_for "$WADM_PID" 60 wadm_answers; then
+      record "$W: wadm answers wash app list" FAIL "$(tail -n 1 "$LOGS/wadm-$HOST_VERSION.log")"
+    else
+      while IFS= read -r readme; do
+        command=$(sed -E 's/[[:space:]]*#.*$//' <<<"$readme")
+        [[ -n "$command" ]] || continue
+        name="$W: README: $command"
+        case "$command" in
+          make*) [[ -e "$PAR" ]] && record "$name" PASS "built by make interop-build" || record "$name" FAIL "no $PAR" ;;
+          "wash up"*) record "$name" SKIP "stood in for by this host and wadm (wash up downloads them)" ;;
+          "wash app deploy"*)
+            check "$name" readme_deploy "$command"
+            check "$W: wash app status shows the link" app_status_shows_link
+            check "$W: wash get inventory lists the provider" inventory_lists_provider ;;
+          "wash app list"*) check "$name" readme_app_list "$command" ;;
+          "curl "*/proxy*) check "$name" readme_curl "$command" "Hello from the component!" "http://127.0.0.1:$APP_PORT/proxy" ;;
+          "curl "*) check "$name" readme_curl "$command" "Hello from the provider!" "http://127.0.0.1:$APP_PORT/" ;;
+          "wash app delete"*) check "$name" readme_delete "$command" ;;
+          *) check "$name" readme_wash_line "$command" ;;
+        esac
+      done < <(readme_deploy_lines)
+      check "$W: a second deploy works again" second_deploy
+    fi
+  fi
+  stop_all
+}
+
 check "wash: wadm.yaml copy with the local component" manifest_copy
 check "wash: wash par inspect shows the claims make par wrote" par_claims
-if port_in_use "$APP_PORT"; then
-  record "wash: port $APP_PORT (wadm.yaml's address) free" FAIL "something else listens on $APP_PORT"
-elif ! start_host host-wash; then
-  record "wash: host started" FAIL "$(tail -n 1 "$LOGS/host-wash.log")"
-else
-  WADM_NATS_SERVER="127.0.0.1:$NATS_PORT" "$CARGO_OUT/interop-wadm" >"$LOGS/wadm.log" 2>&1 &
-  PIDS+=($!)
-  WADM_PID=$!
-  if ! wait_for "$WADM_PID" 60 wadm_answers; then
-    record "wash: wadm answers wash app list" FAIL "$(tail -n 1 "$LOGS/wadm.log")"
-  else
-    while IFS= read -r readme; do
-      command=$(sed -E 's/[[:space:]]*#.*$//' <<<"$readme")
-      [[ -n "$command" ]] || continue
-      name="README: $command"
-      case "$command" in
-        make*) [[ -e "$PAR" ]] && record "$name" PASS "built by make interop-build" || record "$name" FAIL "no $PAR" ;;
-        "wash up"*) record "$name" SKIP "stood in for by this host and wadm (wash up downloads them)" ;;
-        "wash app deploy"*)
-          check "$name" readme_deploy "$command"
-          check "wash: wash app status shows the link" app_status_shows_link
-          check "wash: wash get inventory lists the provider" inventory_lists_provider ;;
-        "wash app list"*) check "$name" readme_app_list "$command" ;;
-        "curl "*/proxy*) check "$name" readme_curl "$command" "Hello from the component!" "http://127.0.0.1:$APP_PORT/proxy" ;;
-        "curl "*) check "$name" readme_curl "$command" "Hello from the provider!" "http://127.0.0.1:$APP_PORT/" ;;
-        "wash app delete"*) check "$name" readme_delete "$command" ;;
-        *) check "$name" readme_wash_line "$command" ;;
-      esac
-    done < <(readme_deploy_lines)
-    check "wash: a second deploy works again" second_deploy
-  fi
-fi
-stop_all
+for host in "${HOSTS[@]}"; do
+  HOST_VERSION=${host%%=*}
+  HOST_BIN=${host#*=}
+  host_section
+  wash_section
+done
 
-record "Go: go.wasmcloud.dev/provider/wrpchttp client -> demo component" SKIP \\
+record "Go: go.wasmcloud.dev/provider/wrpchttp client -> demo component" SKIP \
   "blocked: the Go module proxy refuses go.wasmcloud.dev (403, not on the module-host allowlist)"
 
 print_table || { KEEP_LOGS=1; exit 1; }
