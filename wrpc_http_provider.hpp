@@ -6324,6 +6324,7 @@ struct EdgeOptions {
   // When the listener closes: how long running requests get to finish (the caller's stop()).
   std::chrono::milliseconds drain_timeout{WRPC_HTTP_DRAIN_TIMEOUT_MS};
   int listen_backlog = WRPC_HTTP_LISTEN_BACKLOG;
+  bool keep_alive = true;  // false: every response closes its connection (Connection: close)
   std::string tls_cert_file, tls_priv_key_file;  // both set: HTTPS
 };
 
@@ -6678,7 +6679,7 @@ inline bool EdgeServer::serve_request(detail::EdgeConnection &conn, const detail
   bool routes_take_body = method == "POST" || method == "PUT" || method == "PATCH" || method == "DELETE";
   // The last request a connection may carry is answered with `Connection: close`, so the
   // client does not send another one into the closing connection.
-  bool last_allowed = conn.served + 1 >= options_.keep_alive_max_count;
+  bool last_allowed = !options_.keep_alive || conn.served + 1 >= options_.keep_alive_max_count;
   bool written = process(stream, !head.keep_alive || last_allowed, [&](httplib::Request &req) {
     request.routed = &req;
     // The fields as sent, never percent-decoded; the edge has decoded the body already, so
@@ -6695,7 +6696,7 @@ inline bool EdgeServer::serve_request(detail::EdgeConnection &conn, const detail
   bool sent = conn.flush();
   if (done_) done_(request, written && sent);
   detail::serving_on_this_thread() = nullptr;
-  return written && sent && head.keep_alive && !request.close_after && body.complete();
+  return written && sent && head.keep_alive && options_.keep_alive && !request.close_after && body.complete();
 }
 
 inline bool EdgeServer::process(httplib::Stream &stream, bool close_connection,
@@ -7463,6 +7464,7 @@ namespace detail {
 
 // Defined with the HTTP bridge.
 inline uint64_t parse_unsigned(const std::string &key, const std::string &text);
+inline bool parse_flag(const std::string &key, const std::string &text);
 inline std::string lower(std::string s);
 inline bool valid_header_value(const std::string &value);
 inline void write_text(httplib::Response &res, int status, const std::string &text);
@@ -7562,12 +7564,7 @@ inline HttpPolicy HttpPolicy::from_config(const StringMap &config) {
       throw std::invalid_argument("config 'cache_control' is not a valid header value");
     p.cache_control = *v;
   }
-  if (auto v = get("readonly_mode")) {
-    std::string flag = detail::lower(*v);
-    if (flag != "true" && flag != "false")
-      throw std::invalid_argument("config 'readonly_mode' must be true or false, got '" + *v + "'");
-    p.readonly_mode = flag == "true";
-  }
+  if (auto v = get("readonly_mode")) p.readonly_mode = detail::parse_flag("readonly_mode", *v);
   return p;
 }
 
@@ -7704,12 +7701,20 @@ struct HttpSettings {
   std::string tls_cert_file, tls_priv_key_file;
   HttpPolicy policy;  // CORS, cache_control, readonly_mode
   size_t max_target_bytes = WRPC_HTTP_MAX_TARGET_BYTES;  // longest component id a director may pick
+  bool keep_alive = true;  // disable_keepalive: false here, each connection carries one request
 
   // Throws std::invalid_argument naming the bad key.
   static HttpSettings from_config(const StringMap &config, const StringMap &overrides = {});
 };
 
 namespace detail {
+
+inline bool parse_flag(const std::string &key, const std::string &text) {
+  std::string flag = lower(text);
+  if (flag != "true" && flag != "false")
+    throw std::invalid_argument("config '" + key + "' must be true or false, got '" + text + "'");
+  return flag == "true";
+}
 
 inline uint64_t parse_unsigned(const std::string &key, const std::string &text) {
   if (text.empty() || text.size() > 18 || text.find_first_not_of("0123456789") != std::string::npos)
@@ -7783,6 +7788,7 @@ inline HttpSettings HttpSettings::from_config(const StringMap &config, const Str
     s.body_idle_timeout = std::chrono::milliseconds(detail::parse_unsigned("body_idle_timeout_ms", *v));
   if (auto v = get("head_timeout_ms"))
     s.head_timeout = std::chrono::milliseconds(detail::parse_unsigned("head_timeout_ms", *v));
+  if (auto v = get("disable_keepalive")) s.keep_alive = !detail::parse_flag("disable_keepalive", *v);
   if (auto v = get("tls_cert_file")) s.tls_cert_file = *v;
   if (auto v = get("tls_priv_key_file")) s.tls_priv_key_file = *v;
   if (s.tls_cert_file.empty() != s.tls_priv_key_file.empty())
@@ -7972,6 +7978,26 @@ namespace detail {
 
 // A component id becomes one token of a NATS subject: printable, no dots or wildcards, and
 // short enough for the server's control line.
+// routing_mode host: the host a request names in the routing header (`Host`, or e.g.
+// `X-Forwarded-Host`): the first of a comma-separated list (the client's, before proxies
+// appended theirs), without its port, lower case.
+inline std::string routed_host(const std::string &value) {
+  std::string host = http1::trim_ows(value.substr(0, value.find(',')));
+  auto colon = host.rfind(':');
+  if (colon != std::string::npos && host.back() != ']') host.resize(colon);
+  return lower(host);
+}
+
+// A link's host (lower case, port removed) against a request's: equal, or for `*.example.com`
+// exactly one more label in front (`api.example.com`, not `example.com` or `a.b.example.com`).
+inline bool host_matches(const std::string &pattern, const std::string &host) {
+  if (pattern.compare(0, 2, "*.") != 0) return pattern == host;
+  size_t suffix = pattern.size() - 1;  // ".example.com"
+  if (host.size() <= suffix || host.compare(host.size() - suffix, suffix, pattern, 1, suffix) != 0) return false;
+  auto label_end = host.size() - suffix;
+  return host.find('.') == label_end;
+}
+
 inline bool valid_target(const std::string &target, size_t max_bytes) {
   if (target.empty() || target.size() > max_bytes) return false;
   for (unsigned char c : target)
@@ -8299,8 +8325,8 @@ private:
     // What the socket and the edge are built from: a change reopens the listener.
     std::string edge_signature() const {
       return settings.address + "|" + target + "|" + std::to_string(settings.max_content_len) + "|" +
-             std::to_string(settings.head_timeout.count()) + "|" + settings.tls_cert_file + "|" +
-             settings.tls_priv_key_file;
+             std::to_string(settings.head_timeout.count()) + "|" + (settings.keep_alive ? "ka" : "close") + "|" +
+             settings.tls_cert_file + "|" + settings.tls_priv_key_file;
     }
     // What each request reads as it starts: a change applies in place, connections stay.
     std::string request_signature() const {
@@ -8358,6 +8384,7 @@ private:
   mutable std::shared_ptr<const HttpSettings> settings_cache_;  // of settings(); reset on change
 
   std::string routing_mode_;  // "", "address", "path" or "host"
+  std::string route_header_ = "host";  // routing_mode host: the header that names the host
   std::shared_ptr<const std::vector<Route>> route_table_ = std::make_shared<std::vector<Route>>();
 
   // By address. Only the control thread opens, changes and closes listeners (run() too, once
@@ -8429,6 +8456,12 @@ inline Provider::Provider(HostData host_data)
     if (mode->second != "address" && mode->second != "path" && mode->second != "host")
       throw std::invalid_argument("config 'routing_mode' must be address, path or host, not '" + mode->second + "'");
     routing_mode_ = mode->second;
+  }
+  auto header = config_.find("header");
+  if (header != config_.end()) {
+    if (!detail::http1::is_token(header->second))
+      throw std::invalid_argument("config 'header' must be a header name, not '" + header->second + "'");
+    route_header_ = detail::lower(header->second);
   }
   for (auto &received : host_.link_definitions) {
     LinkDefinition link = received;
@@ -8724,6 +8757,7 @@ inline std::unique_ptr<Provider::Listener> Provider::start_listener(const Listen
   EdgeOptions options;
   options.max_content_len = settings.max_content_len;
   options.head_timeout = settings.head_timeout;
+  options.keep_alive = settings.keep_alive;
   options.tls_cert_file = settings.tls_cert_file;
   options.tls_priv_key_file = settings.tls_priv_key_file;
   auto listener = std::make_unique<Listener>();
@@ -8848,9 +8882,13 @@ inline void Provider::rebuild_routes() {
   for (auto &target : unroutable)
     logger_.error("link has no source_config." + routing_mode_ + " for routing_mode " + routing_mode_,
                   {{"target", target}});
-  // Longest prefix first: the first match is the most specific.
-  std::sort(table->begin(), table->end(),
-            [](const Route &a, const Route &b) { return a.match.size() > b.match.size(); });
+  // The most specific first, so the first match wins: exact host names before `*.` patterns,
+  // and the longest path prefix or host pattern before shorter ones.
+  std::sort(table->begin(), table->end(), [](const Route &a, const Route &b) {
+    bool a_wild = a.match.compare(0, 2, "*.") == 0, b_wild = b.match.compare(0, 2, "*.") == 0;
+    if (a_wild != b_wild) return b_wild;
+    return a.match.size() > b.match.size();
+  });
   std::atomic_store(&route_table_, std::shared_ptr<const std::vector<Route>>(std::move(table)));
 }
 
@@ -8858,12 +8896,9 @@ inline void Provider::rebuild_routes() {
 inline std::string Provider::route(const httplib::Request &req) const {
   auto table = std::atomic_load(&route_table_);
   if (routing_mode_ == "host") {
-    std::string host = req.get_header_value("Host");
-    auto colon = host.rfind(':');
-    if (colon != std::string::npos && host.back() != ']') host.resize(colon);
-    host = detail::lower(host);
+    std::string host = detail::routed_host(req.get_header_value(route_header_.c_str()));
     for (auto &r : *table)
-      if (r.match == host) return r.target;
+      if (detail::host_matches(r.match, host)) return r.target;
     return "";
   }
   const std::string &path = req.path;

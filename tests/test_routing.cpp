@@ -26,11 +26,13 @@ struct RoutedLattice {
   std::unique_ptr<ProviderProcess> provider;
   int port = testsupport::free_port();
 
-  RoutedLattice(const std::string &mode, nlohmann::json links = nlohmann::json::array(), bool wait = true)
+  RoutedLattice(const std::string &mode, nlohmann::json links = nlohmann::json::array(), bool wait = true,
+                nlohmann::json extra_config = nlohmann::json::object())
       : client(testsupport::client_options(nats.url())) {
     client.connect();
     for (auto id : {"alpha", "beta"}) testsupport::wait_for_component(client, id);
     nlohmann::json config = {{"routing_mode", mode}, {"default_address", loopback(port)}};
+    config.update(extra_config);
     provider = std::make_unique<ProviderProcess>(testsupport::host_data(nats.url(), config, links));
     if (wait) REQUIRE(testsupport::wait_for_port(port));
   }
@@ -111,6 +113,37 @@ TEST_CASE("routing host: the Host header picks the link, port ignored, and no ma
   CHECK(who_answers(lattice.port, "/", {{"Host", "alpha.example"}}).second == "alpha");
   CHECK(who_answers(lattice.port, "/", {{"Host", "beta.example:8080"}}).second == "beta");
   CHECK(who_answers(lattice.port, "/", {{"Host", "gamma.example"}}).first == 404);
+}
+
+TEST_CASE("routing host: config 'header' routes on that header (X-Forwarded-Host) instead of Host") {
+  RoutedLattice lattice("host", {link_to("alpha", {{"host", "alpha.example"}}), link_to("beta", {{"host", "beta.example"}})},
+                        true, {{"header", "X-Forwarded-Host"}});
+  CHECK(who_answers(lattice.port, "/", {{"Host", "alpha.example"}, {"X-Forwarded-Host", "beta.example"}}).second ==
+        "beta");
+  // The client's host comes first in a list proxies appended to.
+  CHECK(who_answers(lattice.port, "/", {{"X-Forwarded-Host", "Alpha.Example:443, proxy.internal"}}).second == "alpha");
+  CHECK(who_answers(lattice.port, "/", {{"Host", "alpha.example"}}).first == 404);
+}
+
+TEST_CASE("routing host: a *. host matches one label in front of it, and an exact host wins over it") {
+  RoutedLattice lattice("host",
+                        {link_to("alpha", {{"host", "*.example.com"}}), link_to("beta", {{"host", "api.example.com"}})});
+  CHECK(who_answers(lattice.port, "/", {{"Host", "www.example.com"}}).second == "alpha");
+  CHECK(who_answers(lattice.port, "/", {{"Host", "api.example.com"}}).second == "beta");
+  CHECK(who_answers(lattice.port, "/", {{"Host", "example.com"}}).first == 404);
+  CHECK(who_answers(lattice.port, "/", {{"Host", "a.b.example.com"}}).first == 404);
+}
+
+TEST_CASE("routing: disable_keepalive answers every request with Connection: close and closes") {
+  RoutedLattice lattice("path", {link_to("alpha", {{"path", "/"}})}, true, {{"disable_keepalive", "true"}});
+  int fd = testsupport::connect_loopback(lattice.port);
+  auto first = testsupport::exchange_on(fd, "GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n");
+  auto rest = testsupport::exchange_on(fd, "");
+  ::close(fd);
+  CHECK(first.bytes.find("HTTP/1.1 200") == 0);
+  CHECK(first.bytes.find("Connection: close") != std::string::npos);
+  CHECK(rest.closed);  // the pipelined second request got no answer: the connection ended
+  CHECK(rest.bytes.empty());
 }
 
 TEST_CASE("routing path: links change at run time under load without a dropped or misrouted request") {
