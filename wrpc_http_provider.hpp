@@ -420,6 +420,13 @@ inline void release_free_heap() {
 #endif
 }
 
+// `host` of `host:port` or `[v6]:port` (as it is when it has no port).
+inline std::string without_port(std::string host) {
+  auto colon = host.rfind(':');
+  if (colon != std::string::npos && host.back() != ']') host.resize(colon);
+  return host;
+}
+
 // One base64 codec for both alphabets: they differ only in the last two
 // characters and in whether '=' padding is written.
 inline std::string base64_encode_with(const std::string &bytes,
@@ -2165,11 +2172,8 @@ public:
     std::vector<uint64_t> sids;    // its other subscriptions, to end there
   };
 
-  NatsSubscriptions() : inbox_prefix_(new_inbox_prefix()) {
-    auto inbox = std::make_shared<Subscription>();
-    inbox->subject = inbox_prefix_ + ".>";
-    subs_[kInboxSid] = inbox;
-  }
+  // The inbox's entry holds its sid; its subject is always inbox_prefix_ + ".>".
+  NatsSubscriptions() : inbox_prefix_(new_inbox_prefix()) { subs_[kInboxSid] = std::make_shared<Subscription>(); }
 
   // A new subscription. `send` gets its SUB line with the table locked, so that a reconnect
   // or a move (subscribe_all_on) in between cannot miss it.
@@ -2182,7 +2186,7 @@ public:
     sub->queue = queue;
     sub->handler = std::move(handler);
     subs_[sid] = sub;
-    send(sub_line(sid, *sub));
+    send(sub_line(sid, sub->subject, sub->queue));
     return sid;
   }
 
@@ -2197,13 +2201,13 @@ public:
     } else {
       it->second->max_messages = max_messages;
     }
-    return "UNSUB " + std::to_string(sid) + (max_messages ? " " + std::to_string(max_messages) : "") + "\r\n";
+    return unsub_line(sid, max_messages);
   }
 
   std::string unsubscribe_all_lines() const {
     std::lock_guard<std::mutex> lk(subs_mu_);
     std::string wire;
-    for (auto &s : subs_) wire += "UNSUB " + std::to_string(s.first) + "\r\n";
+    for (auto &s : subs_) wire += unsub_line(s.first);
     return wire;
   }
 
@@ -2217,16 +2221,11 @@ public:
     Moved moved;
     std::string wire;
     for (auto &s : subs_) {
-      Subscription shown = *s.second;
-      if (s.first == kInboxSid) {
-        shown.subject = prefix + ".>";
-      } else {
-        moved.sids.push_back(s.first);
-      }
-      wire += sub_line(s.first, shown);
+      bool inbox = s.first == kInboxSid;
+      if (!inbox) moved.sids.push_back(s.first);
+      wire += sub_line(s.first, inbox ? prefix + ".>" : s.second->subject, s.second->queue);
     }
     if (!socket.write_all(wire.data(), wire.size())) return std::nullopt;
-    subs_[kInboxSid]->subject = prefix + ".>";
     {
       std::lock_guard<std::mutex> inbox_lock(inbox_mu_);
       moved.inbox_prefix = inbox_prefix_;
@@ -2302,9 +2301,16 @@ private:
     std::string prefix;  // the inbox subscription its replies come through
   };
 
-  static std::string sub_line(uint64_t sid, const Subscription &sub) {
-    return "SUB " + sub.subject + (sub.queue.empty() ? "" : " " + sub.queue) + " " + std::to_string(sid) + "\r\n";
+public:
+  static std::string sub_line(uint64_t sid, const std::string &subject, const std::string &queue) {
+    return "SUB " + subject + (queue.empty() ? "" : " " + queue) + " " + std::to_string(sid) + "\r\n";
   }
+  // UNSUB now, or after `max_messages` in all.
+  static std::string unsub_line(uint64_t sid, unsigned max_messages = 0) {
+    return "UNSUB " + std::to_string(sid) + (max_messages ? " " + std::to_string(max_messages) : "") + "\r\n";
+  }
+
+private:
 
   // `_INBOX.<random>.<token>[.<suffix>]` to the call that registered <token>.
   void dispatch_inbox(nats::Message &msg) {
@@ -2480,7 +2486,7 @@ private:
     const std::string &prefix = old.interest.inbox_prefix;
     std::string barrier = prefix + ".drained";
     std::string wire;
-    for (auto sid : old.interest.sids) wire += "UNSUB " + std::to_string(sid) + "\r\n";
+    for (auto sid : old.interest.sids) wire += NatsSubscriptions::unsub_line(sid);
     wire += "PUB " + barrier + " 0\r\n\r\n";
     bool unsubscribing = false, unsubscribed = false, ended = false;
     auto on = client_.connection_events([&] { old.socket->write_all("PONG\r\n", 6); });
@@ -2742,7 +2748,6 @@ inline void Client::flush(std::chrono::milliseconds timeout) {
 }
 
 inline void Client::count_pong() {
-  pings_out_ = 0;
   std::lock_guard<std::mutex> lk(pong_mu_);
   ++pongs_received_;
   pong_cv_.notify_all();
@@ -2762,6 +2767,10 @@ inline void Client::reader_loop() {
   });
   on.info = [this](const std::string &json) {
     if (handle_info(json).value("ldm", false) == true) lame_duck_->start(connected_server());
+  };
+  on.pong = [this] {
+    pings_out_ = 0;  // the connection in use answers: not stale (a retired one's PONG says nothing of it)
+    count_pong();
   };
   detail::NatsParser parser(std::move(on), opts_.protocol_limits);
   std::vector<char> buf(64 * 1024);
@@ -7113,9 +7122,7 @@ inline void Telemetry::end_request(const httplib::Request &req, const httplib::R
   auto *edge = detail::edge_request(req);
   if (!edge || !edge->trace) return;
   auto &trace = edge->trace;
-  std::string host = req.get_header_value("Host");
-  auto colon = host.rfind(':');
-  if (colon != std::string::npos && host.back() != ']') host.resize(colon);
+  std::string host = detail::without_port(req.get_header_value("Host"));
   trace->attributes = {detail::otlp_attribute("http.request.method", trace->method),
                        detail::otlp_attribute("url.path", req.path),
                        detail::otlp_attribute("url.scheme", edge->over_tls ? "https" : "http"),
@@ -7976,16 +7983,11 @@ inline std::string last_chunk_with_trailers(const std::optional<Fields> &trailer
 
 namespace detail {
 
-// A component id becomes one token of a NATS subject: printable, no dots or wildcards, and
-// short enough for the server's control line.
 // routing_mode host: the host a request names in the routing header (`Host`, or e.g.
 // `X-Forwarded-Host`): the first of a comma-separated list (the client's, before proxies
 // appended theirs), without its port, lower case.
 inline std::string routed_host(const std::string &value) {
-  std::string host = http1::trim_ows(value.substr(0, value.find(',')));
-  auto colon = host.rfind(':');
-  if (colon != std::string::npos && host.back() != ']') host.resize(colon);
-  return lower(host);
+  return lower(without_port(http1::trim_ows(value.substr(0, value.find(',')))));
 }
 
 // A link's host (lower case, port removed) against a request's: equal, or for `*.example.com`
@@ -7998,6 +8000,8 @@ inline bool host_matches(const std::string &pattern, const std::string &host) {
   return host.find('.') == label_end;
 }
 
+// A component id becomes one token of a NATS subject: printable, no dots or wildcards, and
+// short enough for the server's control line.
 inline bool valid_target(const std::string &target, size_t max_bytes) {
   if (target.empty() || target.size() > max_bytes) return false;
   for (unsigned char c : target)
@@ -8028,10 +8032,8 @@ public:
       detail::note_route(req, route);
       handle(req, res);
     };
-    auto streamed = [this, route = detail::route_template(pattern)](const httplib::Request &req, httplib::Response &res,
-                                                                   const httplib::ContentReader &) {
-      detail::note_route(req, route);
-      handle(req, res);
+    auto streamed = [plain](const httplib::Request &req, httplib::Response &res, const httplib::ContentReader &) {
+      plain(req, res);
     };
     detail::route_every_method(routes, pattern, plain, streamed);
   }
@@ -8869,9 +8871,7 @@ inline void Provider::rebuild_routes() {
       }
       std::string match = it->second;
       if (routing_mode_ == "host") {
-        match = detail::lower(match.substr(0, match.rfind(':') == std::string::npos || match.back() == ']'
-                                                  ? match.size()
-                                                  : match.rfind(':')));
+        match = detail::lower(detail::without_port(match));
       } else {
         if (match.empty() || match[0] != '/') match = "/" + match;
         while (match.size() > 1 && match.back() == '/') match.pop_back();
