@@ -352,6 +352,9 @@ answers_on() {  # URL TEXT
   [[ "$(curl -s --max-time 2 "$1")" == "$2" ]]
 }
 # A README line, run as written (wash from the interop, wadm.yaml as its copy); prints its output.
+# A command's output for a table cell: its first non-blank line, or all of it on one line.
+first_line() { grep -m 1 '[^[:space:]]' <<<"$1" | head -c 200; }
+one_line() { tr -s ' \n' ' ' <<<"$1" | head -c 300; }
 readme_line() {  # LINE
   local line=$1 args
   read -r -a args <<<"$line"
@@ -365,8 +368,8 @@ readme_line() {  # LINE
 }
 readme_wash_line() {  # LINE: succeeds with its output
   local out
-  out=$(readme_line "$1") || { echo "failed: $(grep -m 1 '[^[:space:]]' <<<"$out")"; return 1; }
-  grep -m 1 '[^[:space:]]' <<<"$out" | head -c 200
+  out=$(readme_line "$1") || { echo "failed: $(first_line "$out")"; return 1; }
+  first_line "$out"
 }
 readme_deploy() {  # LINE: wash app deploy, then wadm reports the app Deployed
   readme_wash_line "$1" >/dev/null || { readme_wash_line "$1"; return 1; }
@@ -376,8 +379,8 @@ readme_deploy() {  # LINE: wash app deploy, then wadm reports the app Deployed
 readme_app_list() {  # LINE: a row for http v0.1.0, and the app Deployed (wash 0.43's table
   # prints the status as a wrapped struct, so that is read from its JSON)
   local out
-  out=$(readme_line "$1") || { echo "failed: $(grep -m 1 '[^[:space:]]' <<<"$out")"; return 1; }
-  grep -qE '^ *http +v0\.1\.0 ' <<<"$out" || { echo "no 'http v0.1.0' row: $(tr -s ' \n' ' ' <<<"$out" | head -c 300)"; return 1; }
+  out=$(readme_line "$1") || { echo "failed: $(first_line "$out")"; return 1; }
+  grep -qE '^ *http +v0\.1\.0 ' <<<"$out" || { echo "no 'http v0.1.0' row: $(one_line "$out")"; return 1; }
   app_deployed || { echo "the app is not Deployed"; return 1; }
   echo "http v0.1.0, status Deployed"
 }
@@ -405,24 +408,24 @@ readme_delete() {  # LINE: the provider process ends and the port refuses within
 }
 app_status_shows_link() {
   local out
-  out=$(wash_ app status http 2>&1) || { echo "wash app status failed: $(grep -m 1 '[^[:space:]]' <<<"$out")"; return 1; }
+  out=$(wash_ app status http 2>&1) || { echo "wash app status failed: $(first_line "$out")"; return 1; }
   grep -qE -- '-\(wasi:http\)-> .*LinkScaler +Deployed' <<<"$out" ||
-    { echo "no deployed wasi:http link in: $(tr -s ' \n' ' ' <<<"$out" | head -c 300)"; return 1; }
+    { echo "no deployed wasi:http link in: $(one_line "$out")"; return 1; }
   grep -E -- '-\(wasi:http\)->' <<<"$out" | tr -s ' ' | head -n 1
 }
 inventory_lists_provider() {
   local out
-  out=$(wash_ get inventory 2>&1) || { echo "wash get inventory failed: $(grep -m 1 '[^[:space:]]' <<<"$out")"; return 1; }
-  grep -q "$PROVIDER_ID" <<<"$out" || { echo "no $PROVIDER_ID in: $(tr '\n' ' ' <<<"$out" | head -c 300)"; return 1; }
+  out=$(wash_ get inventory 2>&1) || { echo "wash get inventory failed: $(first_line "$out")"; return 1; }
+  grep -q "$PROVIDER_ID" <<<"$out" || { echo "no $PROVIDER_ID in: $(one_line "$out")"; return 1; }
   grep "$PROVIDER_ID" <<<"$out" | tr -s ' ' | head -n 1
 }
 par_claims() {
   local out
   out=$(HOME="$LOGS/wash-home" RUST_BACKTRACE=0 "$WASH" par inspect "$PAR" 2>&1) ||
-    { echo "wash par inspect failed: $(grep -m 1 '[^[:space:]]' <<<"$out")"; return 1; }
+    { echo "wash par inspect failed: $(first_line "$out")"; return 1; }
   local want
   for want in http-server wrpc-http-provider 0.1.0 x86_64-linux; do
-    grep -q -- "$want" <<<"$out" || { echo "no '$want' in: $(tr '\n' ' ' <<<"$out" | head -c 300)"; return 1; }
+    grep -q -- "$want" <<<"$out" || { echo "no '$want' in: $(one_line "$out")"; return 1; }
   done
   echo "name http-server, vendor wrpc-http-provider, version 0.1.0, target x86_64-linux"
 }
