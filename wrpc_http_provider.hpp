@@ -47,24 +47,33 @@
 //    forwarder   Forwarder::handle: detail::edge_request(req) finds the edge's request (the
 //                one place it crosses cpp-httplib's (req, res); a parameter from here on);
 //                the Director picks the target; the head becomes a RequestHead
-//    call        wrpc::OutgoingCall: invocation -> await_handshake -> write_body ...
-//                finish_request (or send_whole_request when the body is all here)
+//    call        wrpc::OutgoingCall: invocation -> send_whole_request (the body is all here),
+//                or await_handshake -> write_body ... finish_request (a streamed upload)
 //    NATS        nats::Client::send -> NatsConnection::enqueue -> write_pending (or the
 //                writer thread's writer_loop, when a write is under way) -> socket
+//    detach      EdgeServer::detach: a detail::ForwardedResponse will write the response; the
+//                worker returns from the route (cpp-httplib's answer to it is dropped) and
+//                moves on, and the connection is the DetachedResponse's
 //    reply       nats::Client::reader_loop -> NatsParser -> NatsSubscriptions::dispatch_inbox
 //                -> OutgoingCall::State::on_message (the call's channels, AsyncChannels)
-//    response    OutgoingCall::await_response -> Forwarder::send_response: status and fields,
-//                then a content provider pulling read_body / read_trailers; cpp-httplib
-//                writes through EdgeStream::write -> EdgeConnection; the post-routing step
-//                (Telemetry::end_request, cache_control); serve_connection takes the next
-//                request or parks the connection again
-//  The worker holds the request from `edge` to the last response byte. Routes of your own
-//  (cpp-httplib handlers) take the `router` step's place of the forwarder.
+//                -> its progress callback -> DetachedResponse::kick, on the reader thread
+//    response    kick -> ForwardedResponse::advance: poll_response (the head: the post-routing
+//                step, Telemetry::end_request and cache_control, then status and fields),
+//                poll_body / poll_trailers (each piece framed), written with non-blocking
+//                sends; a full socket waits in the edge loop (EPOLLOUT kicks it), a missing
+//                piece waits for the call's next news; the edge loop's 100 ms tick kicks every
+//                detached response for its deadlines (timeout_ms 504, body idle, write stall)
+//    done        the edge loop: the response-done step (the spans end), then the connection's
+//                next request goes to a worker, or it is parked, or closed
+//  A worker holds a forwarded request from `edge` until its call is sent (a streamed upload:
+//  until its last byte); no thread waits for the component. Routes of your own (cpp-httplib
+//  handlers) take the `router` step's place of the forwarder and hold their worker to the end.
 //
 //  Threads, and the lock order
 //  ---------------------------
-//  Threads: the NATS reader (reads, answers health, hands everything that can wait to the
-//  control thread: it never waits for a listener or a request), the NATS writer, a lame duck
+//  Threads: the NATS reader (reads, answers health, moves detached responses on with
+//  non-blocking writes, hands everything that can wait to the control thread: it never waits
+//  for a listener or a request), the NATS writer, a lame duck
 //  mover while one runs, each listener's edge loop and its workers, the provider's control
 //  thread (link put/del and config updates, one at a time, in arrival order), one telemetry
 //  exporter per enabled signal, and run()'s own thread (signals, shutdown). Each has one
@@ -77,6 +86,9 @@
 //                    NatsSubscriptions::dispatch_mu_ -> subs_mu_
 //                    subs_mu_ -> { inbox_mu_, NatsConnection::mu_, NatsSocket::tls_mu_ }
 //    wRPC transport  AsyncChannels::mu -> ReaderStallAllowance::mu_
+//  A detached response's kick takes none of these across another: DetachedResponse::mu_ only
+//  to take its turn, the call's AsyncChannels::mu inside each poll, EdgeServer::mu_ to hand it
+//  to the edge loop (on the reader thread, under dispatch_mu_, each of them alone).
 //  Every other lock is a leaf: NatsServerPool::mu_, NatsSubscriptions::inbox_mu_,
 //  Client::pong_mu_, NatsConnection::mu_ (a write happens with it released), EdgeServer::mu_,
 //  ElasticTaskQueue::mu_ (worker pools and the control queue), Telemetry::mu_, Logger::mu_,
@@ -176,6 +188,15 @@
 #endif
 #ifndef WRPC_HTTP_WORKER_IDLE_MS
 #define WRPC_HTTP_WORKER_IDLE_MS 5000
+#endif
+// Workers that start at once for waiting connections; past them, one more starts only when
+// none has taken a connection for WRPC_HTTP_WORKER_STALL_MS (all blocked in slow routes or
+// uploads), so a burst of requests is served by the threads there are (0: twice the cores).
+#ifndef WRPC_HTTP_EAGER_WORKERS
+#define WRPC_HTTP_EAGER_WORKERS 0
+#endif
+#ifndef WRPC_HTTP_WORKER_STALL_MS
+#define WRPC_HTTP_WORKER_STALL_MS 10
 #endif
 // Request line plus header fields (and, separately, the trailer section), and their count.
 #ifndef WRPC_HTTP_MAX_REQUEST_HEAD_BYTES
@@ -4162,14 +4183,15 @@ struct AsyncChannels {
   // On the NATS reader thread, with mu held by `lk`: a message of the body's channel. One that
   // does not fit waits for the consumer to make room (it is awake: it has bytes to read) for
   // what is left of the call's stall budget and the connection's allowance; past that the
-  // stream fails as outrun.
-  void on_body_message(std::unique_lock<std::mutex> &lk, const std::string &data) {
+  // stream fails as outrun. Returns whether it waited (the consumer may have emptied the queue
+  // meanwhile and gone to sleep: the caller must wake it even if no condition turned on).
+  bool on_body_message(std::unique_lock<std::mutex> &lk, const std::string &data) {
     std::chrono::microseconds allowed{0};
     if (!body.queue.has_room_for(data.size()) && body.error.empty() && !body.ended && stall_left.count() > 0)
       allowed = reader_allowance.take(stall_left);
     if (allowed.count() <= 0) {
       body.on_message(data);
-      return;
+      return false;
     }
     auto start = Clock::now();
     reader_waits_for_room = true;
@@ -4179,9 +4201,7 @@ struct AsyncChannels {
     stall_left -= waited;
     reader_allowance.give_back(allowed - waited);
     body.on_message(data);
-    // The consumer may have emptied the queue meanwhile and gone to sleep; the caller's
-    // "did a condition turn on" check saw the queue non-empty before the wait, so wake it here.
-    cv.notify_all();
+    return true;
   }
 
   // With mu held.
@@ -4203,6 +4223,11 @@ struct AsyncChannels {
     std::unique_lock<std::mutex> lk(mu);
     if (!cv.wait_for(lk, idle_timeout, [&] { return body_readable(); }))
       throw wrpc::CallError(wrpc::CallError::Kind::timeout, "body stalled");
+    return take_body(out);
+  }
+
+  // read_body's answer once body_readable(), with mu held.
+  bool take_body(std::string &out) {
     if (!body.error.empty()) throw wrpc::CallError(wrpc::CallError::Kind::bad_reply, body.error);
     if (!body.queue.empty()) {
       out = body.queue.pop();
@@ -4216,8 +4241,15 @@ struct AsyncChannels {
   // The pending trailers' value, once their channel closed.
   std::optional<Fields> read_trailers(std::chrono::milliseconds timeout) {
     std::unique_lock<std::mutex> lk(mu);
-    if (!cv.wait_for(lk, timeout, [&] { return trailers_closed || lost; }))
+    if (!cv.wait_for(lk, timeout, [&] { return trailers_known(); }))
       throw wrpc::CallError(wrpc::CallError::Kind::timeout, "trailers did not arrive");
+    return take_trailers();
+  }
+
+  // With mu held.
+  bool trailers_known() const { return trailers_closed || lost; }
+  // read_trailers' answer once trailers_known(), with mu held.
+  std::optional<Fields> take_trailers() {
     if (!trailers_closed) throw wrpc::CallError(wrpc::CallError::Kind::disconnected, "NATS connection lost");
     auto decoded = decode_trailers(trailer_bytes.data(), trailer_bytes.size(), max_trailer_bytes);
     if (decoded.status != DecodeStatus::ok)
@@ -4265,11 +4297,17 @@ namespace detail {
 // `idle_exit` without work. The HTTP edge and the wRPC server run work that blocks for as
 // long as a client or caller takes, so a fixed pool would let slow peers starve everyone
 // else; an exited worker is joined by the next enqueue or by shutdown().
+// Past `eager_threads` running, a job that finds no idle worker starts one only when no
+// worker has taken a job for `stall` (they are all blocked, e.g. in slow routes): a burst of
+// short jobs is worked off by the threads there are instead of starting one per job. The
+// owner calls grow_if_stalled() now and then, since nothing else may enqueue meanwhile.
 class ElasticTaskQueue {
 public:
   explicit ElasticTaskQueue(size_t max_threads,
-                            std::chrono::milliseconds idle_exit = std::chrono::milliseconds(WRPC_HTTP_WORKER_IDLE_MS))
-      : max_threads_(max_threads), idle_exit_(idle_exit) {}
+                            std::chrono::milliseconds idle_exit = std::chrono::milliseconds(WRPC_HTTP_WORKER_IDLE_MS),
+                            size_t eager_threads = SIZE_MAX,
+                            std::chrono::milliseconds stall = std::chrono::milliseconds(WRPC_HTTP_WORKER_STALL_MS))
+      : max_threads_(max_threads), idle_exit_(idle_exit), eager_threads_(eager_threads), stall_(stall) {}
   ~ElasticTaskQueue() { shutdown(); }
   ElasticTaskQueue(const ElasticTaskQueue &) = delete;
   ElasticTaskQueue &operator=(const ElasticTaskQueue &) = delete;
@@ -4282,16 +4320,18 @@ public:
       if (stopping_) return;
       jobs_.push_back(std::move(fn));
       exited.swap(exited_);
-      // Idle threads may already be spoken for by jobs queued just before this one.
-      if (jobs_.size() > idle_ && threads_.size() < max_threads_) {
-        threads_.emplace_back();
-        auto self = std::prev(threads_.end());
-        *self = std::thread([this, self] { work(self); });
-      } else {
-        cv_.notify_one();  // past the cap, jobs wait for a thread to come free
-      }
+      if (!start_thread_if_needed()) cv_.notify_one();  // jobs wait for a thread to come free
     }
     for (auto &t : exited) t.join();
+  }
+
+  // Starts a thread when queued jobs wait behind workers that all stopped taking any; returns
+  // whether jobs still wait (the owner then asks again soon).
+  bool grow_if_stalled() {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (jobs_.empty() || stopping_) return false;
+    start_thread_if_needed();
+    return true;
   }
 
   // Jobs queued and not yet taken by a thread.
@@ -4313,6 +4353,17 @@ public:
   }
 
 private:
+  // With mu_ held. Idle threads may already be spoken for by jobs queued just before.
+  bool start_thread_if_needed() {
+    if (jobs_.size() <= idle_ || threads_.size() >= max_threads_) return false;
+    if (threads_.size() >= eager_threads_ && Clock::now() - last_taken_ < stall_) return false;
+    threads_.emplace_back();
+    auto self = std::prev(threads_.end());
+    *self = std::thread([this, self] { work(self); });
+    last_taken_ = Clock::now();  // the new thread takes one at once: the next waits a stall again
+    return true;
+  }
+
   void work(std::list<std::thread>::iterator self) {
     std::unique_lock<std::mutex> lk(mu_);
     while (true) {
@@ -4327,6 +4378,7 @@ private:
       }
       auto job = std::move(jobs_.front());
       jobs_.pop_front();
+      last_taken_ = Clock::now();
       lk.unlock();
       job();
       lk.lock();
@@ -4335,6 +4387,9 @@ private:
 
   size_t max_threads_;
   std::chrono::milliseconds idle_exit_;
+  size_t eager_threads_;
+  std::chrono::milliseconds stall_;
+  Clock::time_point last_taken_{};  // a worker last took a job
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::function<void()>> jobs_;
@@ -4448,9 +4503,63 @@ public:
   // component's own error-code.
   ResponseHead await_response(detail::Clock::time_point deadline) {
     std::unique_lock<std::mutex> lk(state_->mu);
-    if (!state_->cv.wait_until(lk, deadline,
-                               [&] { return state_->result_known() || state_->lost || state_->no_responders; }))
+    if (!state_->cv.wait_until(lk, deadline, [&] { return state_->response_known(); }))
       throw CallError(CallError::Kind::timeout, "the component did not answer in time");
+    return take_response();
+  }
+
+  // A call that no thread waits for (the HTTP edge's forwarded requests) is moved on by its
+  // news instead: `progress` runs on the NATS reader thread, without the call's lock, each time
+  // something the poll_* functions would return turns up, and when the connection is lost. It
+  // must return at once. Set it once; news that came before it was set is there to poll.
+  void on_progress(std::function<void()> progress) {
+    std::lock_guard<std::mutex> lk(state_->mu);
+    state_->progress = std::move(progress);
+  }
+
+  // await_response without waiting: the result head once it is here, std::nullopt before.
+  std::optional<ResponseHead> poll_response() {
+    std::lock_guard<std::mutex> lk(state_->mu);
+    if (!state_->response_known()) return std::nullopt;
+    return take_response();
+  }
+
+  // read_body without waiting: `piece` (into `out`), the body's `end`, or `wait` for news.
+  enum class BodyPoll { piece, end, wait };
+  BodyPoll poll_body(std::string &out) {
+    std::lock_guard<std::mutex> lk(state_->mu);
+    if (!state_->body_readable()) return BodyPoll::wait;
+    return state_->take_body(out) ? BodyPoll::piece : BodyPoll::end;
+  }
+
+  // read_trailers without waiting: false while they are still to come.
+  bool poll_trailers(std::optional<Fields> &out) {
+    std::lock_guard<std::mutex> lk(state_->mu);
+    if (state_->result && !state_->result->trailers.pending) {
+      out = state_->result->trailers.ready_value;
+      return true;
+    }
+    if (!state_->trailers_known()) return false;
+    out = state_->take_trailers();
+    return true;
+  }
+
+  // Next piece of the response body; false at its end. Throws CallError when the stream
+  // breaks (malformed, connection lost, nothing for `idle_timeout`).
+  bool read_body(std::string &out, std::chrono::milliseconds idle_timeout) {
+    return state_->read_body(out, idle_timeout);
+  }
+
+  // The response trailers, once the body has ended.
+  std::optional<Fields> read_trailers(std::chrono::milliseconds timeout) {
+    std::optional<Fields> trailers;
+    if (poll_trailers(trailers)) return trailers;
+    return state_->read_trailers(timeout);
+  }
+
+private:
+  // await_response's answer once the state knows it, with its mu held.
+  ResponseHead take_response() {
     if (state_->no_responders) throw CallError(CallError::Kind::no_responders, "no component is serving this target");
     if (!state_->failure.empty()) throw CallError(CallError::Kind::bad_reply, state_->failure);
     if (!state_->result) throw CallError(CallError::Kind::disconnected, "NATS connection lost");
@@ -4460,34 +4569,6 @@ public:
     return std::move(state_->result->response);  // asked for once: the head leaves the lock quickly
   }
 
-  // Next piece of the response body; false at its end. Throws CallError when the stream
-  // breaks (malformed, connection lost, nothing for `idle_timeout`).
-  bool read_body(std::string &out, std::chrono::milliseconds idle_timeout) {
-    return state_->read_body(out, idle_timeout);
-  }
-
-  // True once every body byte has been read and the body's end has arrived.
-  bool body_complete() {
-    std::lock_guard<std::mutex> lk(state_->mu);
-    return state_->body.ended && state_->body.queue.empty();
-  }
-
-  // True when read_body would wait: neither body bytes nor its end nor an error are here.
-  bool body_would_wait() {
-    std::lock_guard<std::mutex> lk(state_->mu);
-    return !state_->body_readable();
-  }
-
-  // The response trailers, once the body has ended.
-  std::optional<Fields> read_trailers(std::chrono::milliseconds timeout) {
-    {
-      std::lock_guard<std::mutex> lk(state_->mu);
-      if (state_->result && !state_->result->trailers.pending) return state_->result->trailers.ready_value;
-    }
-    return state_->read_trailers(timeout);
-  }
-
-private:
   struct State : detail::AsyncChannels {
     State(const CallLimits &l, nats::ReaderStallAllowance &a)
         : AsyncChannels(l.max_buffered_body, l.max_head_bytes, l.body_stall_budget, a), limits(l) {}
@@ -4499,9 +4580,11 @@ private:
     std::string failure;
     // Runs once, on the reader thread, when the handshake names the server's inbox.
     std::function<void(const std::string &server_inbox)> on_handshake;
+    std::function<void()> progress;  // OutgoingCall::on_progress
 
     bool handshaken() const { return !server_inbox.empty() || no_responders; }
     bool result_known() const { return result.has_value() || !failure.empty(); }
+    bool response_known() const { return result_known() || lost || no_responders; }
     unsigned conditions() const {
       return channel_conditions() | (handshaken() ? kFirstOwnCondition : 0u) | (no_responders ? kFirstOwnCondition << 1 : 0u) |
              (result_known() ? kFirstOwnCondition << 2 : 0u);
@@ -4527,13 +4610,16 @@ private:
       } else if (suffix == ".results") {
         on_result_bytes(m.data);
       } else if (suffix == ".results.0.0") {
-        on_body_message(lk, m.data);
+        if (on_body_message(lk, m.data)) before = 0;
       } else if (suffix == ".results.0.1") {
         on_trailer_message(m.data);
       }
       bool wake = conditions() & ~before;
+      // Set once and never reset: the pointer stays good while this state lives.
+      auto *news = wake && progress ? &progress : nullptr;
       lk.unlock();  // the woken thread then finds the lock free
       if (wake) cv.notify_all();
+      if (news) (*news)();
     }
 
     void on_result_bytes(const std::string &data) {
@@ -4553,9 +4639,12 @@ private:
     }
 
     void on_disconnected() {
-      std::lock_guard<std::mutex> lk(mu);
+      std::unique_lock<std::mutex> lk(mu);
       lost = true;
+      auto *news = progress ? &progress : nullptr;
+      lk.unlock();
       cv.notify_all();
+      if (news) (*news)();
     }
   };
 
@@ -4714,7 +4803,7 @@ struct IncomingRequest::State : detail::AsyncChannels {
     if (suffix == ".params") {
       on_param_bytes(m.data);
     } else if (suffix == ".params.0.0") {
-      on_body_message(lk, m.data);
+      if (on_body_message(lk, m.data)) before = 0;
     } else if (suffix == ".params.0.1") {
       on_trailer_message(m.data);
     }
@@ -5778,6 +5867,7 @@ private:
 }  // namespace wrpc_http
 
 namespace wrpc_http {
+class EdgeServer;
 namespace detail {
 
 // Every parked connection holds a descriptor: raise the soft limit to the hard one, once.
@@ -5920,6 +6010,13 @@ public:
   }
 
   bool write_all(const char *data, size_t size) { return write_all(data, size, write_timeout_); }
+  // What the socket takes now, without waiting: the bytes written (0 when none fit), or -1
+  // when the connection broke. For a writer that waits in the edge loop instead.
+  ssize_t send_now(const char *data, size_t size) {
+    short want = 0;
+    ssize_t n = write_some(data, size, want);
+    return n > 0 ? n : n == 0 ? -1 : 0;
+  }
   // With a timeout of its own (the edge loop, which must not wait on one client for long).
   bool write_all(const char *data, size_t size, std::chrono::milliseconds timeout) {
     if (held_.empty()) return send_all(data, size, timeout);
@@ -6161,6 +6258,7 @@ private:
 };
 
 struct RequestTrace;  // telemetry's record of one request (telemetry section)
+class DetachedResponse;
 
 // The request a worker is serving: the raw head and the body the Forwarder reads, and what
 // the steps around it (telemetry, the error handler) keep of it.
@@ -6169,10 +6267,15 @@ struct EdgeRequest {
   EdgeBody &body;
   EdgeConnection &conn;
   bool over_tls;
+  EdgeServer &server;
+  bool closes_connection;                     // the response says `Connection: close`
   const httplib::Request *routed = nullptr;  // cpp-httplib's object for it, once process_request made it
   std::shared_ptr<RequestTrace> trace{};      // from Telemetry::begin_request, when telemetry is on
   bool answered_by_component = false;         // the status came from a component
   bool close_after = false;                   // the provider answered with an error: close
+  // A route handed the response to a writer without a thread (EdgeServer::detach): the worker
+  // no longer touches the connection, and what cpp-httplib writes for the route is dropped.
+  std::shared_ptr<DetachedResponse> detached{};
 };
 
 // The request this worker thread is serving (serve_request sets and clears it). Read directly
@@ -6197,21 +6300,58 @@ inline std::string sent_method(const httplib::Request &req) {
   return edge ? edge->head.method : req.method;
 }
 
-// Sends what the edge holds of the response (its head, kept back to leave with the first body
-// bytes) before the route waits for something: the client sees the head while it waits.
-inline void flush_edge_response(EdgeRequest &edge) { edge.conn.flush(); }
 
+// RFC 9110 section 15's reason phrases; none for a status it does not name (the phrase is
+// optional, RFC 9112 4).
 inline const char *reason_phrase(int status) {
   switch (status) {
+  case 100: return "Continue";
+  case 101: return "Switching Protocols";
+  case 200: return "OK";
+  case 201: return "Created";
+  case 202: return "Accepted";
+  case 203: return "Non-Authoritative Information";
+  case 204: return "No Content";
+  case 205: return "Reset Content";
+  case 206: return "Partial Content";
+  case 300: return "Multiple Choices";
+  case 301: return "Moved Permanently";
+  case 302: return "Found";
+  case 303: return "See Other";
+  case 304: return "Not Modified";
+  case 305: return "Use Proxy";
+  case 307: return "Temporary Redirect";
+  case 308: return "Permanent Redirect";
   case 400: return "Bad Request";
+  case 401: return "Unauthorized";
+  case 402: return "Payment Required";
+  case 403: return "Forbidden";
+  case 404: return "Not Found";
+  case 405: return "Method Not Allowed";
+  case 406: return "Not Acceptable";
+  case 407: return "Proxy Authentication Required";
   case 408: return "Request Timeout";
+  case 409: return "Conflict";
+  case 410: return "Gone";
+  case 411: return "Length Required";
+  case 412: return "Precondition Failed";
   case 413: return "Content Too Large";
   case 414: return "URI Too Long";
+  case 415: return "Unsupported Media Type";
+  case 416: return "Range Not Satisfiable";
   case 417: return "Expectation Failed";
+  case 421: return "Misdirected Request";
+  case 422: return "Unprocessable Content";
+  case 426: return "Upgrade Required";
+  case 429: return "Too Many Requests";
   case 431: return "Request Header Fields Too Large";
+  case 500: return "Internal Server Error";
   case 501: return "Not Implemented";
+  case 502: return "Bad Gateway";
+  case 503: return "Service Unavailable";
+  case 504: return "Gateway Timeout";
   case 505: return "HTTP Version Not Supported";
-  default: return "Error";
+  default: return "";
   }
 }
 
@@ -6236,6 +6376,7 @@ public:
   // may then wait (DataSink::is_writable): the held head goes out. A full send buffer is no
   // reason to stop; write waits.
   bool may_write() const {
+    if (request_.detached) return true;
     if (!conn_.flush()) return false;
     pollfd p{conn_.fd(), POLLOUT, 0};
     return ::poll(&p, 1, 0) >= 0 && !(p.revents & (POLLERR | POLLHUP | POLLNVAL));
@@ -6249,6 +6390,7 @@ public:
   }
 
   ssize_t read(char *ptr, size_t size) override {
+    if (request_.detached) return 0;
     if (head_used_ < head_.size()) {
       size_t n = std::min(size, head_.size() - head_used_);
       std::memcpy(ptr, head_.data() + head_used_, n);
@@ -6258,6 +6400,7 @@ public:
     return body_.read(ptr, size);
   }
   ssize_t write(const char *ptr, size_t size) override {
+    if (request_.detached) return static_cast<ssize_t>(size);  // not the response: it is written elsewhere
     // A route that answers without reading the body (GET on the provider's own routes) still
     // has it read first, within max_content_len: a body over it is refused, not answered.
     // After the provider's own error answer the connection closes: nothing to read then.
@@ -6313,6 +6456,71 @@ inline bool httplib_routes_method(const std::string &method) {
   return false;
 }
 
+// What writes a detached response (the Forwarder's wRPC call, HTTP bridge section).
+class ResponseProducer {
+public:
+  virtual ~ResponseProducer() = default;
+  // Writes through `out` what is ready (start, write, then end or cut). It never waits: what
+  // is not there yet (the component's head, the next body piece) it leaves for a later call.
+  // Called one at a time, from whichever thread kicks the response (DetachedResponse::kick),
+  // so it must not block, log or call out beyond `out`.
+  virtual void advance(DetachedResponse &out, Clock::time_point now) = 0;
+  // On the edge loop, once the response is over (`whole`: every byte of it left): log lines.
+  virtual void finished(bool whole) = 0;
+};
+
+// A response that no thread waits for: its route detached it from the worker
+// (EdgeServer::detach) and a ResponseProducer writes it as its parts arrive. It owns the
+// connection until the response is over; then the edge loop hands the connection on (the
+// next request, parked, or closed).
+//
+// It moves on by kicks: from the producer's news (the NATS reader), from the edge loop (room
+// in the socket again, and every tick for the deadlines), and once from the worker that
+// detached it. One kick runs at a time; a kick while one runs makes that one go round again.
+class DetachedResponse : public std::enable_shared_from_this<DetachedResponse> {
+public:
+  DetachedResponse(EdgeServer &server, std::shared_ptr<EdgeConnection> conn, EdgeRequest &request,
+                   std::unique_ptr<ResponseProducer> producer);
+
+  // For the producer, in advance():
+  EdgeRequest &request() { return request_; }
+  // More may be written now: nothing is half sent and less than a socket's worth waits.
+  bool has_room() const { return out_used_ == 0 && out_.size() < kRoomBytes; }
+  // The status and fields, framing fields included: the post-routing step sees them, then
+  // they go out, with `res.body` when there is one (never for HEAD).
+  void start(httplib::Response &res);
+  void write(const char *data, size_t size) { out_.append(data, size); }
+  void end() { ending_ = true; }  // complete once what was written has left
+  void cut() { cut_ = true; }     // broken: the connection closes, the client sees it cut off
+
+  void kick();
+  // Waits for a running kick; no kick runs after it (the edge is stopping).
+  void abandon();
+
+private:
+  friend class wrpc_http::EdgeServer;
+  void step(Clock::time_point now);
+  bool send_waiting(Clock::time_point now);
+
+  static constexpr size_t kRoomBytes = 64 * 1024;
+  EdgeServer &server_;
+  std::shared_ptr<EdgeConnection> conn_;
+  const int fd_;
+  http1::Head head_;
+  EdgeBody body_;
+  httplib::Request routed_;
+  EdgeRequest request_;
+  std::unique_ptr<ResponseProducer> producer_;
+  std::string out_;  // written, not yet sent
+  size_t out_used_ = 0;
+  Clock::time_point blocked_since_{};  // bytes wait for room in the socket since then
+  bool ending_ = false, cut_ = false;
+
+  std::mutex mu_;  // whose turn it is to kick
+  std::condition_variable turn_over_;
+  bool running_ = false, again_ = false, over_ = false, abandoned_ = false;
+};
+
 }  // namespace detail
 
 // Limits and timeouts of one HTTP listener's edge.
@@ -6325,6 +6533,10 @@ struct EdgeOptions {
   std::chrono::milliseconds write_timeout{WRPC_HTTP_WRITE_TIMEOUT_SECOND * 1000};
   size_t max_workers = WRPC_HTTP_MAX_WORKERS;
   std::chrono::milliseconds worker_idle_exit{WRPC_HTTP_WORKER_IDLE_MS};  // an idle worker exits after it
+  // Workers started at once; past them one starts only after worker_stall without a worker
+  // taking a connection (0: twice the cores, at least 4).
+  size_t eager_workers = WRPC_HTTP_EAGER_WORKERS;
+  std::chrono::milliseconds worker_stall{WRPC_HTTP_WORKER_STALL_MS};
   size_t keep_alive_max_count = WRPC_HTTP_KEEPALIVE_MAX_COUNT;
   // After an answer, how long a worker waits for the connection's next request.
   std::chrono::milliseconds keep_alive_linger{WRPC_HTTP_KEEPALIVE_LINGER_MS};
@@ -6373,7 +6585,16 @@ public:
   using ResponseDone = std::function<void(detail::EdgeRequest &request, bool whole)>;
   void on_response_done(ResponseDone done) { done_ = std::move(done); }
 
+  // From a route, on the worker serving `request`: `producer` writes the response from now on,
+  // without this worker, which moves on to other connections once the route returns (what
+  // the route leaves in its httplib::Response is dropped). The post-routing step and the
+  // response-done step run when the producer starts and ends the response.
+  std::shared_ptr<detail::DetachedResponse> detach(detail::EdgeRequest &request,
+                                                   std::unique_ptr<detail::ResponseProducer> producer);
+
 private:
+  friend class detail::DetachedResponse;
+  enum class Served { keep_alive, close, detached };
   struct Parked {
     std::shared_ptr<detail::EdgeConnection> conn;
     detail::Clock::time_point deadline;
@@ -6384,7 +6605,13 @@ private:
   void dispatch(int fd);
   void expire_parked();
   void serve_connection(const std::shared_ptr<detail::EdgeConnection> &conn);
-  bool serve_request(detail::EdgeConnection &conn, const detail::http1::Head &head);
+  Served serve_request(detail::EdgeConnection &conn, const detail::http1::Head &head);
+  void after_routing(const httplib::Request &req, httplib::Response &res);
+  void wait_writable(int fd);
+  void finish_later(std::shared_ptr<detail::DetachedResponse> response);
+  void finish_detached();
+  void kick_detached();
+  void continue_connection(const std::shared_ptr<detail::EdgeConnection> &conn, bool reusable);
   void refuse(detail::EdgeConnection &conn, detail::http1::Refusal refusal);
   void close_connection(const std::shared_ptr<detail::EdgeConnection> &conn);
   void leave_active(const std::shared_ptr<detail::EdgeConnection> &conn);
@@ -6405,12 +6632,24 @@ private:
   std::condition_variable idle_cv_;
   std::unordered_map<int, Parked> parked_;
   std::unordered_map<detail::EdgeConnection *, std::shared_ptr<detail::EdgeConnection>> active_;
+  // Responses being written without a worker, by descriptor (their connections stay in
+  // active_), and those that are over, for the edge loop to hand their connections on.
+  std::unordered_map<int, std::shared_ptr<detail::DetachedResponse>> detached_;
+  std::vector<std::shared_ptr<detail::DetachedResponse>> finished_detached_;
   bool stopping_ = false;
   bool finished_ = false;
 };
 
+namespace detail {
+inline size_t eager_workers(size_t configured) {
+  return configured ? configured : std::max<size_t>(4, 2 * std::thread::hardware_concurrency());
+}
+}  // namespace detail
+
 inline EdgeServer::EdgeServer(EdgeOptions options, const Logger &logger)
-    : options_(std::move(options)), logger_(logger), workers_(options_.max_workers, options_.worker_idle_exit) {
+    : options_(std::move(options)), logger_(logger),
+      workers_(options_.max_workers, options_.worker_idle_exit, detail::eager_workers(options_.eager_workers),
+               options_.worker_stall) {
   detail::raise_open_file_limit();
   if (!options_.tls_cert_file.empty())
     tls_ = std::make_unique<detail::TlsServerContext>(options_.tls_cert_file, options_.tls_priv_key_file);
@@ -6448,13 +6687,19 @@ inline EdgeServer::EdgeServer(EdgeOptions options, const Logger &logger)
     return before_ && before_(req, res) ? HandlerResponse::Handled : HandlerResponse::Unhandled;
   });
   set_post_routing_handler([this](const httplib::Request &req, httplib::Response &res) {
-    if (after_) after_(req, res);
-    // 1xx, 204 and 304 carry no body and so no framing (RFC 9110 8.6, 9112 6.1).
-    if (res.status < 200 || res.status == 204 || res.status == 304) {
-      res.headers.erase("Content-Length");
-      res.headers.erase("Transfer-Encoding");
-    }
+    auto *edge = detail::edge_request(req);
+    if (edge && edge->detached) return;  // its own post-routing step runs when it starts
+    after_routing(req, res);
   });
+}
+
+inline void EdgeServer::after_routing(const httplib::Request &req, httplib::Response &res) {
+  if (after_) after_(req, res);
+  // 1xx, 204 and 304 carry no body and so no framing (RFC 9110 8.6, 9112 6.1).
+  if (res.status < 200 || res.status == 204 || res.status == 304) {
+    res.headers.erase("Content-Length");
+    res.headers.erase("Transfer-Encoding");
+  }
 }
 
 inline EdgeServer::~EdgeServer() {
@@ -6480,8 +6725,11 @@ inline void EdgeServer::serve(int listen_fd) {
   std::array<epoll_event, 256> events;
   auto next_scan = detail::Clock::now();
   while (true) {
-    // A tick of 100 ms bounds how late a parked connection's deadline is noticed.
-    int n = ::epoll_wait(epoll_fd_, events.data(), static_cast<int>(events.size()), 100);
+    // A tick of 100 ms bounds how late a parked connection's or a detached response's
+    // deadline is noticed; while connections wait for a worker, every 10 ms the workers are
+    // checked for being all blocked.
+    int tick = workers_.grow_if_stalled() ? 10 : 100;
+    int n = ::epoll_wait(epoll_fd_, events.data(), static_cast<int>(events.size()), tick);
     for (int i = 0; i < n; ++i) {
       int fd = events[static_cast<size_t>(i)].data.fd;
       if (fd == wake_fd_) {
@@ -6506,9 +6754,11 @@ inline void EdgeServer::serve(int listen_fd) {
     }
     if (finished_) return;
     lk.unlock();
+    finish_detached();
     // Deadlines are checked on the tick, not on every wake-up of a busy loop.
     if (detail::Clock::now() >= next_scan) {
       expire_parked();
+      kick_detached();
       next_scan = detail::Clock::now() + std::chrono::milliseconds(100);
     }
   }
@@ -6561,18 +6811,109 @@ inline void EdgeServer::park(std::shared_ptr<detail::EdgeConnection> conn, bool 
   ::epoll_ctl(epoll_fd_, fresh ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &ev);
 }
 
-// A parked connection became readable (or was closed by its peer): a worker takes it.
+// A parked connection became readable (or was closed by its peer): a worker takes it. A
+// detached response's connection has room to write again: the response moves on.
 inline void EdgeServer::dispatch(int fd) {
   std::shared_ptr<detail::EdgeConnection> conn;
+  std::shared_ptr<detail::DetachedResponse> response;
   {
     std::lock_guard<std::mutex> lk(mu_);
     auto it = parked_.find(fd);
-    if (it == parked_.end()) return;
-    conn = std::move(it->second.conn);
-    parked_.erase(it);
-    active_[conn.get()] = conn;
+    if (it != parked_.end()) {
+      conn = std::move(it->second.conn);
+      parked_.erase(it);
+      active_[conn.get()] = conn;
+    } else {
+      auto d = detached_.find(fd);
+      if (d != detached_.end()) response = d->second;
+    }
   }
-  workers_.enqueue([this, conn] { serve_connection(conn); });
+  if (conn) workers_.enqueue([this, conn] { serve_connection(conn); });
+  if (response) response->kick();
+}
+
+inline std::shared_ptr<detail::DetachedResponse> EdgeServer::detach(detail::EdgeRequest &request,
+                                                                    std::unique_ptr<detail::ResponseProducer> producer) {
+  std::shared_ptr<detail::EdgeConnection> conn;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = active_.find(&request.conn);
+    if (it == active_.end()) throw std::logic_error("detach: the request is not being served by this edge");
+    conn = it->second;
+  }
+  auto response = std::make_shared<detail::DetachedResponse>(*this, conn, request, std::move(producer));
+  request.detached = response;
+  std::lock_guard<std::mutex> lk(mu_);
+  detached_[conn->fd()] = response;
+  return response;
+}
+
+// A detached response has bytes waiting for room in the socket: the edge loop kicks it when
+// there is room (a one-shot registration; a later park replaces it).
+inline void EdgeServer::wait_writable(int fd) {
+  epoll_event ev{};
+  ev.events = EPOLLOUT | EPOLLONESHOT;
+  ev.data.fd = fd;
+  ::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev);
+}
+
+// From whichever thread ended a detached response: the edge loop finishes it.
+inline void EdgeServer::finish_later(std::shared_ptr<detail::DetachedResponse> response) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    finished_detached_.push_back(std::move(response));
+  }
+  wake();
+}
+
+// On the edge loop: the response-done step and the producer's log lines of each response that
+// is over, then its connection goes on.
+inline void EdgeServer::finish_detached() {
+  std::vector<std::shared_ptr<detail::DetachedResponse>> over;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    over.swap(finished_detached_);
+    // One that stop() took already is stop()'s.
+    over.erase(std::remove_if(over.begin(), over.end(),
+                              [&](const std::shared_ptr<detail::DetachedResponse> &r) {
+                                auto it = detached_.find(r->fd_);
+                                if (it == detached_.end() || it->second != r) return true;
+                                detached_.erase(it);
+                                return false;
+                              }),
+               over.end());
+  }
+  for (auto &response : over) {
+    bool whole = !response->cut_;
+    // The producer's log lines carry the request's trace: they come before its spans end.
+    auto *serving = detail::serving_on_this_thread();
+    detail::serving_on_this_thread() = &response->request_;
+    response->producer_->finished(whole);
+    if (done_) done_(response->request_, whole);
+    detail::serving_on_this_thread() = serving;
+    continue_connection(response->conn_, whole && response->head_.keep_alive && options_.keep_alive &&
+                                             !response->request_.close_after && response->body_.complete());
+  }
+}
+
+// On the tick: every detached response checks its deadlines.
+inline void EdgeServer::kick_detached() {
+  std::vector<std::shared_ptr<detail::DetachedResponse>> all;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    all.reserve(detached_.size());
+    for (auto &d : detached_) all.push_back(d.second);
+  }
+  for (auto &response : all) response->kick();
+}
+
+// After a response: the connection's next request (already here: a worker serves it; to come:
+// it is parked), or its close.
+inline void EdgeServer::continue_connection(const std::shared_ptr<detail::EdgeConnection> &conn, bool reusable) {
+  if (!reusable || ++conn->served >= options_.keep_alive_max_count) return close_connection(conn);
+  if (conn->pending_size() > 0) return workers_.enqueue([this, conn] { serve_connection(conn); });
+  leave_active(conn);
+  park(conn, false);
 }
 
 inline void EdgeServer::expire_parked() {
@@ -6638,7 +6979,9 @@ inline void EdgeServer::serve_connection(const std::shared_ptr<detail::EdgeConne
       if (parsed.state == detail::http1::HeadParse::State::complete) {
         conn->consume(parsed.consumed);
         conn->head_started = {};
-        if (!serve_request(*conn, head) || ++conn->served >= options_.keep_alive_max_count) break;
+        auto served = serve_request(*conn, head);
+        if (served == Served::detached) return;  // the response's writer owns the connection now
+        if (served == Served::close || ++conn->served >= options_.keep_alive_max_count) break;
         just_answered = true;
         continue;
       }
@@ -6663,20 +7006,23 @@ inline void EdgeServer::serve_connection(const std::shared_ptr<detail::EdgeConne
   close_connection(conn);
 }
 
-inline bool EdgeServer::serve_request(detail::EdgeConnection &conn, const detail::http1::Head &head) {
+inline EdgeServer::Served EdgeServer::serve_request(detail::EdgeConnection &conn, const detail::http1::Head &head) {
   using detail::http1::Framing;
   if (head.framing == Framing::length && head.content_length > options_.max_content_len) {
     refuse(conn, detail::http1::Refusal::body_too_large);
-    return false;
+    return Served::close;
   }
   bool has_body = head.framing == Framing::chunked || (head.framing == Framing::length && head.content_length > 0);
   if (head.expect_continue && has_body) {
     static const char continue_line[] = "HTTP/1.1 100 Continue\r\n\r\n";
-    if (!conn.write_all(continue_line, sizeof(continue_line) - 1)) return false;
+    if (!conn.write_all(continue_line, sizeof(continue_line) - 1)) return Served::close;
   }
   detail::EdgeBody body(conn, head, options_.limits, options_.max_content_len, options_.read_timeout,
                         options_.body_piece_bytes);
-  detail::EdgeRequest request{head, body, conn, conn.over_tls()};
+  // The last request a connection may carry is answered with `Connection: close`, so the
+  // client does not send another one into the closing connection.
+  bool last_allowed = !options_.keep_alive || conn.served + 1 >= options_.keep_alive_max_count;
+  detail::EdgeRequest request{head, body, conn, conn.over_tls(), *this, !head.keep_alive || last_allowed};
   std::string method = detail::httplib_routes_method(head.method) ? head.method : "POST";
   // cpp-httplib sees origin-form only; the absolute form's authority becomes Host below.
   std::string target = head.path_with_query;
@@ -6686,10 +7032,7 @@ inline bool EdgeServer::serve_request(detail::EdgeConnection &conn, const detail
   // edge leaves every body to the route (the Forwarder streams it), so to cpp-httplib those
   // requests show no length.
   bool routes_take_body = method == "POST" || method == "PUT" || method == "PATCH" || method == "DELETE";
-  // The last request a connection may carry is answered with `Connection: close`, so the
-  // client does not send another one into the closing connection.
-  bool last_allowed = !options_.keep_alive || conn.served + 1 >= options_.keep_alive_max_count;
-  bool written = process(stream, !head.keep_alive || last_allowed, [&](httplib::Request &req) {
+  bool written = process(stream, request.closes_connection, [&](httplib::Request &req) {
     request.routed = &req;
     // The fields as sent, never percent-decoded; the edge has decoded the body already, so
     // cpp-httplib must not act on its framing or expectation.
@@ -6702,10 +7045,19 @@ inline bool EdgeServer::serve_request(detail::EdgeConnection &conn, const detail
     }
     if (!head.authority.empty()) req.headers.emplace("Host", head.authority);
   });
+  if (request.detached) {
+    detail::serving_on_this_thread() = nullptr;
+    // From here on the connection is the response's: this worker only starts it moving
+    // (its news may have come before anyone listened for it).
+    request.detached->kick();
+    return Served::detached;
+  }
   bool sent = conn.flush();
   if (done_) done_(request, written && sent);
   detail::serving_on_this_thread() = nullptr;
-  return written && sent && head.keep_alive && options_.keep_alive && !request.close_after && body.complete();
+  return written && sent && head.keep_alive && options_.keep_alive && !request.close_after && body.complete()
+             ? Served::keep_alive
+             : Served::close;
 }
 
 inline bool EdgeServer::process(httplib::Stream &stream, bool close_connection,
@@ -6742,8 +7094,116 @@ inline void EdgeServer::stop(std::chrono::milliseconds drain) {
   lk.unlock();
   wake();
   workers_.shutdown();
+  // No worker detaches any more: the responses still detached end here, cut off.
+  std::unordered_map<int, std::shared_ptr<detail::DetachedResponse>> left;
+  lk.lock();
+  left.swap(detached_);
+  finished_detached_.clear();
+  lk.unlock();
+  for (auto &d : left) {
+    d.second->abandon();
+    detail::serving_on_this_thread() = &d.second->request_;
+    if (done_) done_(d.second->request_, false);
+    detail::serving_on_this_thread() = nullptr;
+    close_connection(d.second->conn_);
+  }
 }
 
+namespace detail {
+
+inline DetachedResponse::DetachedResponse(EdgeServer &server, std::shared_ptr<EdgeConnection> conn,
+                                          EdgeRequest &request, std::unique_ptr<ResponseProducer> producer)
+    : server_(server), conn_(std::move(conn)), fd_(conn_->fd()), head_(request.head), body_(request.body),
+      routed_(*request.routed), request_{head_, body_, *conn_, request.over_tls, server, request.closes_connection},
+      producer_(std::move(producer)) {
+  request_.routed = &routed_;
+  request_.trace = std::move(request.trace);  // its spans end with this response
+}
+
+inline void DetachedResponse::start(httplib::Response &res) {
+  // The post-routing step reads the request through edge_request(): this is its request on
+  // whichever thread starts it.
+  auto *serving = serving_on_this_thread();
+  serving_on_this_thread() = &request_;
+  server_.after_routing(routed_, res);
+  serving_on_this_thread() = serving;
+  // What cpp-httplib writes for the edge's own answers, written the same way here.
+  if (request_.closes_connection || request_.close_after) {
+    res.set_header("Connection", "close");
+  } else {
+    res.set_header("Keep-Alive", "timeout=" + std::to_string(server_.options().keep_alive_timeout.count() / 1000) +
+                                     ", max=" + std::to_string(server_.options().keep_alive_max_count));
+  }
+  if (!res.body.empty() && !res.has_header("Content-Type")) res.set_header("Content-Type", "text/plain");
+  out_ += "HTTP/1.1 " + std::to_string(res.status) + " " + reason_phrase(res.status) + "\r\n";
+  for (auto &field : res.headers) out_ += field.first + ": " + field.second + "\r\n";
+  out_ += "\r\n";
+  if (head_.method != "HEAD") out_ += res.body;
+}
+
+inline void DetachedResponse::kick() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (abandoned_ || over_) return;
+    if (running_) {
+      again_ = true;
+      return;
+    }
+    running_ = true;
+  }
+  bool over = false, blocked = false;
+  while (true) {
+    step(Clock::now());
+    std::lock_guard<std::mutex> lk(mu_);
+    over = cut_ || (ending_ && out_.empty());
+    if (!again_ || over || abandoned_) {
+      over_ = over;
+      blocked = !over && out_used_ < out_.size();
+      running_ = false;
+      turn_over_.notify_all();
+      break;
+    }
+    again_ = false;
+  }
+  if (over) server_.finish_later(shared_from_this());
+  else if (blocked) server_.wait_writable(fd_);
+}
+
+// Sends what waits, and lets the producer write more while there is room and it has news.
+inline void DetachedResponse::step(Clock::time_point now) {
+  while (true) {
+    if (!send_waiting(now)) cut_ = true;
+    if (cut_ || ending_ || !has_room()) return;
+    size_t before = out_.size();
+    producer_->advance(*this, now);
+    if (out_.size() == before && !ending_ && !cut_) return;  // it waits for news
+  }
+}
+
+// False when the connection broke or the client took nothing for the write timeout.
+inline bool DetachedResponse::send_waiting(Clock::time_point now) {
+  while (out_used_ < out_.size()) {
+    ssize_t n = conn_->send_now(out_.data() + out_used_, out_.size() - out_used_);
+    if (n < 0) return false;
+    if (n == 0) {
+      if (blocked_since_ == Clock::time_point{}) blocked_since_ = now;
+      return now - blocked_since_ < server_.options().write_timeout;
+    }
+    out_used_ += static_cast<size_t>(n);
+    blocked_since_ = {};
+  }
+  out_.clear();
+  out_used_ = 0;
+  return true;
+}
+
+inline void DetachedResponse::abandon() {
+  std::unique_lock<std::mutex> lk(mu_);
+  abandoned_ = true;
+  turn_over_.wait(lk, [&] { return !running_; });
+}
+
+}  // namespace detail
 }  // namespace wrpc_http
 
 // ---- telemetry ----
@@ -8038,13 +8498,12 @@ public:
     detail::route_every_method(routes, pattern, plain, streamed);
   }
 
-  // Forwards the request the provider's HTTP edge is serving on this thread.
+  // Forwards the request the provider's HTTP edge is serving on this thread: the request is
+  // sent from this thread, the response is written as it arrives without one
+  // (detail::ForwardedResponse).
   void handle(const httplib::Request &req, httplib::Response &res);
 
 private:
-  void send_response(detail::EdgeRequest &edge, const httplib::Request &req, httplib::Response &res,
-                     std::shared_ptr<wrpc::OutgoingCall> call, const ResponseHead &head, const HttpSettings &settings);
-
   nats::Client &nc_;
   std::string lattice_;
   Director director_;
@@ -8085,6 +8544,160 @@ inline std::string trace_parent_for(const httplib::Request &req) {
   if (valid_traceparent(incoming)) return incoming;
   return "00-" + random_hex(32) + "-" + random_hex(16) + "-01";
 }
+
+}  // namespace detail
+
+namespace detail {
+
+// The response to a forwarded request, written as the component's answer arrives (a
+// ResponseProducer: no thread waits for it). Its head becomes the HTTP status line and fields
+// (a promised Content-Length passed on and kept to; otherwise chunked framing, written here
+// so the component's trailers can follow the last chunk). A failure before the head is the
+// provider's own error answer (503, 504, 502, ...); after it, the connection is cut.
+class ForwardedResponse : public ResponseProducer {
+public:
+  struct About {  // for the log lines
+    std::string method, path, target, trace_id;
+  };
+
+  ForwardedResponse(std::shared_ptr<wrpc::OutgoingCall> call, Clock::time_point head_deadline,
+                    std::chrono::milliseconds body_idle, const Logger &logger, About about)
+      : call_(std::move(call)), head_deadline_(head_deadline), body_idle_(body_idle), logger_(logger),
+        about_(std::move(about)) {}
+
+  void advance(DetachedResponse &out, Clock::time_point now) override {
+    try {
+      if (phase_ == Phase::head) return start(out, now);
+      if (phase_ == Phase::trailers) return finish_chunked(out, now);
+      auto got = call_->poll_body(piece_);
+      if (got == wrpc::OutgoingCall::BodyPoll::wait) {
+        if (now - last_news_ >= body_idle_) throw wrpc::CallError(wrpc::CallError::Kind::timeout, "body stalled");
+        return;
+      }
+      last_news_ = now;
+      if (got == wrpc::OutgoingCall::BodyPoll::end) {
+        if (phase_ == Phase::length) throw wrpc::CallError(wrpc::CallError::Kind::bad_reply, "body ended short of its length");
+        phase_ = Phase::trailers;
+        return finish_chunked(out, now);
+      }
+      if (phase_ == Phase::length) {
+        size_t n = static_cast<size_t>(std::min<uint64_t>(piece_.size(), length_left_));  // never past the promise
+        out.write(piece_.data(), n);
+        length_left_ -= n;
+        if (length_left_ == 0) end(out);
+      } else {
+        frame_chunk(piece_, framed_);
+        out.write(framed_.data(), framed_.size());
+      }
+    } catch (const wrpc::CallError &e) {
+      fail(out, e);
+    }
+  }
+
+  void finished(bool whole) override {
+    if (!failure_.empty()) {
+      logger_.warn(answered_ ? "response body cut off" : "request failed",
+                   {{"method", about_.method},
+                    {"path", about_.path},
+                    {"target", about_.target},
+                    {"error", failure_},
+                    {"trace_id", about_.trace_id}});
+    } else if (logger_.enabled(Logger::Level::debug)) {
+      logger_.debug(whole ? "forwarded" : "response not delivered", {{"method", about_.method},
+                                                                     {"path", about_.path},
+                                                                     {"target", about_.target},
+                                                                     {"status", std::to_string(status_)},
+                                                                     {"trace_id", about_.trace_id}});
+    }
+  }
+
+private:
+  enum class Phase { head, length, chunked, trailers, done };
+
+  void start(DetachedResponse &out, Clock::time_point now) {
+    auto head = call_->poll_response();
+    if (!head) {
+      if (now >= head_deadline_)
+        throw wrpc::CallError(wrpc::CallError::Kind::timeout, "the component did not answer in time");
+      return;
+    }
+    if (head->status < 200 || head->status > 599)
+      throw wrpc::CallError(wrpc::CallError::Kind::bad_reply,
+                            "component answered with invalid status " + std::to_string(head->status));
+    httplib::Response res;
+    res.status = status_ = head->status;
+    std::optional<uint64_t> content_length;
+    for (auto &field : head->headers) {
+      std::string name = lower(field.first);
+      if (!valid_header_name(name)) continue;
+      if (name == "content-length" && field.second.size() == 1 && !field.second[0].empty() &&
+          field.second[0].size() <= 18 && field.second[0].find_first_not_of("0123456789") == std::string::npos) {
+        content_length = std::stoull(field.second[0]);
+        continue;
+      }
+      if (is_hop_by_hop(name)) continue;
+      for (auto &value : field.second)
+        if (valid_header_value(value)) res.headers.emplace(field.first, value);
+    }
+    bool bodyless = out.request().head.method == "HEAD" || head->status == 204 || head->status == 304;
+    if (content_length && (bodyless || *content_length == 0)) {
+      res.set_header("Content-Length", std::to_string(*content_length));
+    } else if (content_length) {
+      res.set_header("Content-Length", std::to_string(*content_length));
+      length_left_ = *content_length;
+      phase_ = Phase::length;
+    } else if (!bodyless) {
+      res.set_header("Transfer-Encoding", "chunked");
+      phase_ = Phase::chunked;
+    }
+    out.request().answered_by_component = answered_ = true;
+    last_news_ = now;
+    out.start(res);
+    if (phase_ == Phase::head) end(out);  // no body to write
+  }
+
+  // The last chunk and the component's trailers, once they are here.
+  void finish_chunked(DetachedResponse &out, Clock::time_point now) {
+    std::optional<Fields> trailers;
+    if (!call_->poll_trailers(trailers)) {
+      if (now - last_news_ >= body_idle_) throw wrpc::CallError(wrpc::CallError::Kind::timeout, "trailers did not arrive");
+      return;
+    }
+    auto last = last_chunk_with_trailers(trailers);
+    out.write(last.data(), last.size());
+    end(out);
+  }
+
+  void end(DetachedResponse &out) {
+    phase_ = Phase::done;
+    out.end();
+  }
+
+  void fail(DetachedResponse &out, const wrpc::CallError &e) {
+    failure_ = e.what();
+    phase_ = Phase::done;
+    if (answered_) return out.cut();  // the client sees a cut-off body
+    httplib::Response res;
+    write_text(res, e.http_status(), e.what());
+    out.request().close_after = true;  // the provider's own error: the connection closes
+    status_ = res.status;
+    out.start(res);
+    out.end();
+  }
+
+  std::shared_ptr<wrpc::OutgoingCall> call_;
+  Clock::time_point head_deadline_;
+  std::chrono::milliseconds body_idle_;
+  const Logger &logger_;
+  About about_;
+  Phase phase_ = Phase::head;
+  uint64_t length_left_ = 0;
+  Clock::time_point last_news_{};
+  std::string piece_, framed_;
+  int status_ = 0;
+  bool answered_ = false;  // the component's head went out
+  std::string failure_;
+};
 
 }  // namespace detail
 
@@ -8159,15 +8772,14 @@ inline void Forwarder::handle(const httplib::Request &req, httplib::Response &re
       if (!edge->body.trailers().empty()) trailers = detail::forwarded_fields(edge->body.trailers());
       call->finish_request(trailers);
     }
-    ResponseHead response = call->await_response(deadline);
-    send_response(*edge, req, res, std::move(call), response, settings);
-    edge->answered_by_component = true;
-    if (logger_.enabled(Logger::Level::debug))
-      logger_.debug("forwarded", {{"method", in.method},
-                                {"path", in.path_with_query},
-                                {"target", target},
-                                {"status", std::to_string(res.status)},
-                                {"trace_id", trace_id}});
+    auto response = std::make_unique<detail::ForwardedResponse>(
+        call, deadline, settings.body_idle_timeout, logger_,
+        detail::ForwardedResponse::About{in.method, in.path_with_query, target, trace_id});
+    auto detached = edge->server.detach(*edge, std::move(response));
+    call->on_progress([weak = std::weak_ptr<detail::DetachedResponse>(detached)] {
+      if (auto d = weak.lock()) d->kick();
+    });
+    res.status = 200;  // dropped: the detached response is what the client gets
   } catch (const wrpc::CallError &e) {
     logger_.warn("request failed", {{"method", in.method},
                                     {"path", in.path_with_query},
@@ -8176,104 +8788,6 @@ inline void Forwarder::handle(const httplib::Request &req, httplib::Response &re
                                     {"trace_id", trace_id}});
     detail::write_text(res, e.http_status(), e.what());
   }
-}
-
-namespace detail {
-// The component's next body piece (false at its end). When it is not there yet, what the edge
-// holds of the response (its head) leaves first: the client sees the head while the body is slow.
-inline bool next_body_piece(EdgeRequest &edge, wrpc::OutgoingCall &call, std::string &piece,
-                            std::chrono::milliseconds idle) {
-  if (call.body_would_wait()) flush_edge_response(edge);
-  return call.read_body(piece, idle);
-}
-}  // namespace detail
-
-inline void Forwarder::send_response(detail::EdgeRequest &edge, const httplib::Request &req, httplib::Response &res,
-                                     std::shared_ptr<wrpc::OutgoingCall> call, const ResponseHead &head,
-                                     const HttpSettings &settings) {
-  if (head.status < 200 || head.status > 599)
-    throw wrpc::CallError(wrpc::CallError::Kind::bad_reply,
-                          "component answered with invalid status " + std::to_string(head.status));
-  res.status = head.status;
-  std::optional<uint64_t> content_length;
-  std::string content_type;
-  for (auto &field : head.headers) {
-    std::string name = detail::lower(field.first);
-    if (!detail::valid_header_name(name)) continue;
-    if (name == "content-length" && field.second.size() == 1 &&
-        field.second[0].find_first_not_of("0123456789") == std::string::npos && !field.second[0].empty() &&
-        field.second[0].size() <= 18) {
-      content_length = std::stoull(field.second[0]);
-      continue;
-    }
-    if (name == "content-type" && !field.second.empty()) {
-      content_type = field.second[0];  // set_content_provider writes it
-      continue;
-    }
-    if (detail::is_hop_by_hop(name)) continue;
-    for (auto &value : field.second)
-      if (detail::valid_header_value(value)) res.headers.emplace(field.first, value);
-  }
-  if (!detail::valid_header_value(content_type)) content_type.clear();
-  bool bodyless = req.method == "HEAD" || head.status == 204 || head.status == 304 || head.status < 200;
-  if (bodyless) {
-    if (content_length) res.set_header("Content-Length", std::to_string(*content_length));
-    if (!content_type.empty()) res.set_header("Content-Type", content_type);
-    return;
-  }
-  auto idle = settings.body_idle_timeout;
-  if (content_length && *content_length == 0) {
-    res.set_header("Content-Length", "0");
-    if (!content_type.empty()) res.set_header("Content-Type", content_type);
-    return;
-  }
-  if (content_length) {
-    // The component promised a length: pass it on, and cut the connection if it lies.
-    res.set_content_provider(
-        static_cast<size_t>(*content_length), content_type,
-        [&edge, call, idle, &logger = logger_, pending = std::string(), used = size_t(0)](size_t, size_t remaining,
-                                                                httplib::DataSink &sink) mutable {
-          try {
-            if (used == pending.size()) {
-              used = 0;
-              if (!detail::next_body_piece(edge, *call, pending, idle)) return false;  // ended short of its length
-            }
-            size_t n = std::min(pending.size() - used, remaining);  // never past the promise
-            if (!sink.write(pending.data() + used, n)) return false;
-            used += n;
-            return true;
-          } catch (const std::exception &e) {
-            logger.warn(std::string("response body cut off: ") + e.what());
-            return false;
-          }
-        });
-    return;
-  }
-  // Unknown length: chunked framing written here, so trailers can follow the last chunk.
-  res.set_header("Transfer-Encoding", "chunked");
-  res.set_content_provider(content_type.empty() ? "application/octet-stream" : content_type,
-                           [&edge, call, idle, &logger = logger_, piece = std::string(), framed = std::string()](
-                               size_t, httplib::DataSink &sink) mutable {
-                             try {
-                               if (detail::next_body_piece(edge, *call, piece, idle)) {
-                                 detail::frame_chunk(piece, framed);
-                                 // A body that already ended goes out with its last chunk in
-                                 // one write.
-                                 if (!call->body_complete()) return sink.write(framed.data(), framed.size());
-                               } else {
-                                 framed.clear();
-                                 detail::flush_edge_response(edge);  // an empty body: trailers may take a while
-                               }
-                               framed += detail::last_chunk_with_trailers(call->read_trailers(idle));
-                               if (!sink.write(framed.data(), framed.size())) return false;
-                               sink.done();
-                               return true;
-                             } catch (const std::exception &e) {
-                               // Cut the connection: the client sees a truncated body.
-                               logger.warn(std::string("response body cut off: ") + e.what());
-                               return false;
-                             }
-                           });
 }
 
 // ---- provider ----

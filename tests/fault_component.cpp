@@ -14,10 +14,15 @@
 //                               x-ctl-nul, x-ctl-cr), beside x-tab: a<HTAB>b and x-ok: fine
 //   /proxy/fault/die-mid-body   a 200 head and part of a streamed body, then the process exits
 //   /proxy/fault/slow-body      a 200 head, then 600 ms later its body "late body" and its end
-// Any other path gets a well-formed 200 "fault component ok".
+//   /proxy/fault/sleep/MS       a 200 "slept MS" after MS milliseconds
+//   /proxy/fault/drip/N/MS      a 200 head at once, then N chunks "chunk I\n" (I from 0) one every
+//                               MS milliseconds, then the body's end
+// Any other path gets a well-formed 200 "fault component ok". Sleep and drip hold no thread
+// while they wait (one timer thread serves them all), so thousands can run at once.
 #include "../wrpc_http_provider.hpp"
 
 #include <iostream>
+#include <queue>
 
 namespace {
 
@@ -61,6 +66,113 @@ void publish_response(wrpc_http::nats::Batch &batch, const std::string &reply, u
   batch.publish(reply + ".results", result_head(status, extra_headers));
   batch.publish(reply + ".results", "");
   publish_body(batch, reply, body);
+}
+
+// Runs jobs at their due time on one thread.
+class Timers {
+public:
+  Timers() : thread_([this] { run(); }) {}
+  ~Timers() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  void at(std::chrono::steady_clock::time_point due, std::function<void()> job) {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      jobs_.push(Job{due, sequence_++, std::move(job)});
+    }
+    cv_.notify_all();
+  }
+
+private:
+  struct Job {
+    std::chrono::steady_clock::time_point due;
+    uint64_t sequence;  // same due time: first come, first run
+    std::function<void()> run;
+    bool operator>(const Job &o) const { return due != o.due ? due > o.due : sequence > o.sequence; }
+  };
+  void run() {
+    std::unique_lock<std::mutex> lk(mu_);
+    while (!stopping_) {
+      if (jobs_.empty()) {
+        cv_.wait(lk);
+        continue;
+      }
+      auto due = jobs_.top().due;
+      if (std::chrono::steady_clock::now() < due) {
+        cv_.wait_until(lk, due);
+        continue;
+      }
+      auto job = jobs_.top().run;
+      jobs_.pop();
+      lk.unlock();
+      try {
+        job();
+      } catch (const wrpc_http::nats::Error &) {
+        // The connection closed (the component is stopping): nobody waits for the answer.
+      }
+      lk.lock();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::priority_queue<Job, std::vector<Job>, std::greater<Job>> jobs_;
+  uint64_t sequence_ = 0;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+// drip/N/MS: chunk `index` of `count`, and the next one MS later (the end after the last).
+void drip(Client &nc, Timers &timers, const std::string &reply, int index, int count, std::chrono::milliseconds every) {
+  auto batch = nc.batch();
+  if (index == count) {
+    std::string end, trailers;
+    wrpc_http::detail::encode_stream_end(end);
+    wrpc_http::detail::encode_trailers(std::nullopt, trailers);
+    batch.publish(reply + ".results.0.0", end);
+    batch.publish(reply + ".results.0.0", "");
+    batch.publish(reply + ".results.0.1", trailers);
+    batch.publish(reply + ".results.0.1", "");
+    nc.send(batch);
+    return;
+  }
+  std::string text = "chunk " + std::to_string(index) + "\n", chunk;
+  wrpc_http::detail::encode_stream_chunk(text.data(), text.size(), chunk);
+  batch.publish(reply + ".results.0.0", chunk);
+  nc.send(batch);
+  timers.at(std::chrono::steady_clock::now() + every,
+            [&nc, &timers, reply, index, count, every] { drip(nc, timers, reply, index + 1, count, every); });
+}
+
+// The waiting faults, answered from the timer thread; false for any other path.
+bool answer_later(Client &nc, Timers &timers, const std::string &reply, const std::string &path) {
+  auto fault = path.compare(0, kFaultPrefix.size(), kFaultPrefix) == 0 ? path.substr(kFaultPrefix.size()) : "";
+  auto now = std::chrono::steady_clock::now();
+  if (fault.compare(0, 6, "sleep/") == 0) {
+    auto ms = std::stoi(fault.substr(6));
+    timers.at(now + std::chrono::milliseconds(ms), [&nc, reply, ms] {
+      auto batch = nc.batch();
+      publish_response(batch, reply, 200, "slept " + std::to_string(ms));
+      nc.send(batch);
+    });
+    return true;
+  }
+  if (fault.compare(0, 5, "drip/") == 0) {
+    auto rest = fault.substr(5);
+    int count = std::stoi(rest.substr(0, rest.find('/')));
+    std::chrono::milliseconds every(std::stoi(rest.substr(rest.find('/') + 1)));
+    auto batch = nc.batch();
+    batch.publish(reply + ".results", result_head(200));
+    batch.publish(reply + ".results", "");
+    nc.send(batch);
+    timers.at(now + every, [&nc, &timers, reply, count, every] { drip(nc, timers, reply, 0, count, every); });
+    return true;
+  }
+  return false;
 }
 
 // Answers one invocation. Runs on its own thread: die-mid-body waits for the NATS server
@@ -134,12 +246,15 @@ int main(int argc, char **argv) {
   }
   // Answers run on their own threads (some sleep); the pool joins them on the way out.
   wrpc_http::detail::ElasticTaskQueue answers(256);
+  Timers timers;
   // The handshake's reply subject is where the caller streams the request body; nothing
   // here reads it, so it is a subject nobody subscribes to.
-  nc.subscribe(wrpc_http::wrpc::handle_subject(args.lattice, args.id), [&nc, &answers](Message &m) {
+  nc.subscribe(wrpc_http::wrpc::handle_subject(args.lattice, args.id), [&nc, &answers, &timers](Message &m) {
     if (m.reply.empty()) return;
     nc.publish(m.reply, "", "_INBOX.fault-component." + nc.next_inbox_token());
-    answers.enqueue([&nc, reply = m.reply, path = request_path(m)] { answer(nc, reply, path); });
+    auto path = request_path(m);
+    if (!answer_later(nc, timers, m.reply, path))
+      answers.enqueue([&nc, reply = m.reply, path] { answer(nc, reply, path); });
   });
   nc.flush(std::chrono::milliseconds(5000));
   int sig = 0;

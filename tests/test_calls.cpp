@@ -1,0 +1,232 @@
+// Calls that hold no thread (issue 22): a forwarded request's response is written as the
+// component's answer arrives, from the NATS reader and the edge loop, so thousands of calls
+// waiting for a slow component, or streaming for a long time, cost no thread each and leave
+// everyone else served at once. Real provider process, real nats-server, the fault component
+// (its sleep/MS and drip/N/MS paths wait on one timer thread, so the component is not the
+// limit), and plain sockets as clients, all driven from one thread.
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/resource.h>
+
+#include <future>
+
+#include "lattice.hpp"
+
+using namespace std::chrono_literals;
+using testsupport::Clock;
+using testsupport::Lattice;
+
+namespace {
+
+// `count` clients, each on its own connection, each sending `request` (which asks for
+// `Connection: close`) and reading until the provider closes.
+class ManyClients {
+public:
+  ManyClients(int port, const std::string &request, int count) : replies_(static_cast<size_t>(count)) {
+    for (int i = 0; i < count; ++i) {
+      int fd = testsupport::connect_loopback(port);
+      REQUIRE(::send(fd, request.data(), request.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(request.size()));
+      ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+      open_.push_back({fd, POLLIN, 0});
+      index_.push_back(static_cast<size_t>(i));
+    }
+  }
+  ~ManyClients() {
+    for (auto &p : open_) ::close(p.fd);
+  }
+
+  // Reads until every client's connection closed or `deadline`; returns whether all closed.
+  bool read_all(Clock::time_point deadline) {
+    char buf[16 * 1024];
+    while (!open_.empty() && Clock::now() < deadline) {
+      if (::poll(open_.data(), open_.size(), 100) <= 0) continue;
+      for (size_t i = 0; i < open_.size();) {
+        bool closed = false;
+        if (open_[i].revents) {
+          ssize_t n;
+          while ((n = ::recv(open_[i].fd, buf, sizeof(buf), 0)) > 0) replies_[index_[i]].append(buf, static_cast<size_t>(n));
+          closed = n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+        }
+        if (closed) {
+          ::close(open_[i].fd);
+          open_[i] = open_.back();
+          index_[i] = index_.back();
+          open_.pop_back();
+          index_.pop_back();
+        } else {
+          ++i;
+        }
+      }
+    }
+    return open_.empty();
+  }
+
+  const std::vector<std::string> &replies() const { return replies_; }
+
+private:
+  std::vector<pollfd> open_;
+  std::vector<size_t> index_;  // open_[i] is client index_[i]
+  std::vector<std::string> replies_;
+};
+
+// A 200 whose chunked body ended with its last chunk (the component sends no length).
+bool whole_200(const std::string &reply) {
+  return reply.compare(0, 12, "HTTP/1.1 200") == 0 && reply.find("\r\nTransfer-Encoding: chunked\r\n") != std::string::npos &&
+         reply.size() >= 5 && reply.compare(reply.size() - 5, 5, "0\r\n\r\n") == 0;
+}
+
+std::string request_closing(const std::string &path) {
+  return "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+}
+
+int raise_file_limit() {
+  rlimit files{};
+  ::getrlimit(RLIMIT_NOFILE, &files);
+  files.rlim_cur = files.rlim_max;
+  ::setrlimit(RLIMIT_NOFILE, &files);
+  return static_cast<int>(files.rlim_cur);
+}
+
+// What a fresh client meets while the crowd waits: the slowest of a few GETs of `path`
+// spread over `span`, and whether each was answered 200.
+struct FreshRequests {
+  double slowest = 0;
+  bool all_ok = true;
+};
+FreshRequests fresh_requests(Lattice &lattice, const std::string &path, int count, std::chrono::milliseconds span) {
+  FreshRequests out;
+  for (int i = 0; i < count; ++i) {
+    auto http = lattice.http();
+    auto start = Clock::now();
+    auto res = http.Get(path.c_str());
+    out.slowest = std::max(out.slowest, testsupport::seconds_since(start));
+    out.all_ok = out.all_ok && res && res->status == 200;
+    std::this_thread::sleep_for(span / count);
+  }
+  return out;
+}
+
+// Samples the provider's thread count and RSS every 100 ms until stopped.
+class Sampler {
+public:
+  explicit Sampler(pid_t pid) : thread_([this, pid] {
+    while (!stop_) {
+      int threads = testsupport::thread_count(pid);
+      long rss = testsupport::proc_status_kib(pid, "VmRSS");
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        peak_threads_ = std::max(peak_threads_, threads);
+        peak_rss_kib_ = std::max(peak_rss_kib_, rss);
+      }
+      std::this_thread::sleep_for(100ms);
+    }
+  }) {}
+  ~Sampler() { stop(); }
+  void stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  int peak_threads() {
+    std::lock_guard<std::mutex> lk(mu_);
+    return peak_threads_;
+  }
+  long peak_rss_kib() {
+    std::lock_guard<std::mutex> lk(mu_);
+    return peak_rss_kib_;
+  }
+
+private:
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  int peak_threads_ = 0;
+  long peak_rss_kib_ = 0;
+  std::thread thread_;
+};
+
+}  // namespace
+
+TEST_SUITE("calls") {
+
+TEST_CASE("calls: 3,000 calls waiting 5 s for their component hold no thread; / and /proxy are answered at once "
+          "meanwhile, and every call is answered 200") {
+  constexpr int kCalls = 3000;
+  REQUIRE(raise_file_limit() > kCalls + 200);
+  Lattice lattice("fault-component", {{"timeout_ms", "20000"}});
+  pid_t pid = lattice.provider->pid();
+  Sampler sampler(pid);
+
+  auto sent = Clock::now();
+  ManyClients crowd(lattice.http_port, request_closing("/proxy/fault/sleep/5000"), kCalls);
+  MESSAGE(kCalls << " calls sent in " << testsupport::seconds_since(sent) << " s");
+  auto reading = std::async(std::launch::async, [&] { return crowd.read_all(Clock::now() + 40s); });
+
+  std::this_thread::sleep_for(1s);  // the calls are in flight: the component answers at 5 s
+  auto own = fresh_requests(lattice, "/", 5, 1s);
+  auto forwarded = fresh_requests(lattice, "/proxy", 5, 1s);
+  MESSAGE("meanwhile: slowest / " << own.slowest * 1000 << " ms, slowest /proxy " << forwarded.slowest * 1000
+                                  << " ms, threads " << testsupport::thread_count(pid));
+  CHECK(own.all_ok);
+  CHECK(forwarded.all_ok);
+  CHECK(own.slowest < 0.1);
+  CHECK(forwarded.slowest < 0.1);
+
+  REQUIRE(reading.get());
+  sampler.stop();
+  int answered = 0;
+  for (auto &reply : crowd.replies())
+    if (whole_200(reply) && reply.find("\r\nslept 5000\r\n") != std::string::npos) ++answered;
+  MESSAGE(answered << " of " << kCalls << " answered 200 \"slept 5000\" after " << testsupport::seconds_since(sent)
+                   << " s; peak threads " << sampler.peak_threads());
+  CHECK(answered == kCalls);
+  CHECK(sampler.peak_threads() < 64);
+}
+
+TEST_CASE("calls: 2,000 responses streaming at once for 30 s each reach their client whole and in order; fresh "
+          "requests are answered at once, threads stay under 64 and memory grows under 100 MiB") {
+  constexpr int kStreams = 2000;
+  constexpr int kChunks = 150;  // one every 200 ms: 30 s
+  REQUIRE(raise_file_limit() > kStreams + 200);
+  Lattice lattice("fault-component", {{"timeout_ms", "20000"}});
+  pid_t pid = lattice.provider->pid();
+  REQUIRE(lattice.http().Get("/proxy"));
+  long rss_before = testsupport::proc_status_kib(pid, "VmRSS");
+  Sampler sampler(pid);
+
+  auto sent = Clock::now();
+  ManyClients crowd(lattice.http_port,
+                    request_closing("/proxy/fault/drip/" + std::to_string(kChunks) + "/200"), kStreams);
+  auto reading = std::async(std::launch::async, [&] { return crowd.read_all(Clock::now() + 90s); });
+
+  std::this_thread::sleep_for(2s);
+  auto own = fresh_requests(lattice, "/", 10, 10s);
+  auto forwarded = fresh_requests(lattice, "/proxy", 10, 10s);
+  MESSAGE("meanwhile: slowest / " << own.slowest * 1000 << " ms, slowest /proxy " << forwarded.slowest * 1000
+                                  << " ms, threads " << testsupport::thread_count(pid));
+  CHECK(own.all_ok);
+  CHECK(forwarded.all_ok);
+  CHECK(own.slowest < 0.1);
+  CHECK(forwarded.slowest < 0.1);
+
+  REQUIRE(reading.get());
+  sampler.stop();
+  int whole = 0;
+  for (auto &reply : crowd.replies()) {
+    // Each chunk once, in order.
+    bool ok = whole_200(reply);
+    size_t at = 0;
+    for (int i = 0; ok && i < kChunks; ++i) {
+      at = reply.find("chunk " + std::to_string(i) + "\n", at);
+      ok = at != std::string::npos;
+    }
+    if (ok) ++whole;
+  }
+  long growth_mib = (sampler.peak_rss_kib() - rss_before) / 1024;
+  MESSAGE(whole << " of " << kStreams << " streams whole after " << testsupport::seconds_since(sent)
+                << " s; peak threads " << sampler.peak_threads() << ", RSS growth " << growth_mib << " MiB");
+  CHECK(whole == kStreams);
+  CHECK(sampler.peak_threads() < 64);
+  CHECK(growth_mib < 100);
+}
+
+}  // TEST_SUITE("calls")
