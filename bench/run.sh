@@ -13,7 +13,8 @@
 # wrk runs GET, POST 1 KiB and POST 64 KiB at 1, 8, 32 and 128 connections against each (the
 # provider's `/` too: answered locally, the HTTP ceiling), recording req/s, p50, p99, the CPU
 # of the forwarding process per 1,000 requests (/proc/PID/stat) and the NATS messages per
-# request (nats-server's /varz and /connz before and after). One GET and one POST through each
+# request (nats-server's /varz and /connz before and after); then GET at 1,000 connections
+# against each, with the peak threads and RSS of the process. One GET and one POST through each
 # forwarder is tapped (bench/nats-probe tap) to count the round trips of a call. 1 GiB goes down
 # and up through each with curl while the peak RSS of the forwarder is read from /proc. The
 # request/reply and streaming ceilings of NATS on this machine are measured in the same run
@@ -417,6 +418,37 @@ for body in "${BODY_SIZES[@]}"; do
   done
 done
 PROVIDER_PEAK_AFTER_WRK=$(peak_rss_kib "${PID[ours]}")
+
+# ---- 1,000 connections: threads and memory ----
+# GET at WIDE_CONNS connections through each server, its threads sampled every 100 ms and its
+# peak RSS read after: what a wide crowd of clients costs each design.
+WIDE_CONNS=1000
+ulimit -n "$(ulimit -Hn)"
+declare -A WIDE_RPS WIDE_P99 WIDE_THREADS WIDE_RSS WIDE_ERRORS
+run_wide() {
+  local server=$1 url pid out peak=0 threads
+  url="${URL[$server]}/proxy"
+  [[ "$server" == root ]] && url="${URL[root]}/"
+  pid=${PID[$server]}
+  reset_peak_rss "$pid"
+  wrk -t2 -c"$WIDE_CONNS" -d"${RUN_SECONDS}s" --latency --timeout 10s "$url" >"$LOGS/wrk-wide-$server.txt" 2>&1 &
+  local wrk_pid=$!
+  while kill -0 "$wrk_pid" 2>/dev/null; do
+    threads=$(awk '/^Threads:/ { print $2 }' "/proc/$pid/status")
+    ((threads > peak)) && peak=$threads
+    sleep 0.1
+  done
+  wait "$wrk_pid" || fail "wrk failed on $url: $(cat "$LOGS/wrk-wide-$server.txt")"
+  local rps requests p50 p99 non2xx socket detail
+  read -r rps requests p50 p99 non2xx socket detail < <(parse_wrk <"$LOGS/wrk-wide-$server.txt")
+  WIDE_RPS[$server]=$rps WIDE_P99[$server]=$p99 WIDE_THREADS[$server]=$peak
+  WIDE_RSS[$server]=$(peak_rss_kib "$pid")
+  WIDE_ERRORS[$server]=0
+  ((non2xx > 0 || socket > 0)) && WIDE_ERRORS[$server]="non-2xx $non2xx; socket $socket ($detail)"
+  echo "bench: $server GET c=$WIDE_CONNS: $rps req/s, p99 $p99 ms, peak threads $peak," \
+    "peak RSS $(mib "${WIDE_RSS[$server]}") MiB, errors ${WIDE_ERRORS[$server]}" >&2
+}
+for server in "${SERVERS[@]}"; do run_wide "$server"; done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- report ----
@@ -486,6 +518,17 @@ stream_table() {
         "$(ratio "${STREAM_RATE[$key $direction]}" "$STREAM_CEILING") | $(mib "${STREAM_PEAK[$key $direction]}") |" \
         "${STREAM_NOTE[$key $direction]} |"
     done
+  done
+}
+
+wide_table() {
+  echo "| Server | req/s | : Rust (best) | p99 ms | peak threads | peak RSS MiB | Errors |"
+  echo "|---|--:|--:|--:|--:|--:|---|"
+  local server best
+  best=$(max "${WIDE_RPS[rust]}" "${WIDE_RPS[rustaddr]}")
+  for server in "${SERVERS[@]}"; do
+    echo "| ${NAME[$server]} | ${WIDE_RPS[$server]} | $(ratio "${WIDE_RPS[$server]}" "$best") | ${WIDE_P99[$server]} |" \
+      "${WIDE_THREADS[$server]} | $(mib "${WIDE_RSS[$server]}") | ${WIDE_ERRORS[$server]} |"
   done
 }
 
@@ -655,6 +698,13 @@ targets_table() {
   stream_table
   echo
   echo "Provider peak RSS over the whole run: $(mib "$PROVIDER_PEAK_AFTER_WRK") MiB."
+  echo
+  echo "## $WIDE_CONNS connections"
+  echo
+  echo "GET at $WIDE_CONNS connections (wrk, 2 threads, ${RUN_SECONDS} s) through each server: its threads, sampled" \
+    "every 100 ms, and its peak RSS (VmHWM, reset before)."
+  echo
+  wide_table
   echo
   echo "## Every run"
   echo

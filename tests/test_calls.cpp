@@ -229,4 +229,48 @@ TEST_CASE("calls: 2,000 responses streaming at once for 30 s each reach their cl
   CHECK(growth_mib < 100);
 }
 
+TEST_CASE("calls: a client that stops reading its streamed response holds back only its own call, which is cut "
+          "off while the others stream whole") {
+  Lattice lattice;  // the demo component: /proxy/bytes/N streams N bytes as fast as it can
+  pid_t pid = lattice.provider->pid();
+  // The stalled client asks for far more than the socket buffers and the call's 16 MiB bound hold.
+  int stalled = testsupport::connect_loopback(lattice.http_port);
+  int small = 16 * 1024;
+  ::setsockopt(stalled, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+  auto ask = request_closing("/proxy/bytes/" + std::to_string(256u << 20));
+  REQUIRE(::send(stalled, ask.data(), ask.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(ask.size()));
+  std::this_thread::sleep_for(500ms);  // its buffers are full: the provider's writes to it wait
+
+  // Others meanwhile: four 20 MiB downloads, one after the other, each byte-exact.
+  const size_t size = 20u << 20;
+  auto expected = testsupport::pattern_bytes(size);
+  auto start = Clock::now();
+  int exact = 0;
+  for (int i = 0; i < 4; ++i) {
+    auto res = lattice.http().Get("/proxy/bytes/" + std::to_string(size));
+    if (res && res->status == 200 && res->body == expected) ++exact;
+  }
+  MESSAGE("4 x 20 MiB beside the stalled client in " << testsupport::seconds_since(start) << " s, threads "
+                                                      << testsupport::thread_count(pid));
+  CHECK(exact == 4);
+
+  // The stalled client's response was cut: reading now ends (closed) short of what it asked for.
+  ::fcntl(stalled, F_SETFL, ::fcntl(stalled, F_GETFL) | O_NONBLOCK);
+  size_t got = 0;
+  bool closed = false;
+  auto deadline = Clock::now() + 15s;
+  char buf[64 * 1024];
+  while (!closed && Clock::now() < deadline) {
+    pollfd p{stalled, POLLIN, 0};
+    if (::poll(&p, 1, 200) <= 0) continue;
+    ssize_t n = ::recv(stalled, buf, sizeof(buf), 0);
+    if (n > 0) got += static_cast<size_t>(n);
+    else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) closed = true;
+  }
+  ::close(stalled);
+  MESSAGE("the stalled client got " << got / 1024 << " KiB of 256 MiB before its connection closed");
+  CHECK(closed);
+  CHECK(got < (256u << 20));
+}
+
 }  // TEST_SUITE("calls")
