@@ -27,7 +27,8 @@
 //        }
 //
 //    wrpc_http::EdgeServer          the HTTP/1.1 edge: an httplib::Server whose connections,
-//                                   framing and limits the provider owns (routes as usual)
+//                                   framing and limits the provider owns (routes as usual; a
+//                                   route may detach its response from its worker)
 //    wrpc_http::nats::Client        a small NATS client (pub/sub, request/reply, reconnect, TLS)
 //    wrpc_http::wrpc::OutgoingCall  one `handle` invocation, client side
 //    wrpc_http::wrpc::Server        serves `handle` (the demo component is built on it)
@@ -56,7 +57,8 @@
 //                moves on, and the connection is the DetachedResponse's
 //    reply       nats::Client::reader_loop -> NatsParser -> NatsSubscriptions::dispatch_inbox
 //                -> OutgoingCall::State::on_message (the call's channels, AsyncChannels)
-//                -> its progress callback -> DetachedResponse::kick, on the reader thread
+//                -> once the read is dispatched (Client::after_this_read), its progress
+//                callback -> DetachedResponse::kick, on the reader thread
 //    response    kick -> ForwardedResponse::advance: poll_response (the head: the post-routing
 //                step, Telemetry::end_request and cache_control, then status and fields),
 //                poll_body / poll_trailers (each piece framed), written with non-blocking
@@ -89,7 +91,7 @@
 //  A detached response's kick takes none of these across another: DetachedResponse::mu_ only
 //  to take its turn, the call's AsyncChannels::mu inside each poll, EdgeServer::mu_ to hand it
 //  to the edge loop (on the reader thread, under dispatch_mu_, each of them alone).
-//  Every other lock is a leaf: NatsServerPool::mu_, NatsSubscriptions::inbox_mu_,
+//  Every other lock is a leaf: NatsServerPool::mu_, Client::read_end_mu_, NatsSubscriptions::inbox_mu_,
 //  Client::pong_mu_, NatsConnection::mu_ (a write happens with it released), EdgeServer::mu_,
 //  ElasticTaskQueue::mu_ (worker pools and the control queue), Telemetry::mu_, Logger::mu_,
 //  Provider::links_mu_ and shutdown_mu_.
@@ -1213,8 +1215,15 @@ public:
   // Shared by the handlers that may keep the reader waiting (calls' body buffers).
   ReaderStallAllowance &reader_stall_allowance() { return reader_stall_allowance_; }
 
+  // For a handler: `task` runs on the reading thread once every message of the current read
+  // has been dispatched, so that what arrived together is acted on together (a call's
+  // response head and the body bytes behind it leave in one write). It must return at once.
+  void after_this_read(std::function<void()> task);
+
 private:
   friend class detail::NatsLameDuck;
+  // The reading threads, after each read (and after telling calls their connection is lost).
+  void run_read_end_tasks();
 
   // Socket (TLS when asked for) + INFO/CONNECT handshake with `url`; returns the
   // connection or throws.
@@ -1245,6 +1254,8 @@ private:
   std::mutex close_mu_;
   std::atomic<size_t> max_payload_{1024 * 1024};
   ReaderStallAllowance reader_stall_allowance_;
+  std::mutex read_end_mu_;  // a leaf
+  std::vector<std::function<void()>> read_end_tasks_;
   std::thread reader_;
 
   std::mutex pong_mu_;
@@ -2532,12 +2543,14 @@ private:
         if (!old.socket->wait_readable(std::chrono::milliseconds(20))) continue;
         size_t n = old.socket->read_some(buf.data(), buf.size());
         if (n > 0) parser.feed(buf.data(), n);
+        client_.run_read_end_tasks();
       }
     } catch (const nats::Error &e) {
       ended = true;
       client_.log(nats::LogLevel::debug, std::string("lame duck connection ended: ") + e.what());
     }
     if (ended) client_.subscriptions_->notify_lost(prefix);
+    client_.run_read_end_tasks();
     old.socket.reset();
   }
 
@@ -2805,6 +2818,7 @@ inline void Client::reader_loop() {
     } catch (const Error &e) {
       lost_reason = e.what();
     }
+    run_read_end_tasks();
     auto now = std::chrono::steady_clock::now();
     if (lost_reason.empty() && now - last_ping >= opts_.ping_interval) {
       last_ping = now;
@@ -2821,10 +2835,27 @@ inline void Client::reader_loop() {
     if (lost_reason.empty()) continue;
     if (closing_) break;
     lost_connection(lost_reason);
+    run_read_end_tasks();
     parser.reset();
     if (!reconnect()) break;
     last_ping = std::chrono::steady_clock::now();
   }
+  run_read_end_tasks();
+}
+
+inline void Client::after_this_read(std::function<void()> task) {
+  std::lock_guard<std::mutex> lk(read_end_mu_);
+  read_end_tasks_.push_back(std::move(task));
+}
+
+inline void Client::run_read_end_tasks() {
+  std::vector<std::function<void()>> tasks;
+  {
+    std::lock_guard<std::mutex> lk(read_end_mu_);
+    if (read_end_tasks_.empty()) return;
+    tasks.swap(read_end_tasks_);
+  }
+  for (auto &task : tasks) task();
 }
 
 // Marks the connection down and tells every call waiting on it, so that no caller waits for
@@ -4422,12 +4453,20 @@ public:
       : nc_(nc), limits_(limits), trailers_follow_(trailers_follow), state_(std::make_shared<State>(limits, nc.reader_stall_allowance())) {
     token_ = nc_.next_inbox_token();
     std::weak_ptr<State> weak = state_;
-    nats::InboxHandler handler;
-    handler.on_message = [weak](const std::string &suffix, nats::Message &m) {
-      if (auto s = weak.lock()) s->on_message(suffix, m);
+    // A call's progress is reported once the read that brought its news is dispatched whole.
+    auto report_after_read = [weak, &nc = nc_] {
+      nc.after_this_read([weak] {
+        if (auto s = weak.lock()) s->report_progress();
+      });
     };
-    handler.on_disconnected = [weak] {
-      if (auto s = weak.lock()) s->on_disconnected();
+    nats::InboxHandler handler;
+    handler.on_message = [weak, report_after_read](const std::string &suffix, nats::Message &m) {
+      if (auto s = weak.lock())
+        if (s->on_message(suffix, m)) report_after_read();
+    };
+    handler.on_disconnected = [weak, report_after_read] {
+      if (auto s = weak.lock())
+        if (s->on_disconnected()) report_after_read();
     };
     reply_inbox_ = nc_.register_inbox(token_, std::move(handler));
     std::string params;
@@ -4581,6 +4620,7 @@ private:
     // Runs once, on the reader thread, when the handshake names the server's inbox.
     std::function<void(const std::string &server_inbox)> on_handshake;
     std::function<void()> progress;  // OutgoingCall::on_progress
+    bool progress_reported = false;  // a report waits for the end of the read
 
     bool handshaken() const { return !server_inbox.empty() || no_responders; }
     bool result_known() const { return result.has_value() || !failure.empty(); }
@@ -4590,7 +4630,8 @@ private:
              (result_known() ? kFirstOwnCondition << 2 : 0u);
     }
 
-    void on_message(const std::string &suffix, nats::Message &m) {
+    // Returns whether the progress callback is to be told (once the read is dispatched).
+    bool on_message(const std::string &suffix, nats::Message &m) {
       std::unique_lock<std::mutex> lk(mu);
       unsigned before = conditions();
       if (suffix.empty()) {
@@ -4615,10 +4656,25 @@ private:
         on_trailer_message(m.data);
       }
       bool wake = conditions() & ~before;
-      // Set once and never reset: the pointer stays good while this state lives.
-      auto *news = wake && progress ? &progress : nullptr;
+      bool report = wake && take_report();
       lk.unlock();  // the woken thread then finds the lock free
       if (wake) cv.notify_all();
+      return report;
+    }
+
+    // With mu held: whether progress is to be told now (set, and not told already since).
+    bool take_report() {
+      if (!progress || progress_reported) return false;
+      progress_reported = true;
+      return true;
+    }
+
+    void report_progress() {
+      std::unique_lock<std::mutex> lk(mu);
+      progress_reported = false;
+      // Set once and never reset: the pointer stays good while this state lives.
+      auto *news = progress ? &progress : nullptr;
+      lk.unlock();
       if (news) (*news)();
     }
 
@@ -4638,13 +4694,13 @@ private:
       }
     }
 
-    void on_disconnected() {
+    bool on_disconnected() {
       std::unique_lock<std::mutex> lk(mu);
       lost = true;
-      auto *news = progress ? &progress : nullptr;
+      bool report = take_report();
       lk.unlock();
       cv.notify_all();
-      if (news) (*news)();
+      return report;
     }
   };
 
@@ -6465,8 +6521,10 @@ public:
   // Called one at a time, from whichever thread kicks the response (DetachedResponse::kick),
   // so it must not block, log or call out beyond `out`.
   virtual void advance(DetachedResponse &out, Clock::time_point now) = 0;
-  // On the edge loop, once the response is over (`whole`: every byte of it left): log lines.
+  // Once the response is over (`whole`: every byte of it left): its log lines. On the edge loop
+  // when logs() says it writes any; otherwise right where the response ended.
   virtual void finished(bool whole) = 0;
+  virtual bool logs() const = 0;
 };
 
 // A response that no thread waits for: its route detached it from the worker
@@ -6578,10 +6636,11 @@ public:
     before_ = std::move(before);
     after_ = std::move(after);
   }
-  // Called on the worker's thread when the response to the request it served there is over,
-  // after `after` and after the last byte (a streamed body's too) left or failed to: `whole`
-  // says whether all of it was written. Once per request cpp-httplib processed, answered or
-  // not; it must not throw. Set it, like around_requests, before serve().
+  // Called when the response to a request is over, after `after` and after the last byte (a
+  // streamed body's too) left or failed to: `whole` says whether all of it was written. On the
+  // worker's thread, or the edge loop's for a detached response (edge_request() finds the
+  // request on either). Once per request cpp-httplib processed, answered or not; it must not
+  // throw. Set it, like around_requests, before serve().
   using ResponseDone = std::function<void(detail::EdgeRequest &request, bool whole)>;
   void on_response_done(ResponseDone done) { done_ = std::move(done); }
 
@@ -6604,10 +6663,11 @@ private:
   void park(std::shared_ptr<detail::EdgeConnection> conn, bool fresh);
   void dispatch(int fd);
   void expire_parked();
-  void serve_connection(const std::shared_ptr<detail::EdgeConnection> &conn);
+  void serve_connection(const std::shared_ptr<detail::EdgeConnection> &conn, bool just_answered = false);
   Served serve_request(detail::EdgeConnection &conn, const detail::http1::Head &head);
   void after_routing(const httplib::Request &req, httplib::Response &res);
   void wait_writable(int fd);
+  void finish(const std::shared_ptr<detail::DetachedResponse> &response);
   void finish_later(std::shared_ptr<detail::DetachedResponse> response);
   void finish_detached();
   void kick_detached();
@@ -6866,34 +6926,34 @@ inline void EdgeServer::finish_later(std::shared_ptr<detail::DetachedResponse> r
   wake();
 }
 
-// On the edge loop: the response-done step and the producer's log lines of each response that
-// is over, then its connection goes on.
+// The edge loop finishes the responses handed to it.
 inline void EdgeServer::finish_detached() {
   std::vector<std::shared_ptr<detail::DetachedResponse>> over;
   {
     std::lock_guard<std::mutex> lk(mu_);
     over.swap(finished_detached_);
-    // One that stop() took already is stop()'s.
-    over.erase(std::remove_if(over.begin(), over.end(),
-                              [&](const std::shared_ptr<detail::DetachedResponse> &r) {
-                                auto it = detached_.find(r->fd_);
-                                if (it == detached_.end() || it->second != r) return true;
-                                detached_.erase(it);
-                                return false;
-                              }),
-               over.end());
   }
-  for (auto &response : over) {
-    bool whole = !response->cut_;
-    // The producer's log lines carry the request's trace: they come before its spans end.
-    auto *serving = detail::serving_on_this_thread();
-    detail::serving_on_this_thread() = &response->request_;
-    response->producer_->finished(whole);
-    if (done_) done_(response->request_, whole);
-    detail::serving_on_this_thread() = serving;
-    continue_connection(response->conn_, whole && response->head_.keep_alive && options_.keep_alive &&
-                                             !response->request_.close_after && response->body_.complete());
+  for (auto &response : over) finish(response);
+}
+
+// A detached response is over: the producer's log lines, the response-done step, then the
+// connection goes on. One that stop() took already is stop()'s.
+inline void EdgeServer::finish(const std::shared_ptr<detail::DetachedResponse> &response) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = detached_.find(response->fd_);
+    if (it == detached_.end() || it->second != response) return;
+    detached_.erase(it);
   }
+  bool whole = !response->cut_;
+  // The producer's log lines carry the request's trace: they come before its spans end.
+  auto *serving = detail::serving_on_this_thread();
+  detail::serving_on_this_thread() = &response->request_;
+  response->producer_->finished(whole);
+  if (done_) done_(response->request_, whole);
+  detail::serving_on_this_thread() = serving;
+  continue_connection(response->conn_, whole && response->head_.keep_alive && options_.keep_alive &&
+                                           !response->request_.close_after && response->body_.complete());
 }
 
 // On the tick: every detached response checks its deadlines.
@@ -6907,13 +6967,12 @@ inline void EdgeServer::kick_detached() {
   for (auto &response : all) response->kick();
 }
 
-// After a response: the connection's next request (already here: a worker serves it; to come:
-// it is parked), or its close.
+// After a detached response: a worker takes the connection's next request as after any answer
+// (it is there, or the worker waits a moment for it before parking the connection), or the
+// connection closes.
 inline void EdgeServer::continue_connection(const std::shared_ptr<detail::EdgeConnection> &conn, bool reusable) {
   if (!reusable || ++conn->served >= options_.keep_alive_max_count) return close_connection(conn);
-  if (conn->pending_size() > 0) return workers_.enqueue([this, conn] { serve_connection(conn); });
-  leave_active(conn);
-  park(conn, false);
+  workers_.enqueue([this, conn] { serve_connection(conn, true); });
 }
 
 inline void EdgeServer::expire_parked() {
@@ -6962,8 +7021,7 @@ inline void EdgeServer::refuse(detail::EdgeConnection &conn, detail::http1::Refu
 
 // Serves the requests the connection has sent, as long as they keep coming; parks it when
 // it has to wait for the next head.
-inline void EdgeServer::serve_connection(const std::shared_ptr<detail::EdgeConnection> &conn) {
-  bool just_answered = false;
+inline void EdgeServer::serve_connection(const std::shared_ptr<detail::EdgeConnection> &conn, bool just_answered) {
   while (true) {
     {
       std::lock_guard<std::mutex> lk(mu_);
@@ -7165,18 +7223,27 @@ inline void DetachedResponse::kick() {
     }
     again_ = false;
   }
-  if (over) server_.finish_later(shared_from_this());
+  // The end's steps log only through the producer: without log lines they run right here
+  // (no hand-off), with them on the edge loop (no log line on the NATS reader).
+  if (over && producer_->logs()) server_.finish_later(shared_from_this());
+  else if (over) server_.finish(shared_from_this());
   else if (blocked) server_.wait_writable(fd_);
 }
 
-// Sends what waits, and lets the producer write more while there is room and it has news.
+// Lets the producer write while it has news and there is room, then sends it all in one
+// write; goes round again when the producer stopped for room, not for news.
 inline void DetachedResponse::step(Clock::time_point now) {
-  while (true) {
+  bool room_was_short = true;
+  while (room_was_short) {
+    room_was_short = false;
+    while (!cut_ && !ending_ && has_room()) {
+      size_t before = out_.size();
+      producer_->advance(*this, now);
+      if (out_.size() == before) break;  // it waits for news
+      room_was_short = !has_room();
+    }
     if (!send_waiting(now)) cut_ = true;
-    if (cut_ || ending_ || !has_room()) return;
-    size_t before = out_.size();
-    producer_->advance(*this, now);
-    if (out_.size() == before && !ending_ && !cut_) return;  // it waits for news
+    if (cut_ || !out_.empty()) return;  // broken, or the socket is full: EPOLLOUT brings room
   }
 }
 
@@ -8593,6 +8660,8 @@ public:
       fail(out, e);
     }
   }
+
+  bool logs() const override { return !failure_.empty() || logger_.enabled(Logger::Level::debug); }
 
   void finished(bool whole) override {
     if (!failure_.empty()) {
