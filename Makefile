@@ -9,6 +9,7 @@
 #   make par        build/http-server.par.gz for `wash app deploy wadm.yaml`
 #   make test-tsan  the tests under ThreadSanitizer
 #   make bench      the benchmark against wasmCloud's Rust provider and a Go gateway (bench/results.md)
+#   make bench-host the same in front of a real wasmCloud host and a Wasm component (bench/results-host.md)
 #   make bench-ab BASELINE=<rev>  `/` and `/proxy` before (rev) and after (this tree), interleaved
 #   make soak       wrk load through cycles of link, config, collector and NATS cluster events (SOAK_SECONDS, SOAK_CYCLES)
 #   make interop    the provider against a wasmCloud host, wadm and wash, Rust's wRPC and a Wasm component (long first build)
@@ -36,7 +37,7 @@ BINARIES := $(BUILD)/http-server $(BUILD)/demo-component $(BUILD)/nats_lite $(BU
 TEST_SOURCES := $(wildcard tests/test_*.cpp)  # tests/dropin.cpp is compiled on its own
 TEST_OBJECTS := $(patsubst tests/%.cpp,$(BUILD)/tests/%.o,$(TEST_SOURCES))
 
-.PHONY: all deps test test-plain test-unit test-edge test-httplib test-go test-asan test-tsan demo par bench bench-ab \
+.PHONY: all deps test test-plain test-unit test-edge test-httplib test-go test-asan test-tsan demo par bench bench-host bench-ab \
         soak fuzz interop interop-build clean
 
 all: $(BINARIES)
@@ -188,6 +189,15 @@ bench: deps all $(BUILD)/go-gateway $(BUILD)/nats-probe $(RUST_PROVIDER)
 bench-ab: deps all
 	@test -n "$(BASELINE)" || { echo "usage: make bench-ab BASELINE=<git revision>"; exit 2; }
 	bench/ab.sh $(BUILD) $(BASELINE)
+
+# The same benchmark in front of a real wasmCloud host (0.27.1, the interop's build) serving the
+# interop's Wasm component instead of build/demo-component: GET and POST 1 KiB, no streaming
+# (bench/results-host.md). Reuses the interop's cached builds.
+bench-host: deps all $(BUILD)/go-gateway $(BUILD)/nats-probe $(RUST_PROVIDER)
+	$(MAKE) interop-build INTEROP_HOST_VERSIONS=0.27.1
+	BENCH_HOST=$(call interop_host_bin,0.27.1) BENCH_CTL=$(BUILD)/interop/cargo/release/interop-ctl \
+	  BENCH_COMPONENT_WASM=$(BUILD)/interop/component/component.wasm BENCH_NATS_SERVER=$(INTEROP_NATS_SERVER) \
+	  bench/run.sh $(BUILD) $(RUST_PROVIDER)
 
 # The soak (bench/soak.sh, not part of `make test`): a 3-node NATS cluster, the demo component,
 # the provider (host data on stdin, telemetry to the collector) under steady wrk load on `/` and

@@ -21,6 +21,13 @@
 # (bench/nats-probe).
 # Writes bench/results.md and bench/throughput.png, and prints the results.
 #
+# With BENCH_HOST set (`make bench-host`), the component is the interop's Wasm component
+# (componentize-js) served by a real wasmCloud host instead of build/demo-component: GET and
+# POST 1 KiB at 1/8/32 connections only, no streaming, no 1,000 connections; written to bench/results-host.md and bench/throughput-host.png.
+#   BENCH_HOST, BENCH_CTL            the interop's host (wasmcloud-host 0.27.1) and control client
+#   BENCH_COMPONENT_WASM             the Wasm component
+#   BENCH_NATS_SERVER                a nats-server with JetStream (the host's config store needs it)
+#
 # Usage: bench/run.sh BUILD_DIR RUST_PROVIDER_BINARY     (`make bench` passes both)
 #   BENCH_SECONDS=4     length of each wrk run (60 runs)
 #   BENCH_KEEP_LOGS=1   keep the process logs and wrk outputs (kept anyway when a run fails)
@@ -32,6 +39,17 @@ RUN_SECONDS=${BENCH_SECONDS:-4}
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 RESULTS="$BENCH_DIR/results.md"
 PLOT="$BENCH_DIR/throughput.png"
+HOST_BIN=${BENCH_HOST:-}
+NATS_SERVER_BIN=nats-server
+if [[ -n "$HOST_BIN" ]]; then
+  RESULTS="$BENCH_DIR/results-host.md"
+  PLOT="$BENCH_DIR/throughput-host.png"
+  NATS_SERVER_BIN=${BENCH_NATS_SERVER:?BENCH_NATS_SERVER: a nats-server with JetStream}
+  for f in "$HOST_BIN" "${BENCH_CTL:?BENCH_CTL: the interop control client}" \
+    "${BENCH_COMPONENT_WASM:?BENCH_COMPONENT_WASM: the Wasm component}"; do
+    [[ -e "$f" ]] || { echo "bench: $f is missing; run 'make bench-host'" >&2; exit 1; }
+  done
+fi
 
 PROVIDER_BIN="$BUILD/http-server"
 COMPONENT_BIN="$BUILD/demo-component"
@@ -40,11 +58,15 @@ PROBE_BIN="$BUILD/nats-probe"
 
 CONNECTIONS=(1 8 32 128)
 BODY_SIZES=(0 1024 65536)  # request body bytes; 0 is a GET
+# In front of the host: 128 connections and more are left out, since the host stops answering
+# any forwarder within a minute of that load (its log: "future I/O dropped"; see README).
+[[ -n "$HOST_BIN" ]] && BODY_SIZES=(0 1024) CONNECTIONS=(1 8 32)
 STREAM_BYTES=$((1 << 30))
 # Every column of the request table; `root` is the provider's `/`, the others forward `/proxy`.
 SERVERS=(root ours rust rustaddr go)
 FORWARDERS=(ours rust rustaddr go)
 STREAMERS=(ours rust go)  # rustaddr streams through the same code as rust
+[[ -n "$HOST_BIN" ]] && STREAMERS=()
 declare -A NAME=(
   [root]="provider \`/\` (local answer)"
   [ours]="provider"
@@ -120,7 +142,9 @@ MONITOR_PORT=$(free_port "$NATS_PORT")
 NATS_URL="nats://127.0.0.1:$NATS_PORT"
 MONITOR_URL="http://127.0.0.1:$MONITOR_PORT"
 
-nats-server -a 127.0.0.1 -p "$NATS_PORT" -m "$MONITOR_PORT" >"$LOGS/nats-server.log" 2>&1 &
+nats_args=()
+[[ -n "$HOST_BIN" ]] && nats_args=(-js -sd "$LOGS/jetstream")
+"$NATS_SERVER_BIN" -a 127.0.0.1 -p "$NATS_PORT" -m "$MONITOR_PORT" "${nats_args[@]}" >"$LOGS/nats-server.log" 2>&1 &
 PIDS+=($!)
 NATS_PID=${PIDS[-1]}
 wait_for "${PIDS[-1]}" 10 port_in_use "$NATS_PORT" || fail "nats-server did not start on $NATS_URL"
@@ -128,7 +152,7 @@ wait_for "${PIDS[-1]}" 10 port_in_use "$MONITOR_PORT" || fail "nats-server monit
 
 # The cids of the server's client connections, one per line.
 connection_ids() {
-  curl -s --max-time 5 "$MONITOR_URL/connz?limit=1024" | jq -r '.connections[].cid' | sort -n
+  curl -s --max-time 5 "$MONITOR_URL/connz?limit=1024" | jq -r '.connections[].cid' | sort
 }
 # Ids of connections that appeared since the list $1 (a file) was taken, space-separated.
 new_connections() {
@@ -138,9 +162,23 @@ declare -A CONNS  # key -> cids of its NATS connections
 declare -A PID URL
 
 connection_ids >"$LOGS/cids"
-start_demo_component "$COMPONENT_BIN" "$NATS_URL"
+if [[ -n "$HOST_BIN" ]]; then
+  # The host, then the Wasm component scaled on it through the control interface (up to 128
+  # instances at once: with one, as wadm.yaml asks, the host serves one call at a time and calls
+  # at 8 connections and more wait past every timeout); the component's CPU is the host's.
+  "$HOST_BIN" --nats "$NATS_URL" --lattice "$LATTICE" >"$LOGS/host.out" 2>"$LOGS/host.log" &
+  PIDS+=($!)
+  wait_for "${PIDS[-1]}" 30 grep -q '^host_id=' "$LOGS/host.out" || fail "the wasmCloud host did not start"
+  HOST_ID=$(sed -n 's/^host_id=//p' "$LOGS/host.out")
+  COMPONENT_PID=${PIDS[-1]}
+  "$BENCH_CTL" --nats "$NATS_URL" --lattice "$LATTICE" scale-component "$HOST_ID" \
+    "file://$(cd "$(dirname "$BENCH_COMPONENT_WASM")" && pwd)/$(basename "$BENCH_COMPONENT_WASM")" "$COMPONENT_ID" 128 \
+    >"$LOGS/scale.log" 2>&1 || fail "the host did not start the component: $(cat "$LOGS/scale.log")"
+else
+  start_demo_component "$COMPONENT_BIN" "$NATS_URL"
+  COMPONENT_PID=${PIDS[-1]}
+fi
 CONNS[component]=$(new_connections "$LOGS/cids")
-COMPONENT_PID=${PIDS[-1]}
 
 answers() {  # $1 URL, $2 expected body
   [[ "$(curl -s --max-time 2 "$1" 2>/dev/null)" == "$2" ]]
@@ -311,6 +349,7 @@ stream_up() {
   record_stream "$key up $2" "${PID[$key]}" "$code" "$moved" "$seconds" "$note"
 }
 
+if ((${#STREAMERS[@]} > 0)); then
 # The streaming ceiling, just before the transfers: what nats-server moves one way on this machine.
 out=$("$PROBE_BIN" stream --nats "$NATS_URL" --bytes "$STREAM_BYTES") || fail "nats-probe stream failed: $out"
 STREAM_CEILING=$(sed -n 's/.*mib_per_s=\([0-9]*\).*/\1/p' <<<"$out")
@@ -326,6 +365,7 @@ for key in "${STREAMERS[@]}"; do
   stream_up "$key" chunked
 done
 rm -f "$LOGS/zero.bin"
+fi
 
 # ---- request/response: wrk ----
 
@@ -448,7 +488,7 @@ run_wide() {
   echo "bench: $server GET c=$WIDE_CONNS: $rps req/s, p99 $p99 ms, peak threads $peak," \
     "peak RSS $(mib "${WIDE_RSS[$server]}") MiB, errors ${WIDE_ERRORS[$server]}" >&2
 }
-for server in "${SERVERS[@]}"; do run_wide "$server"; done
+[[ -n "$HOST_BIN" ]] || for server in "${SERVERS[@]}"; do run_wide "$server"; done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- report ----
@@ -630,6 +670,36 @@ targets_table() {
   stream_target "up chunked"
 }
 
+if [[ -n "$HOST_BIN" ]]; then
+{
+  echo "# Benchmark results in front of a wasmCloud host"
+  echo
+  echo "Written by \`make bench-host\` (bench/run.sh with BENCH_HOST); everything on one machine over loopback, in" \
+    "one run, on one nats-server (with JetStream, as the host needs) and one component: the interop's Wasm" \
+    "component (interop/component, componentize-js) served by wasmCloud's host (interop-host, wasmcloud-host 0.27.1)."
+  echo
+  echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "- Machine: $(nproc) cores ($cpu_model), $(uname -sr), shared with other work; load average before the runs:" \
+    "$LOAD_BEFORE, after: $LOAD_AFTER"
+  echo "- Versions: $VERSIONS; nats-server $("$NATS_SERVER_BIN" --version | awk '{ print $2 }') for this run"
+  echo "- wrk and the forwarders as in bench/results.md; CPU is per 1,000 requests, of the forwarding process," \
+    "nats-server and the host (all threads, /proc/PID/stat)."
+  echo
+  echo "## The provider against its anchors"
+  echo
+  ratios_table
+  echo
+  echo "## One call, tapped"
+  echo
+  calls_table
+  echo
+  echo "## Every run"
+  echo
+  requests_table
+  echo
+  echo "![throughput vs connections](throughput-host.png)"
+} >"$RESULTS.tmp"
+else
 {
   echo "# Benchmark results"
   echo
@@ -721,6 +791,7 @@ targets_table() {
     cat "$BENCH_DIR/tuning.md"
   fi
 } >"$RESULTS.tmp"
+fi
 mv "$RESULTS.tmp" "$RESULTS"
 
 for body in 0 1024; do
