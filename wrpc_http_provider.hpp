@@ -7193,6 +7193,9 @@ inline void DetachedResponse::start(httplib::Response &res) {
                                      ", max=" + std::to_string(server_.options().keep_alive_max_count));
   }
   if (!res.body.empty() && !res.has_header("Content-Type")) res.set_header("Content-Type", "text/plain");
+  // The provider's own answers carry their body in res.body: its length frames it.
+  if (!res.body.empty() && !res.has_header("Content-Length"))
+    res.set_header("Content-Length", std::to_string(res.body.size()));
   out_ += "HTTP/1.1 " + std::to_string(res.status) + " " + reason_phrase(res.status) + "\r\n";
   for (auto &field : res.headers) out_ += field.first + ": " + field.second + "\r\n";
   out_ += "\r\n";

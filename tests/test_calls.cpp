@@ -228,6 +228,18 @@ TEST_CASE("calls: 2,000 responses streaming at once for 30 s each reach their cl
   CHECK(growth_mib < 100);
 }
 
+TEST_CASE("calls: the provider's own answer to a waiting call (504 past timeout_ms) is framed by its Content-Length "
+          "and closes the connection") {
+  Lattice lattice("fault-component", {{"timeout_ms", "300"}});
+  auto reply = testsupport::send_raw(lattice.http_port,
+                                     "GET /proxy/fault/sleep/2000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 3000ms);
+  CHECK(reply.bytes.compare(0, 12, "HTTP/1.1 504") == 0);
+  // Complete by its length, not only by the close (HTTP/1.1 clients such as wrk count a body
+  // that only the close ends as a read error).
+  CHECK(testsupport::response_complete(reply.bytes));
+  CHECK(reply.bytes.find("\r\nConnection: close\r\n") != std::string::npos);
+}
+
 TEST_CASE("calls: a client that stops reading its streamed response holds back only its own call, which is cut "
           "off while the others stream whole") {
   Lattice lattice;  // the demo component: /proxy/bytes/N streams N bytes as fast as it can
