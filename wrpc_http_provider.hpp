@@ -6529,8 +6529,8 @@ public:
 
 // A response that no thread waits for: its route detached it from the worker
 // (EdgeServer::detach) and a ResponseProducer writes it as its parts arrive. It owns the
-// connection until the response is over; then the edge loop hands the connection on (the
-// next request, parked, or closed).
+// connection until the response is over; then the connection goes on (EdgeServer::finish: a
+// worker takes its next request, or it closes).
 //
 // It moves on by kicks: from the producer's news (the NATS reader), from the edge loop (room
 // in the socket again, and every tick for the deadlines), and once from the worker that
