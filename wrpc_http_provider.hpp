@@ -6341,6 +6341,27 @@ inline EdgeRequest *&serving_on_this_thread() {
   return current;
 }
 
+// A detached response's steps (post-routing, response-done, log lines) run on whichever thread
+// moves it: for their span, that thread serves its request, then what it served before again.
+class ServingHere {
+public:
+  explicit ServingHere(EdgeRequest &request) : before_(serving_on_this_thread()) {
+    serving_on_this_thread() = &request;
+  }
+  ~ServingHere() { serving_on_this_thread() = before_; }
+  ServingHere(const ServingHere &) = delete;
+  ServingHere &operator=(const ServingHere &) = delete;
+
+private:
+  EdgeRequest *before_;
+};
+
+// After a response written whole: the connection carries the next request unless either side
+// ends it or the request's body was not all read.
+inline bool keeps_connection(const EdgeRequest &request, bool whole, bool keep_alive_on) {
+  return whole && request.head.keep_alive && keep_alive_on && !request.close_after && request.body.complete();
+}
+
 // cpp-httplib hands hooks and routes `(req, res)` and nothing of ours, in every version: this
 // is the one place where the edge's request crosses that boundary. It is the request this
 // worker serves, and only for its own httplib::Request (nullptr for any other, such as a
@@ -6946,14 +6967,13 @@ inline void EdgeServer::finish(const std::shared_ptr<detail::DetachedResponse> &
     detached_.erase(it);
   }
   bool whole = !response->cut_;
-  // The producer's log lines carry the request's trace: they come before its spans end.
-  auto *serving = detail::serving_on_this_thread();
-  detail::serving_on_this_thread() = &response->request_;
-  response->producer_->finished(whole);
-  if (done_) done_(response->request_, whole);
-  detail::serving_on_this_thread() = serving;
-  continue_connection(response->conn_, whole && response->head_.keep_alive && options_.keep_alive &&
-                                           !response->request_.close_after && response->body_.complete());
+  {
+    detail::ServingHere serving(response->request_);
+    // The producer's log lines carry the request's trace: they come before its spans end.
+    response->producer_->finished(whole);
+    if (done_) done_(response->request_, whole);
+  }
+  continue_connection(response->conn_, detail::keeps_connection(response->request_, whole, options_.keep_alive));
 }
 
 // On the tick: every detached response checks its deadlines.
@@ -7113,9 +7133,7 @@ inline EdgeServer::Served EdgeServer::serve_request(detail::EdgeConnection &conn
   bool sent = conn.flush();
   if (done_) done_(request, written && sent);
   detail::serving_on_this_thread() = nullptr;
-  return written && sent && head.keep_alive && options_.keep_alive && !request.close_after && body.complete()
-             ? Served::keep_alive
-             : Served::close;
+  return detail::keeps_connection(request, written && sent, options_.keep_alive) ? Served::keep_alive : Served::close;
 }
 
 inline bool EdgeServer::process(httplib::Stream &stream, bool close_connection,
@@ -7160,9 +7178,10 @@ inline void EdgeServer::stop(std::chrono::milliseconds drain) {
   lk.unlock();
   for (auto &d : left) {
     d.second->abandon();
-    detail::serving_on_this_thread() = &d.second->request_;
-    if (done_) done_(d.second->request_, false);
-    detail::serving_on_this_thread() = nullptr;
+    {
+      detail::ServingHere serving(d.second->request_);
+      if (done_) done_(d.second->request_, false);
+    }
     close_connection(d.second->conn_);
   }
 }
@@ -7179,12 +7198,11 @@ inline DetachedResponse::DetachedResponse(EdgeServer &server, std::shared_ptr<Ed
 }
 
 inline void DetachedResponse::start(httplib::Response &res) {
-  // The post-routing step reads the request through edge_request(): this is its request on
-  // whichever thread starts it.
-  auto *serving = serving_on_this_thread();
-  serving_on_this_thread() = &request_;
-  server_.after_routing(routed_, res);
-  serving_on_this_thread() = serving;
+  {
+    // The post-routing step reads the request through edge_request().
+    ServingHere serving(request_);
+    server_.after_routing(routed_, res);
+  }
   // What cpp-httplib writes for the edge's own answers, written the same way here.
   if (request_.closes_connection || request_.close_after) {
     res.set_header("Connection", "close");

@@ -193,6 +193,7 @@ TEST_CASE("calls: 2,000 responses streaming at once for 30 s each reach their cl
   constexpr int kStreams = 2000;
   constexpr int kChunks = 150;  // one every 200 ms: 30 s
   REQUIRE(raise_file_limit() > kStreams + 200);
+  testsupport::WithoutAsanQuarantine no_quarantine;  // the memory bound is the provider's, not ASan's
   Lattice lattice("fault-component", {{"timeout_ms", "20000"}});
   pid_t pid = lattice.provider->pid();
   REQUIRE(lattice.http().Get("/proxy"));

@@ -388,20 +388,10 @@ TEST_CASE("operations: 100 concurrent 64 MiB chunked uploads to a route that doe
   constexpr size_t kUploadMiB = 64;
   constexpr long kBoundKiB = 32 * 1024;      // the provider's peak RSS growth allowed
   constexpr long kGiveUpKiB = 1024 * 1024;   // past this the uploads stop (the machine's sake)
-  // Under AddressSanitizer freed memory waits in a quarantine (256 MiB, plus 1 MiB per
-  // thread) before it is reused, which counts against the bound here: the provider of this
-  // test runs without one (the later flags win over any ASAN_OPTIONS already set). The bound
-  // is the same for every build; what remains of ASan's cost is per thread (a hundred
+  // What remains of AddressSanitizer's cost without its quarantine is per thread (a hundred
   // workers: about 25 MiB of growth under ASan, 7 MiB without, when the bodies are not kept).
-  const char *asan_before = std::getenv("ASAN_OPTIONS");
-  std::string asan_saved = asan_before ? asan_before : "";
-  setenv("ASAN_OPTIONS",
-         (asan_saved + (asan_saved.empty() ? "" : ":") + "quarantine_size_mb=0:thread_local_quarantine_size_kb=0")
-             .c_str(),
-         1);
+  testsupport::WithoutAsanQuarantine no_quarantine;
   Lattice lattice;
-  if (asan_before) setenv("ASAN_OPTIONS", asan_saved.c_str(), 1);
-  else unsetenv("ASAN_OPTIONS");
   pid_t pid = lattice.provider->pid();
   REQUIRE(lattice.http().Get("/"));
 
