@@ -18,19 +18,19 @@ CXX      ?= g++
 CXXSTD   := -std=c++17
 WARN     := -Wall -Wextra
 HTTPLIB_CFLAGS := $(shell pkg-config --cflags cpp-httplib 2>/dev/null || echo -DCPPHTTPLIB_OPENSSL_SUPPORT -DCPPHTTPLIB_ZLIB_SUPPORT -DCPPHTTPLIB_BROTLI_SUPPORT)
-FEATURES := -DWRPC_HTTP_OPENSSL_SUPPORT -DWRPC_HTTP_SODIUM_SUPPORT
+FEATURES := -DWRPC_HTTP_OPENSSL_SUPPORT -DWRPC_HTTP_SODIUM_SUPPORT -DWRPC_HTTP_NGHTTP2_SUPPORT
 CXXFLAGS ?= -O2 -g
 ALL_CXXFLAGS = $(CXXSTD) $(WARN) $(CXXFLAGS) $(FEATURES) $(HTTPLIB_CFLAGS) -I.
-LDLIBS   := -lcpp-httplib -lssl -lcrypto -lsodium -lz -pthread
+LDLIBS   := -lcpp-httplib -lssl -lcrypto -lsodium -lnghttp2 -lz -pthread
 
 HEADER   := wrpc_http_provider.hpp
 BUILD    ?= build
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian 12 package names: what the binaries and the demo need, and what only the tests add.
-DEMO_PACKAGES := g++ make pkg-config libcpp-httplib-dev nlohmann-json3-dev libssl-dev libsodium-dev zlib1g-dev \
+DEMO_PACKAGES := g++ make pkg-config libcpp-httplib-dev nlohmann-json3-dev libssl-dev libsodium-dev libnghttp2-dev zlib1g-dev \
                  nats-server curl
-TEST_PACKAGES := doctest-dev openssl golang-go golang-github-nats-io-go-nats-dev dpkg-dev libbrotli-dev libzstd-dev chromium
+TEST_PACKAGES := doctest-dev openssl nghttp2-client golang-go golang-github-nats-io-go-nats-dev dpkg-dev libbrotli-dev libzstd-dev chromium
 PACKAGES := $(DEMO_PACKAGES) $(TEST_PACKAGES)
 
 BINARIES := $(BUILD)/http-server $(BUILD)/demo-component $(BUILD)/nats_lite $(BUILD)/make_par
@@ -103,6 +103,13 @@ $(OTEL_COLLECTOR): tests/otel/main.go tests/otel/go.mod tests/otel/go.sum
 	@mkdir -p $(@D)
 	cd tests/otel && GOFLAGS=-mod=readonly nice -n 10 go build -o $(CURDIR)/$@ .
 
+# h2spec, the HTTP/2 conformance tester of tests/test_http2.cpp, from the Go module proxy at
+# the version tests/h2spec/go.sum pins, cached in build/h2spec whatever BUILD is.
+H2SPEC := build/h2spec/h2spec
+$(H2SPEC): tests/h2spec/tools.go tests/h2spec/go.mod tests/h2spec/go.sum
+	@mkdir -p $(@D)
+	cd tests/h2spec && GOFLAGS=-mod=readonly nice -n 10 go build -o $(CURDIR)/$@ github.com/summerwind/h2spec/cmd/h2spec
+
 $(BUILD)/nats-probe: $(wildcard bench/nats-probe/*.go) tests/go_build.sh
 	tests/go_build.sh bench/nats-probe $@
 
@@ -123,8 +130,8 @@ test: deps
 
 # The doctest suite: unit tests and integration tests against real processes.
 test-unit: $(BINARIES) $(BUILD)/fault-component $(BUILD)/tests/dropin.o $(BUILD)/tests/run-tests $(BUILD)/nats_peer \
-           $(OTEL_COLLECTOR)
-	WRPC_HTTP_BUILD=$(BUILD) WRPC_HTTP_OTEL_COLLECTOR=$(OTEL_COLLECTOR) $(BUILD)/tests/run-tests
+           $(OTEL_COLLECTOR) $(H2SPEC)
+	WRPC_HTTP_BUILD=$(BUILD) WRPC_HTTP_OTEL_COLLECTOR=$(OTEL_COLLECTOR) WRPC_HTTP_H2SPEC=$(H2SPEC) $(BUILD)/tests/run-tests
 	tests/par_test.sh $(BUILD)/make_par $(BUILD)/http-server
 
 test-edge: $(BUILD)/http-server $(BUILD)/demo-component $(BUILD)/fault-component $(BUILD)/tests/run-edge-tests

@@ -103,6 +103,8 @@
 //  Configuration macros (define before including; defaults below):
 //    WRPC_HTTP_OPENSSL_SUPPORT  nkey/JWT auth and TLS to NATS, HTTPS (needs OpenSSL: -lssl -lcrypto)
 //    WRPC_HTTP_SODIUM_SUPPORT   opens link secrets sealed with xkeys (needs libsodium: -lsodium)
+//    WRPC_HTTP_NGHTTP2_SUPPORT  HTTP/2 on every listener: h2c by prior knowledge, h2 by ALPN
+//                               (needs nghttp2: -lnghttp2)
 //    WRPC_HTTP_NATS_*           NATS client tuning
 //    WRPC_HTTP_OTEL_*           OpenTelemetry export queue, batches, intervals, timeout
 //    WRPC_HTTP_*                limits and timeouts of the wRPC transport and the HTTP edge
@@ -231,6 +233,45 @@
 #ifndef WRPC_HTTP_DRAIN_TIMEOUT_MS
 #define WRPC_HTTP_DRAIN_TIMEOUT_MS 3000
 #endif
+// HTTP/2 (WRPC_HTTP_NGHTTP2_SUPPORT): streams open at once on one connection; the header list
+// of a request (names, values and 32 bytes each, as RFC 9113 counts it); the HPACK table this
+// end keeps for the client; the flow-control windows granted to a stream's request body and to
+// the whole connection (a body's bytes are acknowledged only once they went on to the route,
+// so a connection holds at most its window of unread request bytes); how long an idle
+// connection (no stream open) lives and how long the client gets to acknowledge the settings;
+// and the frames that cost work but carry no request (PING, SETTINGS, RST_STREAM, PRIORITY,
+// empty DATA): a burst of this many, then this many a second, past that GOAWAY.
+#ifndef WRPC_HTTP_H2_MAX_CONCURRENT_STREAMS
+#define WRPC_HTTP_H2_MAX_CONCURRENT_STREAMS 100
+#endif
+#ifndef WRPC_HTTP_H2_MAX_HEADER_LIST_BYTES
+#define WRPC_HTTP_H2_MAX_HEADER_LIST_BYTES (64u * 1024u)
+#endif
+#ifndef WRPC_HTTP_H2_HPACK_TABLE_BYTES
+#define WRPC_HTTP_H2_HPACK_TABLE_BYTES 4096
+#endif
+#ifndef WRPC_HTTP_H2_STREAM_WINDOW_BYTES
+#define WRPC_HTTP_H2_STREAM_WINDOW_BYTES (256u * 1024u)
+#endif
+#ifndef WRPC_HTTP_H2_CONNECTION_WINDOW_BYTES
+#define WRPC_HTTP_H2_CONNECTION_WINDOW_BYTES (1024u * 1024u)
+#endif
+#ifndef WRPC_HTTP_H2_IDLE_TIMEOUT_MS
+#define WRPC_HTTP_H2_IDLE_TIMEOUT_MS 30000
+#endif
+#ifndef WRPC_HTTP_H2_SETTINGS_TIMEOUT_MS
+#define WRPC_HTTP_H2_SETTINGS_TIMEOUT_MS 10000
+#endif
+#ifndef WRPC_HTTP_H2_CONTROL_FRAME_BURST
+#define WRPC_HTTP_H2_CONTROL_FRAME_BURST 200
+#endif
+#ifndef WRPC_HTTP_H2_CONTROL_FRAMES_PER_SECOND
+#define WRPC_HTTP_H2_CONTROL_FRAMES_PER_SECOND 100
+#endif
+// CONTINUATION frames after one HEADERS frame (CVE-2024-27316 sends them without end).
+#ifndef WRPC_HTTP_H2_MAX_CONTINUATIONS
+#define WRPC_HTTP_H2_MAX_CONTINUATIONS 8
+#endif
 // OpenTelemetry export (telemetry section): spans and log records waiting, each queue; more
 // are dropped (counted). Sent in batches of WRPC_HTTP_OTEL_BATCH_SIZE at least every
 // WRPC_HTTP_OTEL_EXPORT_INTERVAL_MS; metrics every WRPC_HTTP_OTEL_METRICS_INTERVAL_MS (or the
@@ -284,6 +325,9 @@
 #endif
 #ifdef WRPC_HTTP_SODIUM_SUPPORT
 #include <sodium.h>
+#endif
+#ifdef WRPC_HTTP_NGHTTP2_SUPPORT
+#include <nghttp2/nghttp2.h>
 #endif
 
 #include <algorithm>
@@ -444,6 +488,11 @@ inline void release_free_heap() {
 }
 
 // `host` of `host:port` or `[v6]:port` (as it is when it has no port).
+inline std::string lower(std::string s) {
+  for (auto &c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
 inline std::string without_port(std::string host) {
   auto colon = host.rfind(':');
   if (colon != std::string::npos && host.back() != ']') host.resize(colon);
@@ -5948,8 +5997,12 @@ inline int ms_left_until(Clock::time_point deadline) {
 // The HTTPS listener's certificate and key.
 class TlsServerContext {
 public:
-  TlsServerContext(const std::string &cert_file, const std::string &key_file) : ctx_(SSL_CTX_new(TLS_server_method())) {
+  // `offer_h2`: ALPN picks h2 when the client offers it (HTTP/2 front), else http/1.1;
+  // `only_h2`: never http/1.1.
+  TlsServerContext(const std::string &cert_file, const std::string &key_file, bool offer_h2, bool only_h2)
+      : ctx_(SSL_CTX_new(TLS_server_method())), offer_h2_(offer_h2), only_h2_(offer_h2 && only_h2) {
     if (!ctx_) throw std::runtime_error("cannot create a TLS context");
+    SSL_CTX_set_alpn_select_cb(ctx_, select_protocol, this);
     SSL_CTX_set_min_proto_version(ctx_, TLS1_2_VERSION);
     SSL_CTX_set_mode(ctx_, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     if (SSL_CTX_use_certificate_chain_file(ctx_, cert_file.c_str()) != 1 ||
@@ -5970,12 +6023,33 @@ public:
   }
 
 private:
+  // The client's list is length-prefixed names; the server's preference wins.
+  static int select_protocol(SSL *, const unsigned char **out, unsigned char *out_len, const unsigned char *in,
+                             unsigned int in_len, void *arg) {
+    auto *self = static_cast<TlsServerContext *>(arg);
+    for (const char *wanted : {"h2", "http/1.1"}) {
+      if (!self->offer_h2_ && std::strcmp(wanted, "h2") == 0) continue;
+      if (self->only_h2_ && std::strcmp(wanted, "http/1.1") == 0) continue;
+      size_t wanted_len = std::strlen(wanted);
+      for (unsigned int i = 0; i < in_len; i += 1u + in[i]) {
+        if (i + 1u + in[i] > in_len) break;
+        if (in[i] == wanted_len && std::memcmp(in + i + 1, wanted, wanted_len) == 0) {
+          *out = in + i + 1;
+          *out_len = in[i];
+          return SSL_TLSEXT_ERR_OK;
+        }
+      }
+    }
+    return SSL_TLSEXT_ERR_NOACK;  // no ALPN answer: the client speaks HTTP/1.1
+  }
+
   SSL_CTX *ctx_;
+  bool offer_h2_, only_h2_;
 };
 #else
 class TlsServerContext {
 public:
-  TlsServerContext(const std::string &, const std::string &) {
+  TlsServerContext(const std::string &, const std::string &, bool, bool) {
     throw std::runtime_error("HTTPS needs WRPC_HTTP_OPENSSL_SUPPORT");
   }
 };
@@ -6004,6 +6078,11 @@ public:
     (void)tls;
 #endif
   }
+  // One end of a socket pair that carries an HTTP/2 stream's request (HTTP/2 front): the
+  // addresses and TLS of the client's connection are the request's.
+  EdgeConnection(int fd, Addresses client, bool client_over_tls, std::chrono::milliseconds write_timeout)
+      : fd_(fd), write_timeout_(write_timeout), client_over_tls_(client_over_tls), carries_stream_(true),
+        addresses_known_(true), addresses_(std::move(client)) {}
   ~EdgeConnection() { close(); }
   EdgeConnection(const EdgeConnection &) = delete;
   EdgeConnection &operator=(const EdgeConnection &) = delete;
@@ -6011,11 +6090,27 @@ public:
   int fd() const { return fd_; }
   bool over_tls() const {
 #ifdef WRPC_HTTP_OPENSSL_SUPPORT
-    return ssl_ != nullptr;
+    return ssl_ != nullptr || client_over_tls_;
+#else
+    return client_over_tls_;
+#endif
+  }
+
+  // ALPN picked h2 in the TLS handshake (known once the first bytes were read).
+  bool negotiated_h2() const {
+#ifdef WRPC_HTTP_OPENSSL_SUPPORT
+    if (!ssl_ || !handshaken_) return false;
+    const unsigned char *protocol = nullptr;
+    unsigned int size = 0;
+    SSL_get0_alpn_selected(ssl_, &protocol, &size);
+    return size == 2 && std::memcmp(protocol, "h2", 2) == 0;
 #else
     return false;
 #endif
   }
+
+  // An HTTP/2 stream's request on a socket pair (always HTTP/1.1).
+  bool carries_stream() const { return carries_stream_; }
 
   const char *pending() const { return in_.data() + used_; }
   size_t pending_size() const { return in_.size() - used_; }
@@ -6101,6 +6196,7 @@ public:
 #ifdef WRPC_HTTP_OPENSSL_SUPPORT
     if (ssl_) {
       if (handshaken_) SSL_shutdown(ssl_);
+      ERR_clear_error();  // a peer already gone leaves an error that is no one's business
       SSL_free(ssl_);
       ssl_ = nullptr;
     }
@@ -6135,6 +6231,9 @@ private:
   ssize_t read_some(char *buf, size_t size, short &want) {
 #ifdef WRPC_HTTP_OPENSSL_SUPPORT
     if (ssl_) {
+      // SSL_get_error reads the thread's error queue, which another connection served on
+      // this thread may have left entries in (a failed SSL_shutdown): start from a clean one.
+      ERR_clear_error();
       if (!handshaken_) {
         int r = SSL_accept(ssl_);
         if (r != 1) return tls_retry(r, want);
@@ -6157,6 +6256,7 @@ private:
   ssize_t write_some(const char *data, size_t size, short &want) {
 #ifdef WRPC_HTTP_OPENSSL_SUPPORT
     if (ssl_) {
+      ERR_clear_error();
       int r = SSL_write(ssl_, data, static_cast<int>(std::min<size_t>(size, INT_MAX)));
       return r > 0 ? r : tls_retry(r, want);
     }
@@ -6200,6 +6300,8 @@ private:
   static constexpr size_t kMaxCoalescedBytes = 64 * 1024;
   int fd_;
   std::chrono::milliseconds write_timeout_;
+  bool client_over_tls_ = false;
+  bool carries_stream_ = false;
   std::string in_;
   size_t used_ = 0;
   std::string held_;
@@ -6600,7 +6702,219 @@ private:
   bool running_ = false, again_ = false, over_ = false, abandoned_ = false;
 };
 
+// The HTTP/2 front (its implementation follows the edge's):
+//
+// HTTP/2 (WRPC_HTTP_NGHTTP2_SUPPORT, with nghttp2): h2c when a cleartext connection opens with
+// the client preface (prior knowledge, as hyper-util sniffs it), h2 when TLS's ALPN picked it.
+// nghttp2 does the framing, HPACK and flow control; this section turns each stream into one
+// HTTP/1.1 request of the edge's own, written into a socket pair whose other end the edge
+// serves like any accepted connection: the same parser and limits, routes, policies, telemetry
+// and Forwarder, and a forwarded call holds no thread while it waits (a detached response).
+// The response comes back through the pair and leaves as the stream's HEADERS, DATA and
+// trailers. A stream's response is read from its pair only while the client's window takes it,
+// and a request body's bytes are acknowledged (WINDOW_UPDATE) only once they went into the
+// pair: a slow client holds back its own stream, a slow route its own upload, nobody else.
+//
+// An HTTP/2 connection lives on its listener's edge loop: nghttp2 is driven there, by the
+// readiness of the client's socket and of its streams' pairs, with non-blocking I/O only
+// (the session is touched by no other thread, so it needs no lock).
+#ifdef WRPC_HTTP_NGHTTP2_SUPPORT
+
+constexpr char kHttp2Preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+constexpr size_t kHttp2PrefaceBytes = sizeof(kHttp2Preface) - 1;
+
+// Where a connection's first bytes stand against the HTTP/2 preface.
+enum class PrefaceMatch { no, partial, full };
+inline PrefaceMatch match_http2_preface(const char *data, size_t size) {
+  size_t n = std::min(size, kHttp2PrefaceBytes);
+  if (std::memcmp(data, kHttp2Preface, n) != 0) return PrefaceMatch::no;
+  return n == kHttp2PrefaceBytes ? PrefaceMatch::full : PrefaceMatch::partial;
+}
+
+// The head of a response the edge wrote for a stream's request: status, fields, and how its
+// body is framed. The edge wrote it, but it is parsed as strictly as a peer's.
+struct StreamResponseHead {
+  enum class Body { none, length, chunked, until_close };
+  int status = 0;
+  http1::FieldList fields;
+  Body body = Body::none;
+  uint64_t length = 0;
+};
+
+// Parses the head at the front of `bytes`: the bytes it took, 0 while it is incomplete;
+// std::runtime_error when it is malformed or over `max_bytes`.
+inline size_t parse_stream_response_head(const std::string &bytes, size_t max_bytes, bool request_was_head,
+                                         StreamResponseHead &head) {
+  auto end = bytes.find("\r\n\r\n");
+  if (end == std::string::npos) {
+    if (bytes.size() > max_bytes) throw std::runtime_error("response head too large");
+    return 0;
+  }
+  if (bytes.compare(0, 9, "HTTP/1.1 ") != 0 || end < 12 || !std::isdigit(static_cast<unsigned char>(bytes[9])) ||
+      !std::isdigit(static_cast<unsigned char>(bytes[10])) || !std::isdigit(static_cast<unsigned char>(bytes[11])))
+    throw std::runtime_error("malformed status line");
+  head = StreamResponseHead{};
+  head.status = std::atoi(bytes.substr(9, 3).c_str());
+  bool chunked = false;
+  std::optional<uint64_t> length;
+  size_t line = bytes.find("\r\n") + 2;
+  while (line < end + 2) {
+    size_t eol = bytes.find("\r\n", line);
+    size_t colon = bytes.find(':', line);
+    if (colon == std::string::npos || colon >= eol || colon == line) throw std::runtime_error("malformed field");
+    std::string name = bytes.substr(line, colon - line);
+    std::string value = http1::trim_ows(bytes.substr(colon + 1, eol - colon - 1));
+    if (!http1::is_token(name)) throw std::runtime_error("malformed field name");
+    for (unsigned char c : value)
+      if (!http1::is_field_value_byte(c)) throw std::runtime_error("malformed field value");
+    if (http1::ascii_iequals(name, "transfer-encoding")) chunked = lower(value).find("chunked") != std::string::npos;
+    if (http1::ascii_iequals(name, "content-length")) {
+      if (value.empty() || value.size() > 18 || value.find_first_not_of("0123456789") != std::string::npos)
+        throw std::runtime_error("malformed Content-Length");
+      length = std::stoull(value);
+    }
+    head.fields.emplace_back(std::move(name), std::move(value));
+    line = eol + 2;
+  }
+  if (request_was_head || head.status < 200 || head.status == 204 || head.status == 304) {
+    head.body = StreamResponseHead::Body::none;
+  } else if (chunked) {
+    head.body = StreamResponseHead::Body::chunked;
+  } else if (length) {
+    head.body = *length ? StreamResponseHead::Body::length : StreamResponseHead::Body::none;
+    head.length = *length;
+  } else {
+    head.body = StreamResponseHead::Body::until_close;
+  }
+  return end + 4;
+}
+
+// Fields that describe an HTTP/1.1 connection, never sent on an HTTP/2 one (RFC 9113 8.2.2).
+inline bool is_connection_specific(const std::string &lower_name) {
+  static const char *names[] = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"};
+  for (auto n : names)
+    if (lower_name == n) return true;
+  return false;
+}
+
+// One client connection that speaks HTTP/2. Only the edge loop touches it.
+class Http2Connection {
+public:
+  Http2Connection(EdgeServer &edge, std::shared_ptr<EdgeConnection> conn);
+  ~Http2Connection();
+  Http2Connection(const Http2Connection &) = delete;
+  Http2Connection &operator=(const Http2Connection &) = delete;
+
+  // Any readiness of its descriptors: reads, hands on and writes what it can.
+  void pump(bool client_ready = true);
+  // The edge loop's tick: the settings, idle, write and zero-window deadlines.
+  void tick(Clock::time_point now);
+  // The listener is closing: GOAWAY; the streams open go on to their end.
+  void go_away();
+  void close();
+  bool over() const { return over_; }
+  int fd() const { return conn_->fd(); }
+  const std::shared_ptr<EdgeConnection> &connection() const { return conn_; }
+
+private:
+  struct Segment {  // request bytes on their way into a stream's pair
+    std::string bytes;
+    size_t payload;  // DATA bytes among them, acknowledged to the client once written
+  };
+  struct Stream {
+    int32_t id = 0;
+    std::string method, path, authority, scheme;
+    http1::FieldList fields, trailers;
+    size_t header_bytes = 0;
+    bool receiving_trailers = false, too_large = false;
+    int fd = -1;               // this end of the pair; -1 once closed
+    bool chunked_request = false;  // the request has a body (no END_STREAM on its HEADERS)
+    bool request_ended = false, request_dead = false;
+    std::deque<Segment> to_edge;
+    size_t to_edge_used = 0;   // of the front segment
+    std::string from_edge;     // response bytes not parsed yet
+    bool head_sent = false;
+    StreamResponseHead head;
+    uint64_t length_left = 0;
+    std::unique_ptr<http1::ChunkedDecoder> chunked;
+    std::string body;          // decoded response body the client's window has not taken yet
+    size_t body_used = 0;
+    bool body_done = false, deferred = false;
+    http1::FieldList response_trailers;
+    uint32_t watched = 0;      // epoll events registered for fd
+  };
+
+  static constexpr size_t kBodyBufferBytes = 256 * 1024;  // per stream, read ahead of the client's window
+  static constexpr size_t kOutBufferBytes = 256 * 1024;   // frames waiting for the client's socket
+  static constexpr int kPairBufferBytes = 1024 * 1024;    // a socket pair's, each way
+  static constexpr size_t kRecentlyClosedStreams = 256;
+
+  // nghttp2's callbacks; user_data is the Http2Connection.
+  static int on_begin_frame(nghttp2_session *session, const nghttp2_frame_hd *hd, void *self);
+  static int on_begin_headers(nghttp2_session *, const nghttp2_frame *frame, void *self);
+  static int on_header(nghttp2_session *, const nghttp2_frame *frame, const uint8_t *name, size_t name_len,
+                       const uint8_t *value, size_t value_len, uint8_t, void *self);
+  static int on_frame_recv(nghttp2_session *, const nghttp2_frame *frame, void *self);
+  static int on_data_chunk(nghttp2_session *, uint8_t, int32_t stream_id, const uint8_t *data, size_t len, void *self);
+  static int on_stream_close(nghttp2_session *, int32_t stream_id, uint32_t, void *self);
+  static int on_frame_send(nghttp2_session *, const nghttp2_frame *frame, void *self);
+  static ssize_t read_body(nghttp2_session *, int32_t stream_id, uint8_t *buf, size_t length, uint32_t *flags,
+                           nghttp2_data_source *, void *self);
+
+  Stream *find(int32_t id) {
+    auto it = streams_.find(id);
+    return it == streams_.end() ? nullptr : it->second.get();
+  }
+  bool spend_control_budget();
+  void start_request(Stream &s, bool request_ends);
+  void end_request(Stream &s);
+  void answer_locally(Stream &s, int status, const std::string &text);
+  void submit_head(Stream &s, int status, const http1::FieldList &fields, bool with_body);
+  void move_stream(Stream &s);
+  bool write_to_edge(Stream &s);
+  bool read_from_edge(Stream &s);
+  void take_response_bytes(Stream &s);
+  void edge_closed(Stream &s);
+  void close_pair(Stream &s);
+  void watch_pair(Stream &s);
+  bool read_client();
+  bool write_client();
+  void terminate(uint32_t error_code);
+
+  EdgeServer &edge_;
+  std::shared_ptr<EdgeConnection> conn_;
+  nghttp2_session *session_ = nullptr;
+  std::map<int32_t, std::unique_ptr<Stream>> streams_;
+  std::string out_;
+  size_t out_used_ = 0;
+  uint32_t client_watched_ = 0;
+  Clock::time_point started_, last_frame_, out_blocked_since_{}, stalled_since_{};
+  bool settings_acked_ = false, over_ = false, going_away_ = false;
+  double budget_;
+  Clock::time_point budget_at_;
+  int32_t highest_stream_ = 0;              // the client's highest stream id so far
+  std::deque<int32_t> recently_closed_;      // the last streams closed, newest last
+};
+
+#endif  // WRPC_HTTP_NGHTTP2_SUPPORT
+
 }  // namespace detail
+
+// HTTP/2 limits of one listener (used when built with WRPC_HTTP_NGHTTP2_SUPPORT).
+struct Http2Options {
+  bool enabled = true;
+  bool only = false;  // config `http2: only`: no HTTP/1.1 on the listener (h2c by prior knowledge, h2 by ALPN)
+  uint32_t max_concurrent_streams = WRPC_HTTP_H2_MAX_CONCURRENT_STREAMS;
+  size_t max_header_list_bytes = WRPC_HTTP_H2_MAX_HEADER_LIST_BYTES;  // larger: answered 431
+  uint32_t hpack_table_bytes = WRPC_HTTP_H2_HPACK_TABLE_BYTES;
+  uint32_t stream_window_bytes = WRPC_HTTP_H2_STREAM_WINDOW_BYTES;
+  uint32_t connection_window_bytes = WRPC_HTTP_H2_CONNECTION_WINDOW_BYTES;
+  std::chrono::milliseconds idle_timeout{WRPC_HTTP_H2_IDLE_TIMEOUT_MS};
+  std::chrono::milliseconds settings_timeout{WRPC_HTTP_H2_SETTINGS_TIMEOUT_MS};
+  unsigned control_frame_burst = WRPC_HTTP_H2_CONTROL_FRAME_BURST;
+  unsigned control_frames_per_second = WRPC_HTTP_H2_CONTROL_FRAMES_PER_SECOND;
+  size_t max_continuations = WRPC_HTTP_H2_MAX_CONTINUATIONS;
+};
 
 // Limits and timeouts of one HTTP listener's edge.
 struct EdgeOptions {
@@ -6626,6 +6940,7 @@ struct EdgeOptions {
   int listen_backlog = WRPC_HTTP_LISTEN_BACKLOG;
   bool keep_alive = true;  // false: every response closes its connection (Connection: close)
   std::string tls_cert_file, tls_priv_key_file;  // both set: HTTPS
+  Http2Options http2;
 };
 
 // An httplib::Server whose connections the edge owns: routes and handlers are registered as
@@ -6674,6 +6989,7 @@ public:
 
 private:
   friend class detail::DetachedResponse;
+  friend class detail::Http2Connection;
   enum class Served { keep_alive, close, detached };
   struct Parked {
     std::shared_ptr<detail::EdgeConnection> conn;
@@ -6698,6 +7014,20 @@ private:
   void leave_active(const std::shared_ptr<detail::EdgeConnection> &conn);
   bool process(httplib::Stream &stream, bool close_connection, const std::function<void(httplib::Request &)> &setup);
   void wake();
+#ifdef WRPC_HTTP_NGHTTP2_SUPPORT
+  // HTTP/2: a worker hands a connection that opened with the preface to the edge loop, which
+  // runs its session (HTTP/2 front section); each stream's request comes back as a connection
+  // of its own (serve_stream).
+  void hand_to_http2(const std::shared_ptr<detail::EdgeConnection> &conn);
+  void start_http2_connections();
+  bool serve_http2_event(int fd);
+  void tick_http2(bool stopping);
+  void end_if_over(std::shared_ptr<detail::Http2Connection> h2);
+  void close_http2_connections();
+  void watch(int fd, uint32_t events, detail::Http2Connection *owner);
+  void unwatch(int fd);
+  bool serve_stream(std::shared_ptr<detail::EdgeConnection> conn);
+#endif
 
   EdgeOptions options_;
   const Logger &logger_;
@@ -6717,6 +7047,13 @@ private:
   // active_), and those that are over, for the edge loop to hand their connections on.
   std::unordered_map<int, std::shared_ptr<detail::DetachedResponse>> detached_;
   std::vector<std::shared_ptr<detail::DetachedResponse>> finished_detached_;
+#ifdef WRPC_HTTP_NGHTTP2_SUPPORT
+  std::vector<std::shared_ptr<detail::EdgeConnection>> http2_arrivals_;  // under mu_, for the edge loop
+  // The edge loop's own (no lock): HTTP/2 connections by socket, and every descriptor it
+  // watches for them (sockets and streams' pairs) with its owner.
+  std::unordered_map<int, std::shared_ptr<detail::Http2Connection>> http2_connections_;
+  std::unordered_map<int, detail::Http2Connection *> http2_watched_;
+#endif
   bool stopping_ = false;
   bool finished_ = false;
 };
@@ -6724,6 +7061,15 @@ private:
 namespace detail {
 inline size_t eager_workers(size_t configured) {
   return configured ? configured : std::max<size_t>(4, 2 * std::thread::hardware_concurrency());
+}
+
+inline bool serves_http2(const EdgeOptions &options) {
+#ifdef WRPC_HTTP_NGHTTP2_SUPPORT
+  return options.http2.enabled;
+#else
+  (void)options;
+  return false;
+#endif
 }
 }  // namespace detail
 
@@ -6733,7 +7079,8 @@ inline EdgeServer::EdgeServer(EdgeOptions options, const Logger &logger)
                options_.worker_stall) {
   detail::raise_open_file_limit();
   if (!options_.tls_cert_file.empty())
-    tls_ = std::make_unique<detail::TlsServerContext>(options_.tls_cert_file, options_.tls_priv_key_file);
+    tls_ = std::make_unique<detail::TlsServerContext>(options_.tls_cert_file, options_.tls_priv_key_file,
+                                                      detail::serves_http2(options_), options_.http2.only);
   epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
   wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (epoll_fd_ < 0 || wake_fd_ < 0) throw std::runtime_error(std::string("edge loop: ") + std::strerror(errno));
@@ -6819,6 +7166,9 @@ inline void EdgeServer::serve(int listen_fd) {
         (void)ignored;
       } else if (fd == listen_fd) {
         if (accepting) accept_all(listen_fd);
+#ifdef WRPC_HTTP_NGHTTP2_SUPPORT
+      } else if (serve_http2_event(fd)) {
+#endif
       } else {
         dispatch(fd);
       }
@@ -6833,13 +7183,21 @@ inline void EdgeServer::serve(int listen_fd) {
       for (auto &p : parked_) p.second.conn->close();
       parked_.clear();
     }
-    if (finished_) return;
+    bool finished = finished_, stopping = stopping_;
     lk.unlock();
+#ifdef WRPC_HTTP_NGHTTP2_SUPPORT
+    if (finished) close_http2_connections();
+    else start_http2_connections();
+#endif
+    if (finished) return;
     finish_detached();
     // Deadlines are checked on the tick, not on every wake-up of a busy loop.
     if (detail::Clock::now() >= next_scan) {
       expire_parked();
       kick_detached();
+#ifdef WRPC_HTTP_NGHTTP2_SUPPORT
+      tick_http2(stopping);
+#endif
       next_scan = detail::Clock::now() + std::chrono::milliseconds(100);
     }
   }
@@ -6935,7 +7293,8 @@ inline void EdgeServer::wait_writable(int fd) {
   epoll_event ev{};
   ev.events = EPOLLOUT | EPOLLONESHOT;
   ev.data.fd = fd;
-  ::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev);
+  // An HTTP/2 stream's pair was never parked, so never registered.
+  if (::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev) != 0 && errno == ENOENT) ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
 }
 
 // From whichever thread ended a detached response: the edge loop finishes it.
@@ -7047,7 +7406,21 @@ inline void EdgeServer::serve_connection(const std::shared_ptr<detail::EdgeConne
       std::lock_guard<std::mutex> lk(mu_);
       if (stopping_) break;
     }
+#ifdef WRPC_HTTP_NGHTTP2_SUPPORT
+    // HTTP/2's preface opens the connection (h2c by prior knowledge, or h2 after ALPN): the
+    // edge loop serves it from here on. While the bytes so far could still be the preface, no
+    // HTTP/1.1 head is parsed from them.
+    // A connection committed to HTTP/2 (a listener with `http2: only`, or ALPN's h2) goes
+    // there whatever it sent: nghttp2 refuses a bad preface with GOAWAY (RFC 9113 3.4).
+    bool opening = conn->served == 0 && conn->pending_size() > 0 && detail::serves_http2(options_) &&
+                   !conn->carries_stream();
+    auto preface = opening ? detail::match_http2_preface(conn->pending(), conn->pending_size()) : detail::PrefaceMatch::no;
+    bool committed = opening && (options_.http2.only || conn->negotiated_h2());
+    if (preface == detail::PrefaceMatch::full || committed) return hand_to_http2(conn);
+    if (conn->pending_size() > 0 && preface == detail::PrefaceMatch::no) {
+#else
     if (conn->pending_size() > 0) {
+#endif
       detail::http1::Head head;
       auto parsed = detail::http1::parse_request_head(conn->pending(), conn->pending_size(), options_.limits, head);
       if (parsed.state == detail::http1::HeadParse::State::refused) {
@@ -7292,6 +7665,664 @@ inline void DetachedResponse::abandon() {
 }
 
 }  // namespace detail
+
+#ifdef WRPC_HTTP_NGHTTP2_SUPPORT
+namespace detail {
+
+inline Http2Connection::Http2Connection(EdgeServer &edge, std::shared_ptr<EdgeConnection> conn)
+    : edge_(edge), conn_(std::move(conn)), started_(Clock::now()), last_frame_(started_),
+      budget_(edge.options().http2.control_frame_burst), budget_at_(started_) {
+  const Http2Options &o = edge_.options().http2;
+  nghttp2_session_callbacks *callbacks = nullptr;
+  nghttp2_option *option = nullptr;
+  if (nghttp2_session_callbacks_new(&callbacks) != 0 || nghttp2_option_new(&option) != 0)
+    throw std::runtime_error("HTTP/2: out of memory");
+  nghttp2_session_callbacks_set_on_begin_frame_callback(callbacks, on_begin_frame);
+  nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks, on_begin_headers);
+  nghttp2_session_callbacks_set_on_header_callback(callbacks, on_header);
+  nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, on_frame_recv);
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, on_data_chunk);
+  nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, on_stream_close);
+  nghttp2_session_callbacks_set_on_frame_send_callback(callbacks, on_frame_send);
+  // Request bodies are acknowledged by hand, once they went on (flow control per consumer).
+  nghttp2_option_set_no_auto_window_update(option, 1);
+  nghttp2_option_set_max_continuations(option, o.max_continuations);
+  nghttp2_option_set_max_deflate_dynamic_table_size(option, o.hpack_table_bytes);
+  int made = nghttp2_session_server_new2(&session_, callbacks, this, option);
+  nghttp2_option_del(option);
+  nghttp2_session_callbacks_del(callbacks);
+  if (made != 0) throw std::runtime_error("HTTP/2: cannot create a session");
+  nghttp2_settings_entry settings[] = {
+      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, o.max_concurrent_streams},
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, o.stream_window_bytes},
+      {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, static_cast<uint32_t>(o.max_header_list_bytes)},
+      {NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, o.hpack_table_bytes},
+  };
+  nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings, sizeof(settings) / sizeof(settings[0]));
+  nghttp2_session_set_local_window_size(session_, NGHTTP2_FLAG_NONE, 0,
+                                        static_cast<int32_t>(o.connection_window_bytes));
+}
+
+inline Http2Connection::~Http2Connection() {
+  close();
+  nghttp2_session_del(session_);
+}
+
+// Leaves the edge loop: the streams' pairs close (their requests see the end), the socket is
+// watched no more; the EdgeServer closes the socket after this.
+inline void Http2Connection::close() {
+  over_ = true;
+  for (auto &s : streams_) close_pair(*s.second);
+  if (client_watched_) edge_.unwatch(conn_->fd());
+  client_watched_ = 0;
+}
+
+// Frames that carry no request cost work all the same: a token bucket bounds them.
+inline bool Http2Connection::spend_control_budget() {
+  const Http2Options &o = edge_.options().http2;
+  auto now = Clock::now();
+  budget_ = std::min<double>(o.control_frame_burst,
+                             budget_ + std::chrono::duration<double>(now - budget_at_).count() * o.control_frames_per_second);
+  budget_at_ = now;
+  if (budget_ < 1) return false;
+  budget_ -= 1;
+  return true;
+}
+
+// A HEADERS frame on a stream id below the client's highest that was never opened: the id was
+// skipped, so the stream is closed (RFC 9113 5.1.1), a connection error. nghttp2 ignores such
+// frames, as it cannot tell them from trailers racing a reset; recently closed streams are
+// given that benefit here too.
+inline int Http2Connection::on_begin_frame(nghttp2_session *session, const nghttp2_frame_hd *hd, void *self) {
+  auto &c = *static_cast<Http2Connection *>(self);
+  if (hd->type == NGHTTP2_HEADERS && (hd->stream_id & 1) && hd->stream_id < c.highest_stream_ &&
+      !nghttp2_session_find_stream(session, hd->stream_id) &&
+      std::find(c.recently_closed_.begin(), c.recently_closed_.end(), hd->stream_id) == c.recently_closed_.end())
+    c.terminate(NGHTTP2_PROTOCOL_ERROR);
+  return 0;
+}
+
+inline int Http2Connection::on_begin_headers(nghttp2_session *, const nghttp2_frame *frame, void *self) {
+  auto &c = *static_cast<Http2Connection *>(self);
+  if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+  if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+    c.highest_stream_ = std::max(c.highest_stream_, frame->hd.stream_id);
+    auto s = std::make_unique<Stream>();
+    s->id = frame->hd.stream_id;
+    c.streams_[s->id] = std::move(s);
+  } else if (auto *s = c.find(frame->hd.stream_id)) {
+    s->receiving_trailers = true;
+    s->header_bytes = 0;
+  }
+  return 0;
+}
+
+inline int Http2Connection::on_header(nghttp2_session *, const nghttp2_frame *frame, const uint8_t *name,
+                                      size_t name_len, const uint8_t *value, size_t value_len, uint8_t, void *self) {
+  auto &c = *static_cast<Http2Connection *>(self);
+  Stream *s = c.find(frame->hd.stream_id);
+  if (!s || s->too_large) return 0;
+  // RFC 9113 6.5.2: the size of a field is its name and value plus 32.
+  s->header_bytes += name_len + value_len + 32;
+  if (s->header_bytes > c.edge_.options().http2.max_header_list_bytes) {
+    s->too_large = true;
+    return 0;
+  }
+  std::string n(reinterpret_cast<const char *>(name), name_len), v(reinterpret_cast<const char *>(value), value_len);
+  // nghttp2 checked the grammar already; the pair carries HTTP/1.1, where these bytes would end a line.
+  if (n.find_first_of("\r\n", 0) != std::string::npos || v.find_first_of(std::string("\r\n\0", 3)) != std::string::npos)
+    return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+  if (s->receiving_trailers) {
+    s->trailers.emplace_back(std::move(n), std::move(v));
+  } else if (n == ":method") {
+    s->method = std::move(v);
+  } else if (n == ":path") {
+    s->path = std::move(v);
+  } else if (n == ":authority") {
+    s->authority = std::move(v);
+  } else if (n == ":scheme") {
+    s->scheme = std::move(v);
+  } else if (n == "cookie") {
+    // RFC 9113 8.2.3: split cookies are one field again for HTTP/1.1.
+    auto same = std::find_if(s->fields.begin(), s->fields.end(), [](const auto &f) { return f.first == "cookie"; });
+    if (same != s->fields.end()) same->second += "; " + v;
+    else s->fields.emplace_back(std::move(n), std::move(v));
+  } else if (n != "host" && n != "content-length" && n != "te") {
+    s->fields.emplace_back(std::move(n), std::move(v));
+  } else if (n == "host" && s->authority.empty()) {
+    s->authority = std::move(v);
+  }
+  return 0;
+}
+
+inline int Http2Connection::on_frame_recv(nghttp2_session *, const nghttp2_frame *frame, void *self) {
+  auto &c = *static_cast<Http2Connection *>(self);
+  c.last_frame_ = Clock::now();
+  bool ends_stream = frame->hd.flags & NGHTTP2_FLAG_END_STREAM;
+  switch (frame->hd.type) {
+  case NGHTTP2_HEADERS:
+    if (Stream *s = c.find(frame->hd.stream_id)) {
+      if (!s->receiving_trailers) {
+        if (s->too_large) c.answer_locally(*s, 431, "request header fields too large");
+        else c.start_request(*s, ends_stream);
+      }
+      if (ends_stream) c.end_request(*s);
+    }
+    break;
+  case NGHTTP2_DATA:
+    if (frame->hd.length == 0 && !ends_stream && !c.spend_control_budget()) break;
+    if (ends_stream)
+      if (Stream *s = c.find(frame->hd.stream_id)) c.end_request(*s);
+    break;
+  case NGHTTP2_SETTINGS:
+    if (frame->hd.flags & NGHTTP2_FLAG_ACK) c.settings_acked_ = true;
+    else c.spend_control_budget();
+    break;
+  case NGHTTP2_PING:
+    if (!(frame->hd.flags & NGHTTP2_FLAG_ACK)) c.spend_control_budget();
+    break;
+  case NGHTTP2_RST_STREAM:
+  case NGHTTP2_PRIORITY:
+    c.spend_control_budget();
+    break;
+  default: break;
+  }
+  if (c.budget_ < 1) c.terminate(NGHTTP2_ENHANCE_YOUR_CALM);
+  return 0;
+}
+
+inline int Http2Connection::on_data_chunk(nghttp2_session *session, uint8_t, int32_t stream_id, const uint8_t *data,
+                                          size_t len, void *self) {
+  auto &c = *static_cast<Http2Connection *>(self);
+  Stream *s = c.find(stream_id);
+  if (!s || s->fd < 0 || s->request_dead) {
+    // Nobody reads it (the stream was answered without its body, or is gone): let it go.
+    nghttp2_session_consume(session, stream_id, len);
+    return 0;
+  }
+  char size[20];
+  int n = std::snprintf(size, sizeof(size), "%zx\r\n", len);
+  Segment segment{std::string(size, static_cast<size_t>(n)), len};
+  segment.bytes.append(reinterpret_cast<const char *>(data), len);
+  segment.bytes += "\r\n";
+  s->to_edge.push_back(std::move(segment));
+  return 0;
+}
+
+inline int Http2Connection::on_stream_close(nghttp2_session *, int32_t stream_id, uint32_t, void *self) {
+  auto &c = *static_cast<Http2Connection *>(self);
+  c.recently_closed_.push_back(stream_id);
+  if (c.recently_closed_.size() > kRecentlyClosedStreams) c.recently_closed_.pop_front();
+  auto it = c.streams_.find(stream_id);
+  if (it == c.streams_.end()) return 0;
+  c.close_pair(*it->second);  // a request still under way sees its connection end
+  c.streams_.erase(it);
+  return 0;
+}
+
+inline int Http2Connection::on_frame_send(nghttp2_session *, const nghttp2_frame *frame, void *self) {
+  auto &c = *static_cast<Http2Connection *>(self);
+  if (frame->hd.type == NGHTTP2_DATA) c.stalled_since_ = {};  // the client's window moves
+  return 0;
+}
+
+inline ssize_t Http2Connection::read_body(nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t length,
+                                          uint32_t *flags, nghttp2_data_source *, void *self) {
+  auto &c = *static_cast<Http2Connection *>(self);
+  Stream *s = c.find(stream_id);
+  if (!s) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+  size_t ready = s->body.size() - s->body_used;
+  if (ready == 0) {
+    if (!s->body_done) {
+      s->deferred = true;
+      return NGHTTP2_ERR_DEFERRED;
+    }
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (!s->response_trailers.empty()) {
+      *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+      std::vector<nghttp2_nv> nva;
+      for (auto &f : s->response_trailers)
+        nva.push_back({reinterpret_cast<uint8_t *>(f.first.data()), reinterpret_cast<uint8_t *>(f.second.data()),
+                       f.first.size(), f.second.size(), NGHTTP2_NV_FLAG_NONE});
+      nghttp2_submit_trailer(session, stream_id, nva.data(), nva.size());
+    }
+    return 0;
+  }
+  size_t n = std::min(ready, length);
+  std::memcpy(buf, s->body.data() + s->body_used, n);
+  s->body_used += n;
+  if (s->body_used == s->body.size()) {
+    s->body.clear();
+    s->body_used = 0;
+  }
+  return static_cast<ssize_t>(n);
+}
+
+// The stream's request becomes an HTTP/1.1 request on a socket pair the edge serves.
+inline void Http2Connection::start_request(Stream &s, bool request_ends) {
+  int pair[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair) != 0) {
+    nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, s.id, NGHTTP2_REFUSED_STREAM);
+    return;
+  }
+  std::string target = s.method == "CONNECT" ? s.authority : s.path;
+  std::string head = s.method + " " + target + " HTTP/1.1\r\nHost: " + s.authority + "\r\n";
+  for (auto &f : s.fields) head += f.first + ": " + f.second + "\r\n";
+  // One request per pair; a body follows chunked, so the client's trailers can end it.
+  head += "Connection: close\r\n";
+  s.chunked_request = !request_ends;
+  head += s.chunked_request ? "Transfer-Encoding: chunked\r\n\r\n" : "\r\n";
+  s.to_edge.push_back(Segment{std::move(head), 0});
+  s.fd = pair[0];
+  for (int fd : pair) {
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &kPairBufferBytes, sizeof(kPairBufferBytes));
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &kPairBufferBytes, sizeof(kPairBufferBytes));
+  }
+  auto inner = std::make_shared<EdgeConnection>(pair[1], conn_->addresses(), conn_->over_tls(),
+                                                edge_.options().write_timeout);
+  write_to_edge(s);
+  if (!edge_.serve_stream(std::move(inner))) {
+    close_pair(s);
+    nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, s.id, NGHTTP2_REFUSED_STREAM);
+  }
+}
+
+// The client's request is complete: the last chunk, with its trailers.
+inline void Http2Connection::end_request(Stream &s) {
+  if (s.request_ended) return;
+  s.request_ended = true;
+  if (s.fd < 0 || !s.chunked_request) return;
+  std::string last = "0\r\n";
+  for (auto &f : s.trailers) last += f.first + ": " + f.second + "\r\n";
+  last += "\r\n";
+  s.to_edge.push_back(Segment{std::move(last), 0});
+}
+
+// A stream the edge is not asked about (its header list was too large): answered here.
+inline void Http2Connection::answer_locally(Stream &s, int status, const std::string &text) {
+  s.body = text + "\n";
+  s.body_done = true;
+  submit_head(s, status, {{"content-type", "text/plain; charset=utf-8"}}, true);
+}
+
+inline void Http2Connection::submit_head(Stream &s, int status, const http1::FieldList &fields, bool with_body) {
+  std::string status_text = std::to_string(status);
+  std::vector<std::pair<std::string, std::string>> lowered;
+  lowered.reserve(fields.size());
+  for (auto &f : fields) {
+    std::string name = lower(f.first);
+    if (!is_connection_specific(name)) lowered.emplace_back(std::move(name), f.second);
+  }
+  std::vector<nghttp2_nv> nva;
+  static const char status_name[] = ":status";
+  nva.push_back({reinterpret_cast<uint8_t *>(const_cast<char *>(status_name)),
+                 reinterpret_cast<uint8_t *>(status_text.data()), sizeof(status_name) - 1, status_text.size(),
+                 NGHTTP2_NV_FLAG_NONE});
+  for (auto &f : lowered)
+    nva.push_back({reinterpret_cast<uint8_t *>(f.first.data()), reinterpret_cast<uint8_t *>(f.second.data()),
+                   f.first.size(), f.second.size(), NGHTTP2_NV_FLAG_NONE});
+  nghttp2_data_provider body{};
+  body.read_callback = read_body;
+  nghttp2_submit_response(session_, s.id, nva.data(), nva.size(), with_body ? &body : nullptr);
+  s.head_sent = true;
+}
+
+// Request bytes into the pair, as far as it takes them; false when the edge's end is gone.
+inline bool Http2Connection::write_to_edge(Stream &s) {
+  while (s.fd >= 0 && !s.to_edge.empty()) {
+    Segment &front = s.to_edge.front();
+    ssize_t n = ::send(s.fd, front.bytes.data() + s.to_edge_used, front.bytes.size() - s.to_edge_used, MSG_NOSIGNAL);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return true;
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      // The edge stopped reading (it answered without the rest of the body): what comes is dropped.
+      for (auto &left : s.to_edge) nghttp2_session_consume(session_, s.id, left.payload);
+      s.to_edge.clear();
+      s.to_edge_used = 0;
+      s.request_dead = true;
+      return false;
+    }
+    s.to_edge_used += static_cast<size_t>(n);
+    if (s.to_edge_used == front.bytes.size()) {
+      if (front.payload) nghttp2_session_consume(session_, s.id, front.payload);
+      s.to_edge.pop_front();
+      s.to_edge_used = 0;
+    }
+  }
+  return true;
+}
+
+// Response bytes from the pair while the stream's buffer has room; whether any came.
+inline bool Http2Connection::read_from_edge(Stream &s) {
+  bool got = false;
+  while (s.fd >= 0 && !s.body_done && s.body.size() - s.body_used < kBodyBufferBytes) {
+    size_t had = s.from_edge.size();
+    s.from_edge.resize(had + kBodyBufferBytes);
+    ssize_t n = ::recv(s.fd, &s.from_edge[had], kBodyBufferBytes, 0);
+    s.from_edge.resize(had + static_cast<size_t>(std::max<ssize_t>(n, 0)));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return got;
+    if (n <= 0) {
+      edge_closed(s);
+      return true;
+    }
+    got = true;
+    take_response_bytes(s);
+  }
+  return got;
+}
+
+// Parses what came from the pair: the head once, then the body by its framing.
+inline void Http2Connection::take_response_bytes(Stream &s) {
+  try {
+    while (!s.head_sent) {
+      StreamResponseHead head;
+      size_t used = parse_stream_response_head(s.from_edge, edge_.options().limits.max_head_bytes, s.method == "HEAD", head);
+      if (used == 0) return;
+      s.from_edge.erase(0, used);
+      if (head.status < 200) continue;  // an interim answer: the final one follows
+      s.head = std::move(head);
+      s.length_left = s.head.length;
+      if (s.head.body == StreamResponseHead::Body::chunked) s.chunked = std::make_unique<http1::ChunkedDecoder>(edge_.options().limits);
+      s.body_done = s.head.body == StreamResponseHead::Body::none;
+      submit_head(s, s.head.status, s.head.fields, !s.body_done);
+    }
+    size_t before = s.body.size();
+    switch (s.head.body) {
+    case StreamResponseHead::Body::none: s.from_edge.clear(); break;
+    case StreamResponseHead::Body::until_close: s.body += s.from_edge; s.from_edge.clear(); break;
+    case StreamResponseHead::Body::length: {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(s.length_left, s.from_edge.size()));
+      s.body.append(s.from_edge, 0, n);
+      s.from_edge.clear();
+      s.length_left -= n;
+      s.body_done = s.length_left == 0;
+      break;
+    }
+    case StreamResponseHead::Body::chunked:
+      s.from_edge.erase(0, s.chunked->decode(s.from_edge.data(), s.from_edge.size(), s.body));
+      if (s.chunked->refusal() != http1::Refusal::none) throw std::runtime_error("malformed chunked body");
+      if (s.chunked->done()) {
+        s.body_done = true;
+        for (auto &f : s.chunked->trailers()) {
+          std::string name = lower(f.first);
+          if (!is_connection_specific(name)) s.response_trailers.emplace_back(std::move(name), f.second);
+        }
+      }
+      break;
+    }
+    if (s.deferred && (s.body.size() > before || s.body_done)) {
+      s.deferred = false;
+      nghttp2_session_resume_data(session_, s.id);
+    }
+    if (s.body_done) close_pair(s);
+  } catch (const std::exception &) {
+    close_pair(s);
+    nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, s.id, NGHTTP2_INTERNAL_ERROR);
+  }
+}
+
+// The edge closed its end: the end of a body framed by the close, or a response cut off.
+inline void Http2Connection::edge_closed(Stream &s) {
+  close_pair(s);
+  if (s.head_sent && s.head.body == StreamResponseHead::Body::until_close) {
+    s.body_done = true;
+    if (s.deferred) {
+      s.deferred = false;
+      nghttp2_session_resume_data(session_, s.id);
+    }
+  } else if (!s.body_done) {
+    nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, s.id, NGHTTP2_INTERNAL_ERROR);
+  }
+}
+
+inline void Http2Connection::close_pair(Stream &s) {
+  if (s.fd < 0) return;
+  if (s.watched) edge_.unwatch(s.fd);
+  s.watched = 0;
+  ::close(s.fd);
+  s.fd = -1;
+}
+
+// A pair is watched for what the stream waits for: room for request bytes, response bytes
+// while its buffer has room.
+inline void Http2Connection::watch_pair(Stream &s) {
+  if (s.fd < 0) return;
+  uint32_t want = 0;
+  if (!s.to_edge.empty()) want |= EPOLLOUT;
+  if (!s.body_done && s.body.size() - s.body_used < kBodyBufferBytes) want |= EPOLLIN;
+  if (want != s.watched) {
+    edge_.watch(s.fd, want, this);
+    s.watched = want;
+  }
+}
+
+// False when the client's connection ended or broke.
+inline bool Http2Connection::read_client() {
+  while (true) {
+    auto got = conn_->fill(std::chrono::milliseconds(0));
+    if (got == EdgeConnection::Fill::closed) return false;
+    if (conn_->pending_size() > 0) {
+      ssize_t used = nghttp2_session_mem_recv(session_, reinterpret_cast<const uint8_t *>(conn_->pending()),
+                                              conn_->pending_size());
+      if (used < 0) {
+        // What nghttp2 gives up on without a GOAWAY of its own: a flood (too many frames to
+        // acknowledge, or CONTINUATION frames without end) or no preface. One goes out now.
+        bool flood = used == NGHTTP2_ERR_FLOODED || used == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS;
+        terminate(flood ? NGHTTP2_ENHANCE_YOUR_CALM : NGHTTP2_PROTOCOL_ERROR);
+        return false;
+      }
+      conn_->consume(static_cast<size_t>(used));
+    }
+    if (got == EdgeConnection::Fill::nothing) return true;
+  }
+}
+
+// Frames out while the client's socket takes them; false when it broke or stalled too long.
+inline bool Http2Connection::write_client() {
+  while (true) {
+    while (out_.size() - out_used_ < kOutBufferBytes) {
+      const uint8_t *data = nullptr;
+      ssize_t n = nghttp2_session_mem_send(session_, &data);
+      if (n < 0) return false;
+      if (n == 0) break;
+      out_.append(reinterpret_cast<const char *>(data), static_cast<size_t>(n));
+    }
+    if (out_used_ == out_.size()) {
+      out_.clear();
+      out_used_ = 0;
+      out_blocked_since_ = {};
+      return true;
+    }
+    ssize_t n = conn_->send_now(out_.data() + out_used_, out_.size() - out_used_);
+    if (n < 0) return false;
+    if (n == 0) {
+      if (out_blocked_since_ == Clock::time_point{}) out_blocked_since_ = Clock::now();
+      return true;
+    }
+    out_used_ += static_cast<size_t>(n);
+    out_blocked_since_ = {};
+    if (out_used_ == out_.size()) {
+      out_.clear();
+      out_used_ = 0;
+    }
+  }
+}
+
+// `client_ready`: the client's socket had an event (else only a stream's pair had one).
+inline void Http2Connection::pump(bool client_ready) {
+  if (over_) return;
+  if (client_ready && !read_client()) {
+    write_client();  // a GOAWAY nghttp2 queued for a protocol error, if the socket takes it
+    over_ = true;
+    return;
+  }
+  // Responses move on while their pairs have bytes and the client's socket takes the frames.
+  for (int round = 0; round < 8; ++round) {
+    bool got = false;
+    for (auto &entry : streams_) {
+      Stream &s = *entry.second;
+      write_to_edge(s);
+      got |= read_from_edge(s);
+    }
+    if (!write_client()) {
+      over_ = true;
+      return;
+    }
+    if (!got || out_used_ < out_.size()) break;
+  }
+  // Streams closed while their frames went out are gone; the rest wait for what they need.
+  for (auto &entry : streams_) watch_pair(*entry.second);
+  uint32_t want = EPOLLIN | EPOLLRDHUP | (out_used_ < out_.size() ? uint32_t{EPOLLOUT} : 0u);
+  if (want != client_watched_) {
+    edge_.watch(conn_->fd(), want, this);
+    client_watched_ = want;
+  }
+  if (!nghttp2_session_want_read(session_) && !nghttp2_session_want_write(session_) && out_.empty()) over_ = true;
+}
+
+inline void Http2Connection::tick(Clock::time_point now) {
+  const Http2Options &o = edge_.options().http2;
+  if (over_) return;
+  if (!settings_acked_ && now - started_ >= o.settings_timeout) return terminate(NGHTTP2_SETTINGS_TIMEOUT);
+  if (streams_.empty() && now - last_frame_ >= o.idle_timeout) return terminate(NGHTTP2_NO_ERROR);
+  if (out_blocked_since_ != Clock::time_point{} && now - out_blocked_since_ >= edge_.options().write_timeout) {
+    over_ = true;  // the client takes nothing: not even a GOAWAY would reach it
+    return;
+  }
+  // Response bytes wait while the client keeps its window shut: after the write timeout the
+  // connection goes (a zero-window stall holds buffers and streams for nothing).
+  bool waiting = false;
+  for (auto &entry : streams_) {
+    Stream &s = *entry.second;
+    if (s.body.size() > s.body_used &&
+        (nghttp2_session_get_stream_remote_window_size(session_, s.id) <= 0 ||
+         nghttp2_session_get_remote_window_size(session_) <= 0))
+      waiting = true;
+  }
+  if (!waiting) stalled_since_ = {};
+  else if (stalled_since_ == Clock::time_point{}) stalled_since_ = now;
+  else if (now - stalled_since_ >= edge_.options().write_timeout) return terminate(NGHTTP2_FLOW_CONTROL_ERROR);
+}
+
+inline void Http2Connection::go_away() {
+  if (going_away_ || over_) return;
+  going_away_ = true;
+  nghttp2_submit_shutdown_notice(session_);
+  nghttp2_submit_goaway(session_, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(session_),
+                        NGHTTP2_NO_ERROR, nullptr, 0);
+  pump();
+}
+
+// GOAWAY with `error_code`; the connection closes once it is written.
+inline void Http2Connection::terminate(uint32_t error_code) {
+  nghttp2_session_terminate_session(session_, error_code);
+  going_away_ = true;
+}
+
+}  // namespace detail
+
+inline void EdgeServer::hand_to_http2(const std::shared_ptr<detail::EdgeConnection> &conn) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    http2_arrivals_.push_back(conn);
+  }
+  wake();
+}
+
+// On the edge loop: the connections workers found speaking HTTP/2 start their sessions.
+inline void EdgeServer::start_http2_connections() {
+  std::vector<std::shared_ptr<detail::EdgeConnection>> arrived;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    arrived.swap(http2_arrivals_);
+  }
+  for (auto &conn : arrived) {
+    std::shared_ptr<detail::Http2Connection> h2;
+    try {
+      h2 = std::make_shared<detail::Http2Connection>(*this, conn);
+    } catch (const std::exception &e) {
+      logger_.error(e.what());
+      close_connection(conn);
+      continue;
+    }
+    http2_connections_[conn->fd()] = h2;
+    h2->pump();  // the preface and what came with it are read already
+    end_if_over(h2);
+  }
+}
+
+// A connection whose session is over leaves the loop; its socket closes once the session's
+// pairs did.
+inline void EdgeServer::end_if_over(std::shared_ptr<detail::Http2Connection> h2) {
+  if (!h2->over()) return;
+  http2_connections_.erase(h2->fd());
+  h2->close();
+  close_connection(h2->connection());
+}
+
+// An event on a descriptor of an HTTP/2 connection (its socket or a stream's pair).
+inline bool EdgeServer::serve_http2_event(int fd) {
+  auto it = http2_watched_.find(fd);
+  if (it == http2_watched_.end()) return false;
+  auto h2 = http2_connections_.find(it->second->fd());
+  if (h2 == http2_connections_.end()) return true;
+  auto connection = h2->second;
+  connection->pump(fd == connection->fd());
+  end_if_over(connection);
+  return true;
+}
+
+inline void EdgeServer::tick_http2(bool stopping) {
+  auto now = detail::Clock::now();
+  std::vector<std::shared_ptr<detail::Http2Connection>> all;
+  all.reserve(http2_connections_.size());
+  for (auto &c : http2_connections_) all.push_back(c.second);
+  for (auto &h2 : all) {
+    if (stopping) h2->go_away();
+    h2->tick(now);
+    h2->pump();
+    end_if_over(h2);
+  }
+}
+
+inline void EdgeServer::close_http2_connections() {
+  std::vector<std::shared_ptr<detail::Http2Connection>> all;
+  for (auto &c : http2_connections_) all.push_back(c.second);
+  http2_connections_.clear();
+  for (auto &h2 : all) {
+    h2->close();
+    close_connection(h2->connection());
+  }
+}
+
+inline void EdgeServer::watch(int fd, uint32_t events, detail::Http2Connection *owner) {
+  if (events == 0) return unwatch(fd);
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.fd = fd;
+  if (::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev) != 0 && errno == ENOENT)
+    ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
+  http2_watched_[fd] = owner;
+}
+
+inline void EdgeServer::unwatch(int fd) {
+  ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
+  http2_watched_.erase(fd);
+}
+
+// A stream's request, on its socket pair: a worker serves it like an accepted connection.
+inline bool EdgeServer::serve_stream(std::shared_ptr<detail::EdgeConnection> conn) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (stopping_) return false;
+    active_[conn.get()] = conn;
+  }
+  workers_.enqueue([this, conn] { serve_connection(conn); });
+  return true;
+}
+#endif  // WRPC_HTTP_NGHTTP2_SUPPORT
+
 }  // namespace wrpc_http
 
 // ---- telemetry ----
@@ -8257,6 +9288,9 @@ struct HttpSettings {
   HttpPolicy policy;  // CORS, cache_control, readonly_mode
   size_t max_target_bytes = WRPC_HTTP_MAX_TARGET_BYTES;  // longest component id a director may pick
   bool keep_alive = true;  // disable_keepalive: false here, each connection carries one request
+  // `http2` (false: HTTP/1.1 only), `h2_max_concurrent_streams`, `h2_max_header_list_size`,
+  // `h2_idle_timeout_ms`, `h2_settings_timeout_ms`; the rest by macro (WRPC_HTTP_H2_*).
+  Http2Options http2;
 
   // Throws std::invalid_argument naming the bad key.
   static HttpSettings from_config(const StringMap &config, const StringMap &overrides = {});
@@ -8344,6 +9378,20 @@ inline HttpSettings HttpSettings::from_config(const StringMap &config, const Str
   if (auto v = get("head_timeout_ms"))
     s.head_timeout = std::chrono::milliseconds(detail::parse_unsigned("head_timeout_ms", *v));
   if (auto v = get("disable_keepalive")) s.keep_alive = !detail::parse_flag("disable_keepalive", *v);
+  if (auto v = get("http2")) {
+    s.http2.only = detail::lower(*v) == "only";
+    s.http2.enabled = s.http2.only || detail::parse_flag("http2", *v);
+  }
+  if (auto v = get("h2_max_concurrent_streams")) {
+    auto n = detail::parse_unsigned("h2_max_concurrent_streams", *v);
+    if (n == 0 || n > 100000) throw std::invalid_argument("config 'h2_max_concurrent_streams' must be 1 to 100000");
+    s.http2.max_concurrent_streams = static_cast<uint32_t>(n);
+  }
+  if (auto v = get("h2_max_header_list_size")) s.http2.max_header_list_bytes = detail::parse_size("h2_max_header_list_size", *v);
+  if (auto v = get("h2_idle_timeout_ms"))
+    s.http2.idle_timeout = std::chrono::milliseconds(detail::parse_unsigned("h2_idle_timeout_ms", *v));
+  if (auto v = get("h2_settings_timeout_ms"))
+    s.http2.settings_timeout = std::chrono::milliseconds(detail::parse_unsigned("h2_settings_timeout_ms", *v));
   if (auto v = get("tls_cert_file")) s.tls_cert_file = *v;
   if (auto v = get("tls_priv_key_file")) s.tls_priv_key_file = *v;
   if (s.tls_cert_file.empty() != s.tls_priv_key_file.empty())
@@ -8464,11 +9512,6 @@ inline bool is_hop_by_hop(const std::string &lower_name) {
   for (auto n : names)
     if (lower_name == n) return true;
   return false;
-}
-
-inline std::string lower(std::string s) {
-  for (auto &c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
 }
 
 // The fields as the client sent them, for wasi:http: each name once, lower-cased, with all
@@ -8932,7 +9975,10 @@ private:
     std::string edge_signature() const {
       return settings.address + "|" + target + "|" + std::to_string(settings.max_content_len) + "|" +
              std::to_string(settings.head_timeout.count()) + "|" + (settings.keep_alive ? "ka" : "close") + "|" +
-             settings.tls_cert_file + "|" + settings.tls_priv_key_file;
+             settings.tls_cert_file + "|" + settings.tls_priv_key_file + "|" + (settings.http2.only ? "h2only" : settings.http2.enabled ? "h2" : "h1") +
+             "|" + std::to_string(settings.http2.max_concurrent_streams) + "|" +
+             std::to_string(settings.http2.max_header_list_bytes) + "|" + std::to_string(settings.http2.idle_timeout.count()) +
+             "|" + std::to_string(settings.http2.settings_timeout.count());
     }
     // What each request reads as it starts: a change applies in place, connections stay.
     std::string request_signature() const {
@@ -9366,6 +10412,7 @@ inline std::unique_ptr<Provider::Listener> Provider::start_listener(const Listen
   options.keep_alive = settings.keep_alive;
   options.tls_cert_file = settings.tls_cert_file;
   options.tls_priv_key_file = settings.tls_priv_key_file;
+  options.http2 = settings.http2;
   auto listener = std::make_unique<Listener>();
   listener->edge_signature = spec.edge_signature();
   listener->request_signature = spec.request_signature();

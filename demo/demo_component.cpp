@@ -107,6 +107,20 @@ void handle(wrpc_http::wrpc::IncomingRequest &req, wrpc_http::wrpc::ResponseWrit
     }
     return res.finish();
   }
+  if (path == "/proxy/digest") {
+    // The body's SHA-256, hex (uploads checked byte for byte without echoing them).
+    std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> sha(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+    EVP_DigestInit_ex(sha.get(), EVP_sha256(), nullptr);
+    while (req.read_body(chunk, idle)) EVP_DigestUpdate(sha.get(), chunk.data(), chunk.size());
+    unsigned char digest[32];
+    unsigned int size = 0;
+    EVP_DigestFinal_ex(sha.get(), digest, &size);
+    std::string hex;
+    for (unsigned int i = 0; i < size; ++i) hex += "0123456789abcdef"[digest[i] >> 4], hex += "0123456789abcdef"[digest[i] & 15];
+    res.send_head(head);
+    res.write_body(hex);
+    return res.finish();
+  }
   if (path == "/proxy/count") {
     uint64_t total = 0;
     while (req.read_body(chunk, idle)) total += chunk.size();

@@ -17,6 +17,9 @@
 //   /proxy/fault/sleep/MS       a 200 "slept MS" after MS milliseconds
 //   /proxy/fault/drip/N/MS      a 200 head at once, then N chunks "chunk I\n" (I from 0) one every
 //                               MS milliseconds, then the body's end
+//   /proxy/fault/paced/N/MS     a 200 head at once, then N bytes of the pattern a-z (from `a`
+//                               again every 64 KiB) in pieces of 256 KiB, one every MS
+//                               milliseconds: a large body no faster than a client takes it
 // Any other path gets a well-formed 200 "fault component ok". Sleep and drip hold no thread
 // while they wait (one timer thread serves them all), so thousands can run at once.
 #include "../wrpc_http_provider.hpp"
@@ -126,8 +129,12 @@ private:
   std::thread thread_;
 };
 
-// drip/N/MS: chunk `index` of `count`, and the next one MS later (the end after the last).
-void drip(Client &nc, Timers &timers, const std::string &reply, int index, int count, std::chrono::milliseconds every) {
+using Piece = std::function<std::string(int index)>;
+
+// drip/N/MS and paced/N/MS: piece `index` of `count`, and the next one MS later (the end after
+// the last).
+void drip(Client &nc, Timers &timers, const std::string &reply, int index, int count, std::chrono::milliseconds every,
+          Piece piece) {
   auto batch = nc.batch();
   if (index == count) {
     std::string end, trailers;
@@ -140,12 +147,20 @@ void drip(Client &nc, Timers &timers, const std::string &reply, int index, int c
     nc.send(batch);
     return;
   }
-  std::string text = "chunk " + std::to_string(index) + "\n", chunk;
+  std::string text = piece(index), chunk;
   wrpc_http::detail::encode_stream_chunk(text.data(), text.size(), chunk);
   batch.publish(reply + ".results.0.0", chunk);
   nc.send(batch);
-  timers.at(std::chrono::steady_clock::now() + every,
-            [&nc, &timers, reply, index, count, every] { drip(nc, timers, reply, index + 1, count, every); });
+  timers.at(std::chrono::steady_clock::now() + every, [&nc, &timers, reply, index, count, every, piece] {
+    drip(nc, timers, reply, index + 1, count, every, piece);
+  });
+}
+
+// The a-z pattern of /proxy/bytes/N, `size` bytes from a 64 KiB boundary on.
+std::string pattern_piece(size_t size) {
+  std::string out(size, '\0');
+  for (size_t i = 0; i < size; ++i) out[i] = static_cast<char>('a' + (i % (64 * 1024)) % 26);
+  return out;
 }
 
 // The waiting faults, answered from the timer thread; false for any other path.
@@ -161,15 +176,24 @@ bool answer_later(Client &nc, Timers &timers, const std::string &reply, const st
     });
     return true;
   }
-  if (fault.compare(0, 5, "drip/") == 0) {
-    auto rest = fault.substr(5);
-    int count = std::stoi(rest.substr(0, rest.find('/')));
+  bool paced = fault.compare(0, 6, "paced/") == 0;
+  if (fault.compare(0, 5, "drip/") == 0 || paced) {
+    auto rest = fault.substr(paced ? 6 : 5);
+    uint64_t n = std::stoull(rest.substr(0, rest.find('/')));
     std::chrono::milliseconds every(std::stoi(rest.substr(rest.find('/') + 1)));
+    const size_t piece_bytes = 256 * 1024;
+    int count = static_cast<int>(paced ? (n + piece_bytes - 1) / piece_bytes : n);
+    Piece piece = [](int index) { return "chunk " + std::to_string(index) + "\n"; };
+    if (paced)
+      piece = [n, piece_bytes, whole = pattern_piece(piece_bytes)](int index) {
+        uint64_t left = n - static_cast<uint64_t>(index) * piece_bytes;
+        return left >= piece_bytes ? whole : whole.substr(0, static_cast<size_t>(left));
+      };
     auto batch = nc.batch();
     batch.publish(reply + ".results", result_head(200));
     batch.publish(reply + ".results", "");
     nc.send(batch);
-    timers.at(now + every, [&nc, &timers, reply, count, every] { drip(nc, timers, reply, 0, count, every); });
+    timers.at(now + every, [&nc, &timers, reply, count, every, piece] { drip(nc, timers, reply, 0, count, every, piece); });
     return true;
   }
   return false;

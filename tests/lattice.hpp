@@ -231,6 +231,32 @@ private:
   std::string saved_;
 };
 
+// Runs a shell command; its standard output.
+inline std::string shell(const std::string &command) {
+  std::string out;
+  FILE *p = ::popen(command.c_str(), "r");
+  REQUIRE(p);
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  CHECK(::pclose(p) == 0);
+  return out;
+}
+
+// A self-signed certificate for localhost and 127.0.0.1, made with the openssl tool.
+struct SelfSigned {
+  std::string dir = shell("mktemp -d");
+  std::string cert, key;
+  SelfSigned() {
+    dir.erase(dir.find_last_not_of("\n") + 1);
+    cert = dir + "/cert.pem";
+    key = dir + "/key.pem";
+    shell("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost -addext "
+          "subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " + key + " -out " + cert + " 2>/dev/null");
+  }
+  ~SelfSigned() { shell("rm -rf " + dir); }
+};
+
 // What the demo component's /proxy/bytes/N sends: a-z over and over, from `a` again every 64 KiB.
 inline std::string pattern_bytes(size_t n) {
   std::string out(n, '\0');

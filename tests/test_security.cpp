@@ -5,34 +5,11 @@
 
 using namespace std::chrono_literals;
 using testsupport::kProviderKey;
+using testsupport::SelfSigned;
+using testsupport::shell;
 namespace nkeys = wrpc_http::detail::nkeys;
 
 namespace {
-
-std::string shell(const std::string &command) {
-  std::string out;
-  FILE *p = ::popen(command.c_str(), "r");
-  REQUIRE(p);
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-  CHECK(::pclose(p) == 0);
-  return out;
-}
-
-// A self-signed certificate for localhost and 127.0.0.1, made with the openssl tool.
-struct SelfSigned {
-  std::string dir = shell("mktemp -d");
-  std::string cert, key;
-  SelfSigned() {
-    dir.erase(dir.find_last_not_of("\n") + 1);
-    cert = dir + "/cert.pem";
-    key = dir + "/key.pem";
-    shell("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost -addext "
-          "subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " + key + " -out " + cert + " 2>/dev/null");
-  }
-  ~SelfSigned() { shell("rm -rf " + dir); }
-};
 
 nlohmann::json sealed_bytes(const std::string &sealed) {
   nlohmann::json out = nlohmann::json::array();
