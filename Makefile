@@ -146,7 +146,7 @@ HTTPLIB_TESTS := $(foreach v,$(HTTPLIB_HEADER_ONLY),test-httplib-$(word 1,$(subs
 httplib_suite = $(word 2,$(subst :, ,$(filter $(1):%,$(HTTPLIB_HEADER_ONLY))))
 HTTPLIB_HEADER_DEFINES := -DCPPHTTPLIB_OPENSSL_SUPPORT -DCPPHTTPLIB_ZLIB_SUPPORT -DCPPHTTPLIB_BROTLI_SUPPORT \
                           -DCPPHTTPLIB_USE_POLL
-HTTPLIB_HEADER_LDLIBS := -lssl -lcrypto -lsodium -lz -lbrotlienc -lbrotlidec -pthread
+HTTPLIB_HEADER_LDLIBS := -lssl -lcrypto -lsodium -lnghttp2 -lz -lbrotlienc -lbrotlidec -pthread
 # sid builds 0.41.0 with zstd as well (its Build-Depends has libzstd-dev).
 HTTPLIB_ZSTD_0.41.0 := yes
 .PHONY: $(HTTPLIB_TESTS)
@@ -259,7 +259,7 @@ interop: deps
 
 # libFuzzer targets (fuzz/): each parser of untrusted input under ASan+UBSan. `make fuzz` runs
 # each for FUZZ_SECONDS on a scratch copy of its seed corpus and fails on the first finding.
-FUZZ_TARGETS := wrpc_decoder nats_parser host_data http_head chunked
+FUZZ_TARGETS := wrpc_decoder nats_parser host_data http_head chunked stream_response_head
 FUZZ_SECONDS ?= 300
 FUZZ_CXXFLAGS = $(CXXSTD) $(WARN) -g -O1 -fsanitize=fuzzer,address,undefined $(FEATURES) $(HTTPLIB_CFLAGS) -I.
 

@@ -26,15 +26,16 @@
 //          return provider.run();
 //        }
 //
-//    wrpc_http::EdgeServer          the HTTP/1.1 edge: an httplib::Server whose connections,
+//    wrpc_http::EdgeServer          the HTTP edge: an httplib::Server whose connections,
 //                                   framing and limits the provider owns (routes as usual; a
-//                                   route may detach its response from its worker)
+//                                   route may detach its response from its worker); HTTP/2
+//                                   streams reach it as HTTP/1.1 requests (HTTP/2 front)
 //    wrpc_http::nats::Client        a small NATS client (pub/sub, request/reply, reconnect, TLS)
 //    wrpc_http::wrpc::OutgoingCall  one `handle` invocation, client side
 //    wrpc_http::wrpc::Server        serves `handle` (the demo component is built on it)
 //
 //  Sections, in order: configuration macros, cpp-httplib versions, utilities, nkeys, NATS
-//  client, wRPC codec, wRPC transport, provider runtime, HTTP edge, telemetry (OTLP export),
+//  client, wRPC codec, wRPC transport, provider runtime, HTTP edge, HTTP/2 front, telemetry (OTLP export),
 //  HTTP policies (CORS, cache-control, read-only mode), HTTP bridge, provider.
 //
 //  A request's path (HTTP/1.1 in, wRPC over NATS out, and back)
@@ -67,6 +68,10 @@
 //                detached response for its deadlines (timeout_ms 504, body idle, write stall)
 //    done        the edge loop: the response-done step (the spans end), then the connection's
 //                next request goes to a worker, or it is parked, or closed
+//  HTTP/2: a connection that opens with the preface (or chose h2 by ALPN) goes from its worker
+//  to the edge loop (EdgeServer::hand_to_http2), where detail::Http2Connection runs nghttp2;
+//  each stream's request is written as HTTP/1.1 into a socket pair whose other end takes the
+//  path above from `edge` on (EdgeServer::serve_stream), and its answer is read back as frames.
 //  A worker holds a forwarded request from `edge` until its call is sent (a streamed upload:
 //  until its last byte); no thread waits for the component. Routes of your own (cpp-httplib
 //  handlers) take the `router` step's place of the forwarder and hold their worker to the end.
@@ -76,7 +81,7 @@
 //  Threads: the NATS reader (reads, answers health, moves detached responses on with
 //  non-blocking writes, hands everything that can wait to the control thread: it never waits
 //  for a listener or a request), the NATS writer, a lame duck
-//  mover while one runs, each listener's edge loop and its workers, the provider's control
+//  mover while one runs, each listener's edge loop (which also runs its HTTP/2 sessions) and its workers, the provider's control
 //  thread (link put/del and config updates, one at a time, in arrival order), one telemetry
 //  exporter per enabled signal, and run()'s own thread (signals, shutdown). Each has one
 //  owner that joins it.
@@ -6751,7 +6756,8 @@ inline size_t parse_stream_response_head(const std::string &bytes, size_t max_by
     return 0;
   }
   if (bytes.compare(0, 9, "HTTP/1.1 ") != 0 || end < 12 || !std::isdigit(static_cast<unsigned char>(bytes[9])) ||
-      !std::isdigit(static_cast<unsigned char>(bytes[10])) || !std::isdigit(static_cast<unsigned char>(bytes[11])))
+      !std::isdigit(static_cast<unsigned char>(bytes[10])) || !std::isdigit(static_cast<unsigned char>(bytes[11])) ||
+      (bytes[12] != ' ' && bytes[12] != '\r'))
     throw std::runtime_error("malformed status line");
   head = StreamResponseHead{};
   head.status = std::atoi(bytes.substr(9, 3).c_str());

@@ -387,6 +387,38 @@ inline std::string chunked_fault(const std::string& bytes) {
   return "";
 }
 
+#ifdef WRPC_HTTP_NGHTTP2_SUPPORT
+// The head of a response the edge wrote for an HTTP/2 stream (HTTP/2 front): a refusal is an
+// exception; a head it takes is whole, its fields are tokens and field values, and no prefix of
+// it parses as a head.
+inline std::string stream_response_head_fault(const std::string& bytes) {
+  using wrpc_http::detail::StreamResponseHead;
+  const size_t max_bytes = 64 * 1024;
+  StreamResponseHead head;
+  size_t used = 0;
+  try {
+    used = wrpc_http::detail::parse_stream_response_head(bytes, max_bytes, false, head);
+  } catch (const std::runtime_error&) {
+    return "";
+  }
+  if (used == 0) return bytes.size() > max_bytes + 4 ? "took no head from more than the limit" : "";
+  if (used > bytes.size() || bytes.compare(used - 4, 4, "\r\n\r\n") != 0) return "a head that does not end its bytes";
+  if (head.status < 0 || head.status > 999) return "a status of more than three digits";
+  for (auto& f : head.fields) {
+    if (!http1::is_token(f.first)) return "accepted a field name that is not a token";
+    for (unsigned char c : f.second)
+      if (!http1::is_field_value_byte(c)) return "accepted a control byte in a field value";
+  }
+  StreamResponseHead part;
+  try {
+    if (wrpc_http::detail::parse_stream_response_head(bytes.substr(0, used - 1), max_bytes, false, part) != 0)
+      return "a prefix of the head parsed as a whole head";
+  } catch (const std::runtime_error&) {
+  }
+  return "";
+}
+#endif
+
 // ---------------------------------------------------------------------------------------
 // A fuzz target's body: `check` on the fuzzer's input. A fault is a finding: printed, then an
 // abort, so that libFuzzer stops and saves the input.

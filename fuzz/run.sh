@@ -22,6 +22,7 @@ for target in "$@"; do
     host_data) max_len=16384 ;;
     http_head) max_len=70000 ;;
     chunked) max_len=8192 ;;
+    stream_response_head) max_len=70000 ;;
     *) echo "unknown fuzz target $target" >&2; exit 2 ;;
   esac
   dict=

@@ -79,3 +79,7 @@ TEST_CASE("fuzz regression: host data nested hundreds of thousands of levels dee
   CHECK(fuzz_checks::host_data_fault(text) == "");
   CHECK_THROWS_AS(wrpc_http::HostData::parse_json(text), std::invalid_argument);
 }
+
+TEST_CASE("fuzz seeds: the HTTP/2 stream response head seeds pass the parser checks") {
+  check_seeds("stream_response_head", fuzz_checks::stream_response_head_fault);
+}

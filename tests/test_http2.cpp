@@ -363,3 +363,24 @@ TEST_CASE("http2: on a listener with http2=only a bad preface gets GOAWAY, not a
 }
 
 }  // TEST_SUITE
+
+TEST_CASE("http2 front: the response head parser takes the edge's heads and refuses malformed ones") {
+  using wrpc_http::detail::parse_stream_response_head;
+  using wrpc_http::detail::StreamResponseHead;
+  StreamResponseHead head;
+  std::string chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-multi: a\r\nx-multi: b\r\n\r\n5\r\n";
+  CHECK(parse_stream_response_head(chunked, 65536, false, head) == chunked.size() - 3);
+  CHECK(head.status == 200);
+  CHECK(head.body == StreamResponseHead::Body::chunked);
+  CHECK(head.fields.size() == 3);
+  CHECK(parse_stream_response_head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", 65536, true, head) > 0);
+  CHECK(head.body == StreamResponseHead::Body::none);  // the answer to HEAD
+  CHECK(parse_stream_response_head("HTTP/1.1 200 OK\r\nContent-Le", 65536, false, head) == 0);
+  for (std::string bad : {"HTTP/1.1 2000 OK\r\n\r\n", "HTTP/1.0 200 OK\r\n\r\n", "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+                          "HTTP/1.1 200 OK\r\nx: a\x01" "b\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\n"}) {
+    CAPTURE(bad);
+    CHECK_THROWS_AS(parse_stream_response_head(bad, 65536, false, head), std::runtime_error);
+  }
+  CHECK_THROWS_AS(parse_stream_response_head("HTTP/1.1 200 OK\r\n" + std::string(70000, 'x'), 65536, false, head),
+                  std::runtime_error);
+}
