@@ -436,7 +436,12 @@ constexpr StreamShape kStreamShape = kHttplibVersion < httplib_version(0, 19, 0)
 
 template <class Edge, StreamShape = kStreamShape> class StreamAdapter;
 
-template <class Edge> class StreamAdapter<Edge, StreamShape::is_writable> : public httplib::Stream {
+// httplib::Stream as a base that depends on Edge: a shape's `override`s are checked only for the
+// shape in use (clang checks them against a non-dependent base at once, and the other shapes'
+// functions do not exist in this cpp-httplib).
+template <class Edge> class StreamBase : public httplib::Stream {};
+
+template <class Edge> class StreamAdapter<Edge, StreamShape::is_writable> : public StreamBase<Edge> {
 public:
   bool is_readable() const override { return true; }  // read() waits by itself
   bool is_writable() const override { return edge().may_write(); }
@@ -451,7 +456,7 @@ public:
   time_t duration() const override { return this->edge().elapsed_ms(); }
 };
 
-template <class Edge> class StreamAdapter<Edge, StreamShape::wait_writable> : public httplib::Stream {
+template <class Edge> class StreamAdapter<Edge, StreamShape::wait_writable> : public StreamBase<Edge> {
 public:
   bool is_readable() const override { return edge().bytes_at_hand(); }
   bool wait_readable() const override { return true; }  // read() waits by itself
