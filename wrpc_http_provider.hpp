@@ -4259,14 +4259,16 @@ struct AsyncChannels {
   nats::ReaderStallAllowance &reader_allowance;
   std::string trailer_bytes;
   size_t max_trailer_bytes;
-  bool trailers_closed = false;
+  // The trailers' value is whole (it decodes), or their channel closed. Hosts before 1.3
+  // (wasmcloud-host 0.20.0) never close it: the value's end is what counts.
+  bool trailers_done = false;
 
   // What a call's own thread may wait for, one bit each; the reader thread wakes it only when
   // a bit turns on (a message that changes none, e.g. more body behind unread body or a
   // channel's close after its end, costs the waiting thread no wake-up). With mu held.
   unsigned channel_conditions() const {
     return (body.queue.empty() ? 0u : 1u) | (body.ended ? 2u : 0u) | (body.error.empty() ? 0u : 4u) |
-           (trailers_closed ? 8u : 0u) | (lost ? 16u : 0u);
+           (trailers_done ? 8u : 0u) | (lost ? 16u : 0u);
   }
   static constexpr unsigned kFirstOwnCondition = 32u;
 
@@ -4297,9 +4299,11 @@ struct AsyncChannels {
   // With mu held.
   void on_trailer_message(const std::string &data) {
     if (data.empty()) {
-      trailers_closed = true;
-    } else if (trailer_bytes.size() + data.size() <= max_trailer_bytes) {
+      trailers_done = true;
+    } else if (!trailers_done && trailer_bytes.size() + data.size() <= max_trailer_bytes) {
       trailer_bytes += data;
+      trailers_done = decode_trailers(trailer_bytes.data(), trailer_bytes.size(), max_trailer_bytes).status !=
+                      DecodeStatus::need_more;  // whole, or malformed: take_trailers says which
     }
   }
 
@@ -4337,10 +4341,10 @@ struct AsyncChannels {
   }
 
   // With mu held.
-  bool trailers_known() const { return trailers_closed || lost; }
+  bool trailers_known() const { return trailers_done || lost; }
   // read_trailers' answer once trailers_known(), with mu held.
   std::optional<Fields> take_trailers() {
-    if (!trailers_closed) throw wrpc::CallError(wrpc::CallError::Kind::disconnected, "NATS connection lost");
+    if (!trailers_done) throw wrpc::CallError(wrpc::CallError::Kind::disconnected, "NATS connection lost");
     auto decoded = decode_trailers(trailer_bytes.data(), trailer_bytes.size(), max_trailer_bytes);
     if (decoded.status != DecodeStatus::ok)
       throw wrpc::CallError(wrpc::CallError::Kind::bad_reply, "malformed trailers: " + decoded.error);
@@ -4904,7 +4908,7 @@ struct IncomingRequest::State : detail::AsyncChannels {
     } else if (decoded.status == detail::DecodeStatus::ok) {
       params = std::move(decoded.value);
       if (!params->body.pending) body.set_ready(std::move(params->body.ready_bytes));
-      if (!params->trailers.pending) trailers_closed = true;
+      if (!params->trailers.pending) trailers_done = true;
     }
   }
 

@@ -12,6 +12,9 @@
 //   /proxy/fault/status/N       a well-formed response head with status N (e.g. 999)
 //   /proxy/fault/header-control a 200 whose header values hold control bytes (x-ctl-01, x-ctl-7f,
 //                               x-ctl-nul, x-ctl-cr), beside x-tab: a<HTAB>b and x-ok: fine
+//   /proxy/fault/unclosed       a 200 with body "unclosed" and trailer x-checksum: abc123, whose body
+//                               and trailers channels are never closed by an empty message (as
+//                               wasmCloud host 0.20.0 sends them: the values are complete)
 //   /proxy/fault/die-mid-body   a 200 head and part of a streamed body, then the process exits
 //   /proxy/fault/slow-body      a 200 head, then 600 ms later its body "late body" and its end
 //   /proxy/fault/sleep/MS       a 200 "slept MS" after MS milliseconds
@@ -224,6 +227,16 @@ void answer(Client &nc, const std::string &reply, const std::string &path) {
                       {"x-ctl-cr", {std::string("a\rb")}},
                       {"x-tab", {std::string("a\tb")}},
                       {"x-ok", {std::string("fine")}}});
+  } else if (fault == "unclosed") {
+    std::string chunk, end, trailers;
+    std::string body = "unclosed";
+    wrpc_http::detail::encode_stream_chunk(body.data(), body.size(), chunk);
+    wrpc_http::detail::encode_stream_end(end);
+    wrpc_http::detail::encode_trailers(wrpc_http::Fields{{"x-checksum", {"abc123"}}}, trailers);
+    batch.publish(reply + ".results", result_head(200));
+    batch.publish(reply + ".results", "");
+    batch.publish(reply + ".results.0.0", chunk + end);
+    batch.publish(reply + ".results.0.1", trailers);
   } else if (fault == "die-mid-body") {
     batch.publish(reply + ".results", result_head(200));
     batch.publish(reply + ".results", "");

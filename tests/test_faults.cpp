@@ -174,6 +174,17 @@ TEST_CASE("faults: a component that dies mid-body leaves a truncated chunked res
   CHECK(res->body == "fault component ok");
 }
 
+// wasmCloud host 0.20.0 (wasmCloud 1.2) sends a response's body stream and trailers value
+// complete, but never the empty message that closes their channels, as later hosts do.
+TEST_CASE("faults: complete body and trailers on channels never closed (host 0.20.0) are answered at once") {
+  Lattice lattice("fault-component", {{"body_idle_timeout_ms", "5000"}});
+  auto start = Clock::now();
+  auto reply = testsupport::send_raw(lattice.http_port, "GET /proxy/fault/unclosed HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 8s);
+  CHECK(seconds_since(start) < 1.0);
+  CHECK(raw_status(reply.bytes) == 200);
+  CHECK(reply.bytes.find("unclosed\r\n0\r\nx-checksum: abc123\r\n\r\n") != std::string::npos);
+}
+
 TEST_CASE("faults: a component's broken result is answered 502, and the provider keeps serving") {
   Lattice lattice("fault-component");
   for (std::string fault : {"garbage", "partial-head", "empty-result", "status/999"}) {
