@@ -241,7 +241,7 @@ $(INTEROP_WASH):
 # The host versions the host and wash sections run against: 0.27.1 (wasmCloud 1.9) is
 # interop/rust/host; each other VERSION is interop/hosts/VERSION, its own crate and Cargo.lock
 # with the same main, built into $(BUILD)/interop/cargo-hosts.
-INTEROP_HOST_VERSIONS ?= 0.27.1 0.25.0
+INTEROP_HOST_VERSIONS ?= 0.27.1 0.25.0 0.24.0
 interop_host_bin = $(if $(filter 0.27.1,$(1)),$(BUILD)/interop/cargo/release/interop-host,$(BUILD)/interop/cargo-hosts/release/interop-host-$(subst .,-,$(1)))
 INTEROP_HOSTS = $(foreach v,$(INTEROP_HOST_VERSIONS),$(v)=$(call interop_host_bin,$(v)))
 
