@@ -110,6 +110,13 @@ $(H2SPEC): tests/h2spec/tools.go tests/h2spec/go.mod tests/h2spec/go.sum
 	@mkdir -p $(@D)
 	cd tests/h2spec && GOFLAGS=-mod=readonly nice -n 10 go build -o $(CURDIR)/$@ github.com/summerwind/h2spec/cmd/h2spec
 
+# The gRPC client of tests/test_http2.cpp (google.golang.org/grpc at the version
+# tests/grpc/go.sum pins), cached in build/grpc whatever BUILD is.
+GRPC_CLIENT := build/grpc/grpc-client
+$(GRPC_CLIENT): tests/grpc/main.go tests/grpc/go.mod tests/grpc/go.sum
+	@mkdir -p $(@D)
+	cd tests/grpc && GOFLAGS=-mod=readonly nice -n 10 go build -o $(CURDIR)/$@ .
+
 $(BUILD)/nats-probe: $(wildcard bench/nats-probe/*.go) tests/go_build.sh
 	tests/go_build.sh bench/nats-probe $@
 
@@ -130,8 +137,9 @@ test: deps
 
 # The doctest suite: unit tests and integration tests against real processes.
 test-unit: $(BINARIES) $(BUILD)/fault-component $(BUILD)/tests/dropin.o $(BUILD)/tests/run-tests $(BUILD)/nats_peer \
-           $(OTEL_COLLECTOR) $(H2SPEC)
-	WRPC_HTTP_BUILD=$(BUILD) WRPC_HTTP_OTEL_COLLECTOR=$(OTEL_COLLECTOR) WRPC_HTTP_H2SPEC=$(H2SPEC) $(BUILD)/tests/run-tests
+           $(OTEL_COLLECTOR) $(H2SPEC) $(GRPC_CLIENT)
+	WRPC_HTTP_BUILD=$(BUILD) WRPC_HTTP_OTEL_COLLECTOR=$(OTEL_COLLECTOR) WRPC_HTTP_H2SPEC=$(H2SPEC) \
+	  WRPC_HTTP_GRPC_CLIENT=$(GRPC_CLIENT) $(BUILD)/tests/run-tests
 	tests/par_test.sh $(BUILD)/make_par $(BUILD)/http-server
 
 test-edge: $(BUILD)/http-server $(BUILD)/demo-component $(BUILD)/fault-component $(BUILD)/tests/run-edge-tests

@@ -39,6 +39,49 @@ std::string fields_json(const Fields &fields) {
   return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
+// gRPC framing: a flag byte (0: not compressed), the length (4 bytes, big-endian), the message.
+std::string grpc_frame(const std::string &message) {
+  uint32_t n = static_cast<uint32_t>(message.size());
+  std::string out = {'\0', static_cast<char>(n >> 24), static_cast<char>(n >> 16), static_cast<char>(n >> 8),
+                     static_cast<char>(n)};
+  return out + message;
+}
+
+// The messages of a gRPC request body (uncompressed ones; the rest is left out).
+std::vector<std::string> grpc_messages(const std::string &body) {
+  std::vector<std::string> out;
+  for (size_t at = 0; at + 5 <= body.size();) {
+    size_t n = (static_cast<uint8_t>(body[at + 1]) << 24) | (static_cast<uint8_t>(body[at + 2]) << 16) |
+               (static_cast<uint8_t>(body[at + 3]) << 8) | static_cast<uint8_t>(body[at + 4]);
+    if (at + 5 + n > body.size()) break;
+    if (body[at] == 0) out.push_back(body.substr(at + 5, n));
+    at += 5 + n;
+  }
+  return out;
+}
+
+// /proxy/grpc/echo.Echo/Say answers "echo: <message>"; /proxy/grpc/echo.Echo/Count with message N
+// streams "message 1" .. "message N"; other methods end with grpc-status 12 (UNIMPLEMENTED).
+// gRPC's status travels in the trailers.
+template <class Writer>
+void grpc(wrpc_http::wrpc::IncomingRequest &req, Writer &res, const std::string &method) {
+  std::string body, chunk;
+  while (req.read_body(chunk, std::chrono::milliseconds(30000))) body += chunk;
+  auto messages = grpc_messages(body);
+  ResponseHead head;
+  head.headers = {{"content-type", {"application/grpc"}}};
+  res.send_head(head);
+  std::string status = "0";
+  if (method == "echo.Echo/Say" && !messages.empty()) {
+    res.write_body(grpc_frame("echo: " + messages[0]));
+  } else if (method == "echo.Echo/Count" && !messages.empty()) {
+    for (uint64_t i = 1; i <= number_or(messages[0], 0); ++i) res.write_body(grpc_frame("message " + std::to_string(i)));
+  } else {
+    status = "12";
+  }
+  res.finish(Fields{{"grpc-status", {status}}, {"x-served-by", {"demo-component"}}});
+}
+
 void handle(wrpc_http::wrpc::IncomingRequest &req, wrpc_http::wrpc::ResponseWriter &writer, const std::string &id) {
   // Every response names the component that made it (routing tests tell components apart).
   struct Writer {
@@ -107,6 +150,7 @@ void handle(wrpc_http::wrpc::IncomingRequest &req, wrpc_http::wrpc::ResponseWrit
     }
     return res.finish();
   }
+  if (auto method = arg_after(path, "/proxy/grpc/"); !method.empty()) return grpc(req, res, method);
   if (path == "/proxy/digest") {
     // The body's SHA-256, hex (uploads checked byte for byte without echoing them).
     std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> sha(EVP_MD_CTX_new(), EVP_MD_CTX_free);

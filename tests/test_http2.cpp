@@ -150,6 +150,17 @@ TEST_CASE("http2: any method and a streamed echo pass through") {
   CHECK(nlohmann::json::parse(custom.body)["method_other"] == "PURGE");
 }
 
+TEST_CASE("http2: gRPC passes through: unary and server-streaming calls, grpc-status as a trailer") {
+  const char *client = std::getenv("WRPC_HTTP_GRPC_CLIENT");  // make test-unit builds it (tests/grpc)
+  REQUIRE(client);
+  Lattice lattice;
+  auto result = testsupport::run_capture({client, testsupport::loopback(lattice.http_port)}, 20s);
+  CHECK(result.exit_code == 0);
+  CHECK(result.out == "unary: echo: hello status=OK trailer=[demo-component]\n"
+                      "stream: message 1\nstream: message 2\nstream: message 3\nstream: status=OK\n"
+                      "unknown: status=Unimplemented\n");
+}
+
 TEST_CASE("http2: the settings advertise the configured stream and header limits") {
   LatticeOptions options;
   options.config = {{"h2_max_concurrent_streams", "7"}, {"h2_max_header_list_size", "4096"}};
