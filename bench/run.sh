@@ -89,7 +89,7 @@ install_missing() {
   "${sudo[@]}" apt-get update -qq
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 }
-install_missing wrk gnuplot-nox curl nats-server jq
+install_missing wrk gnuplot-nox curl nats-server jq nghttp2-client
 
 for bin in "$PROVIDER_BIN" "$COMPONENT_BIN" "$GATEWAY_BIN" "$PROBE_BIN" "$RUST_BIN"; do
   [[ -x "$bin" ]] || { echo "bench: $bin is missing; run 'make bench'" >&2; exit 1; }
@@ -489,6 +489,38 @@ run_wide() {
     "peak RSS $(mib "${WIDE_RSS[$server]}") MiB, errors ${WIDE_ERRORS[$server]}" >&2
 }
 [[ -n "$HOST_BIN" ]] || for server in "${SERVERS[@]}"; do run_wide "$server"; done
+
+# ---- HTTP/2: h2load ----
+# GET /proxy over h2c (prior knowledge) through the two forwarders that speak HTTP/2: this
+# provider and the Rust provider (path mode, hyper-util's auto builder). STREAMS concurrent
+# streams in all, over 1 and over 8 connections (streams per connection: STREAMS / connections).
+# p99 from h2load's per-request log; peak RSS (VmHWM) over each server's runs.
+H2_SERVERS=(ours rust)
+H2_POINTS=("1 1" "1 8" "1 32" "1 128" "8 8" "8 32" "8 128")  # connections, streams in all
+declare -A H2_RPS H2_P99 H2_ERRORS H2_RSS
+run_h2load() {
+  local server=$1 conns=$2 streams=$3 per out log rps done_ok failed
+  per=$((streams / conns))
+  log="$LOGS/h2load-$server-$conns-$streams.log"
+  out=$(h2load -D "$RUN_SECONDS" -c "$conns" -m "$per" -t 1 --log-file="$log" "${URL[$server]}/proxy" 2>&1) ||
+    fail "h2load failed on ${URL[$server]}/proxy: $out"
+  rps=$(awk '/^finished in/ { gsub(",", "", $4); print int($4) }' <<<"$out")
+  read -r done_ok failed < <(awk '/^requests:/ { print $8, $10 }' <<<"$out")
+  H2_RPS[$server $conns $streams]=$rps
+  H2_P99[$server $conns $streams]=$(awk '{ print $3 / 1000 }' "$log" | sort -n |
+    awk '{ v[NR] = $1 } END { if (NR) printf "%.2f", v[int(NR * 0.99 + 0.999)] ; else print "-" }')
+  H2_ERRORS[$server $conns $streams]=$failed
+  echo "bench: $server h2 c=$conns streams=$streams: $rps req/s, p99 ${H2_P99[$server $conns $streams]} ms,"     "$done_ok succeeded, $failed failed" >&2
+}
+if [[ -z "$HOST_BIN" ]]; then
+  for server in "${H2_SERVERS[@]}"; do
+    [[ "$(curl -s --http2-prior-knowledge --max-time 2 "${URL[$server]}/proxy")" == "Hello from the component!" ]] ||
+      fail "${NAME[$server]} does not answer /proxy over h2c"
+    reset_peak_rss "${PID[$server]}"
+    for point in "${H2_POINTS[@]}"; do run_h2load "$server" $point; done
+    H2_RSS[$server]=$(peak_rss_kib "${PID[$server]}")
+  done
+fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- report ----
@@ -570,6 +602,21 @@ wide_table() {
     echo "| ${NAME[$server]} | ${WIDE_RPS[$server]} | $(ratio "${WIDE_RPS[$server]}" "$best") | ${WIDE_P99[$server]} |" \
       "${WIDE_THREADS[$server]} | $(mib "${WIDE_RSS[$server]}") | ${WIDE_ERRORS[$server]} |"
   done
+}
+
+h2_table() {
+  echo "| Connections | Streams | ${NAME[ours]} req/s | ${NAME[rust]} req/s | ours : Rust | ours p99 ms | Rust p99 ms | failed (ours / Rust) |"
+  echo "|--:|--:|--:|--:|--:|--:|--:|---|"
+  local point conns streams
+  for point in "${H2_POINTS[@]}"; do
+    read -r conns streams <<<"$point"
+    echo "| $conns | $streams | ${H2_RPS[ours $conns $streams]} | ${H2_RPS[rust $conns $streams]} |" \
+      "$(ratio "${H2_RPS[ours $conns $streams]}" "${H2_RPS[rust $conns $streams]}") |" \
+      "${H2_P99[ours $conns $streams]} | ${H2_P99[rust $conns $streams]} |" \
+      "${H2_ERRORS[ours $conns $streams]} / ${H2_ERRORS[rust $conns $streams]} |"
+  done
+  echo
+  echo "Peak RSS over these runs: ${NAME[ours]} $(mib "${H2_RSS[ours]}") MiB, ${NAME[rust]} $(mib "${H2_RSS[rust]}") MiB."
 }
 
 calls_table() {
@@ -775,6 +822,13 @@ else
     "every 100 ms, and its peak RSS (VmHWM, reset before)."
   echo
   wide_table
+  echo
+  echo "## HTTP/2 (h2c)"
+  echo
+  echo "GET \`/proxy\` over h2c with h2load ($(h2load --version 2>&1 | awk 'NR == 1 { print $2 }'), ${RUN_SECONDS} s per" \
+    "run, 1 thread): the given streams in all, spread over the connections. p99 from h2load's per-request log."
+  echo
+  h2_table
   echo
   echo "## Every run"
   echo
