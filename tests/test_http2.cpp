@@ -55,6 +55,12 @@ private:
   std::thread thread_;
 };
 
+// curl's arguments for HTTP/2 to `path`: h2c by prior knowledge, or h2 over TLS by ALPN.
+std::vector<std::string> http2_to(const Lattice &lattice, const testsupport::SelfSigned *tls, const std::string &path) {
+  if (!tls) return {"--http2-prior-knowledge", lattice.url(path)};
+  return {"--http2", "--cacert", tls->cert, "https://127.0.0.1:" + std::to_string(lattice.http_port) + path};
+}
+
 }  // namespace
 
 TEST_SUITE("http2") {
@@ -88,28 +94,41 @@ TEST_CASE("http2: h2 by ALPN over TLS answers like HTTP/1.1, and HTTP/1.1 client
   CHECK(nlohmann::json::parse(inspect.body)["scheme"] == 1);
 }
 
-TEST_CASE("http2: a 64 MiB upload reaches the component byte for byte") {
-  Lattice lattice;
+TEST_CASE("http2: a 64 MiB upload reaches the component byte for byte, over h2c and over TLS") {
   testsupport::TempDir dir;
   std::string file = dir.path() + "/upload";
   testsupport::shell("head -c 67108864 /dev/urandom > " + file);
-  auto reply = h2c(lattice, "/proxy/digest", {"--max-time", "60", "-H", "content-type: application/octet-stream",
-                                              "--data-binary", "@" + file});
-  CHECK(reply.head.rfind("HTTP/2 200", 0) == 0);
-  CHECK(reply.body == sha256_of_file(file));
+  testsupport::SelfSigned pair;
+  for (bool tls : {false, true}) {
+    CAPTURE(tls);
+    LatticeOptions options;
+    if (tls) options.config = {{"tls_cert_file", pair.cert}, {"tls_priv_key_file", pair.key}};
+    Lattice lattice(options);
+    std::vector<std::string> args = {"--max-time", "60", "-H", "content-type: application/octet-stream",
+                                     "--data-binary", "@" + file};
+    for (auto &a : http2_to(lattice, tls ? &pair : nullptr, "/proxy/digest")) args.push_back(a);
+    auto reply = testsupport::curl(args);
+    CHECK(reply.head.rfind("HTTP/2 200", 0) == 0);
+    CHECK(reply.body == sha256_of_file(file));
+  }
 }
 
-TEST_CASE("http2: a 64 MiB download reaches the client byte for byte") {
-  LatticeOptions options;
-  options.component = "fault-component";
-  Lattice lattice(options);
-  // Paced at 128 MB/s: the transport's bound on a component that outruns its client is not
-  // what this checks (see the README's Backpressure).
-  auto result = testsupport::run_capture(
-      {"curl", "-s", "--http2-prior-knowledge", "--max-time", "60", lattice.url("/proxy/fault/paced/67108864/2")},
-      70s);
-  CHECK(result.out.size() == 67108864);
-  CHECK((result.out == testsupport::pattern_bytes(67108864)));
+TEST_CASE("http2: a 64 MiB download reaches the client byte for byte, over h2c and over TLS") {
+  testsupport::SelfSigned pair;
+  for (bool tls : {false, true}) {
+    CAPTURE(tls);
+    LatticeOptions options;
+    options.component = "fault-component";
+    if (tls) options.config = {{"tls_cert_file", pair.cert}, {"tls_priv_key_file", pair.key}};
+    Lattice lattice(options);
+    // Paced at 128 MB/s: the transport's bound on a component that outruns its client is not
+    // what this checks (see the README's Backpressure).
+    std::vector<std::string> argv = {"curl", "-s", "--max-time", "60"};
+    for (auto &a : http2_to(lattice, tls ? &pair : nullptr, "/proxy/fault/paced/67108864/2")) argv.push_back(a);
+    auto result = testsupport::run_capture(argv, 70s);
+    CHECK(result.out.size() == 67108864);
+    CHECK((result.out == testsupport::pattern_bytes(67108864)));
+  }
 }
 
 TEST_CASE("http2: request trailers reach the component and response trailers reach the client") {
