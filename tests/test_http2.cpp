@@ -180,7 +180,7 @@ TEST_CASE("http2: gRPC passes through: unary and server-streaming calls, grpc-st
                       "unknown: status=Unimplemented\n");
 }
 
-TEST_CASE("http2: the settings advertise the configured stream and header limits") {
+TEST_CASE("http2: the settings advertise the configured stream and header limits and the default windows") {
   LatticeOptions options;
   options.config = {{"h2_max_concurrent_streams", "7"}, {"h2_max_header_list_size", "4096"}};
   Lattice lattice(options);
@@ -195,6 +195,12 @@ TEST_CASE("http2: the settings advertise the configured stream and header limits
             RawHttp2::be32_value(f.payload, at + 2);
   CHECK(settings[NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS] == 7);
   CHECK(settings[NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE] == 4096);
+  // The defaults of the rest: HPACK table, the stream window, and the connection window
+  // (65,535 by the protocol, raised by the first WINDOW_UPDATE).
+  CHECK(settings[NGHTTP2_SETTINGS_HEADER_TABLE_SIZE] == WRPC_HTTP_H2_HPACK_TABLE_BYTES);
+  CHECK(settings[NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE] == WRPC_HTTP_H2_STREAM_WINDOW_BYTES);
+  REQUIRE(raw.read_until([](const RawHttp2::Frame &f) { return f.type == NGHTTP2_WINDOW_UPDATE && f.stream == 0; }, 2s));
+  CHECK(RawHttp2::be32_value(raw.frames().back().payload, 0) == WRPC_HTTP_H2_CONNECTION_WINDOW_BYTES - 65535);
 }
 
 TEST_CASE("http2: a header list over h2_max_header_list_size is answered 431 and the connection goes on") {
