@@ -6861,7 +6861,6 @@ private:
 
   static constexpr size_t kBodyBufferBytes = 256 * 1024;  // per stream, read ahead of the client's window
   static constexpr size_t kOutBufferBytes = 256 * 1024;   // frames waiting for the client's socket
-  static constexpr int kPairBufferBytes = 1024 * 1024;    // a socket pair's, each way
   static constexpr size_t kRecentlyClosedStreams = 256;
 
   // nghttp2's callbacks; user_data is the Http2Connection.
@@ -7041,6 +7040,7 @@ private:
   void close_http2_connections();
   void watch(int fd, uint32_t events, detail::Http2Connection *owner);
   void unwatch(int fd);
+  void forget(int fd);  // a descriptor about to close: no longer watched
   bool serve_stream(std::shared_ptr<detail::EdgeConnection> conn);
 #endif
 
@@ -7929,10 +7929,6 @@ inline void Http2Connection::start_request(Stream &s, bool request_ends) {
   head += s.chunked_request ? "Transfer-Encoding: chunked\r\n\r\n" : "\r\n";
   s.to_edge.push_back(Segment{std::move(head), 0});
   s.fd = pair[0];
-  for (int fd : pair) {
-    ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &kPairBufferBytes, sizeof(kPairBufferBytes));
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &kPairBufferBytes, sizeof(kPairBufferBytes));
-  }
   auto inner = std::make_shared<EdgeConnection>(pair[1], conn_->addresses(), conn_->over_tls(),
                                                 edge_.options().write_timeout);
   write_to_edge(s);
@@ -8093,7 +8089,7 @@ inline void Http2Connection::edge_closed(Stream &s) {
 
 inline void Http2Connection::close_pair(Stream &s) {
   if (s.fd < 0) return;
-  if (s.watched) edge_.unwatch(s.fd);
+  if (s.watched) edge_.forget(s.fd);  // closing it leaves the epoll set by itself
   s.watched = 0;
   ::close(s.fd);
   s.fd = -1;
@@ -8323,8 +8319,10 @@ inline void EdgeServer::watch(int fd, uint32_t events, detail::Http2Connection *
 
 inline void EdgeServer::unwatch(int fd) {
   ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
-  http2_watched_.erase(fd);
+  forget(fd);
 }
+
+inline void EdgeServer::forget(int fd) { http2_watched_.erase(fd); }
 
 // A stream's request, on its socket pair: a worker serves it like an accepted connection.
 inline bool EdgeServer::serve_stream(std::shared_ptr<detail::EdgeConnection> conn) {
