@@ -233,17 +233,14 @@ public:
   static std::string get_request(const std::string &path) {
     return header_block({{":method", "GET"}, {":scheme", "http"}, {":authority", "localhost"}, {":path", path}});
   }
+  // A whole GET on `stream` (END_HEADERS, END_STREAM), and the acknowledgement of the settings.
+  static std::string get(uint32_t stream, const std::string &path) {
+    return frame(NGHTTP2_HEADERS, NGHTTP2_FLAG_END_HEADERS | NGHTTP2_FLAG_END_STREAM, stream, get_request(path));
+  }
+  static std::string settings_ack() { return frame(NGHTTP2_SETTINGS, NGHTTP2_FLAG_ACK, 0, ""); }
 
   // False once the server closed or reset the connection.
-  bool send_bytes(const std::string &bytes) {
-    size_t sent = 0;
-    while (sent < bytes.size()) {
-      ssize_t n = ::send(fd_, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
-      if (n <= 0) return false;
-      sent += static_cast<size_t>(n);
-    }
-    return true;
-  }
+  bool send_bytes(const std::string &bytes) { return send_all(fd_, bytes); }
 
   // Reads frames until `want` returns true for one (then true) or the connection ends or the
   // time is up (false). Every frame read is kept in frames().

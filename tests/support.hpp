@@ -380,15 +380,21 @@ inline bool response_complete(const std::string &bytes) {
 
 // Sends `request` on the open connection `fd` (kept open: keep-alive) and reads until one whole
 // response came, the server closed the connection, or `timeout` passed.
+// Writes all of `bytes` to a blocking socket; false once the peer closed or reset it.
+inline bool send_all(int fd, const std::string &bytes) {
+  size_t sent = 0;
+  while (sent < bytes.size()) {
+    ssize_t n = ::send(fd, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
+    if (n <= 0) return false;
+    sent += static_cast<size_t>(n);
+  }
+  return true;
+}
+
 inline RawReply exchange_on(int fd, const std::string &request,
                             std::chrono::milliseconds timeout = std::chrono::milliseconds(3000)) {
   RawReply reply;
-  size_t sent = 0;
-  while (sent < request.size()) {
-    ssize_t n = ::send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
-    if (n <= 0) break;  // closed by the server: what it sent before is still readable
-    sent += static_cast<size_t>(n);
-  }
+  send_all(fd, request);  // a server that closed early: what it sent before is still readable
   auto deadline = std::chrono::steady_clock::now() + timeout;
   char buf[65536];
   while (true) {

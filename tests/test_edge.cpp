@@ -160,15 +160,7 @@ public:
   const std::string &unread() const { return buf_; }
 
 private:
-  bool send_all(const std::string &bytes) {
-    size_t sent = 0;
-    while (sent < bytes.size()) {
-      ssize_t n = ::send(fd_, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
-      if (n <= 0) return false;
-      sent += static_cast<size_t>(n);
-    }
-    return true;
-  }
+  bool send_all(const std::string &bytes) { return testsupport::send_all(fd_, bytes); }
 
   // Reads what comes before `deadline`; false on timeout or at the end of the connection.
   bool fill(Clock::time_point deadline) {
