@@ -185,6 +185,32 @@ TEST_CASE("http2: gRPC passes through: unary and server-streaming calls, grpc-st
                       "unknown: status=Unimplemented\n");
 }
 
+TEST_CASE("http2: a config update that reopens the listener lets the streams in flight finish after GOAWAY") {
+  LatticeOptions options;
+  options.config = {{"timeout_ms", "5000"}};
+  Lattice lattice(options);
+  lattice.count_invocations();
+  Http2Client client(lattice.http_port);
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 5; ++i) ids.push_back(client.submit("GET", "/proxy/sleep/1000"));
+  REQUIRE(client.run_until([&] { return lattice.invocation_count >= 5; }, 5s));
+  // A new max_content_len reopens the listener on its address: it drains first.
+  nlohmann::json update = {{"address", testsupport::loopback(lattice.http_port)}, {"timeout_ms", "5000"},
+                           {"max_content_len", "50M"}};
+  lattice.client->publish(testsupport::provider_subject("config.update"), update.dump());
+  REQUIRE(client.wait_all(8s));
+  CHECK(client.got_goaway());
+  for (auto id : ids) {
+    CHECK(client.response(id).status == 200);
+    CHECK(client.response(id).body == "Hello from the component!");
+  }
+  CHECK(testsupport::eventually([&] {
+    if (!testsupport::port_open(lattice.http_port)) return false;
+    Http2Client again(lattice.http_port);
+    return again.fetch("GET", "/proxy").status == 200;
+  }));
+}
+
 TEST_CASE("http2: the settings advertise the configured stream and header limits and the default windows") {
   LatticeOptions options;
   options.config = {{"h2_max_concurrent_streams", "7"}, {"h2_max_header_list_size", "4096"}};
