@@ -6431,6 +6431,7 @@ private:
 
 struct RequestTrace;  // telemetry's record of one request (telemetry section)
 class DetachedResponse;
+class Http2Connection;  // HTTP/2 front (with WRPC_HTTP_NGHTTP2_SUPPORT)
 
 // The request a worker is serving: the raw head and the body the Forwarder reads, and what
 // the steps around it (telemetry, the error handler) keep of it.
@@ -6903,7 +6904,7 @@ private:
   size_t out_used_ = 0;
   uint32_t client_watched_ = 0;
   Clock::time_point started_, last_frame_, out_blocked_since_{}, stalled_since_{};
-  bool settings_acked_ = false, over_ = false, going_away_ = false;
+  bool settings_acked_ = false, over_ = false, going_away_ = false, terminated_ = false;
   double budget_;
   Clock::time_point budget_at_;
   int32_t highest_stream_ = 0;              // the client's highest stream id so far
@@ -8225,10 +8226,12 @@ inline void Http2Connection::go_away() {
   pump();
 }
 
-// GOAWAY with `error_code`; the connection closes once it is written.
+// GOAWAY with `error_code`, once; the connection closes when it is written.
 inline void Http2Connection::terminate(uint32_t error_code) {
-  nghttp2_session_terminate_session(session_, error_code);
+  if (terminated_) return;
+  terminated_ = true;
   going_away_ = true;
+  nghttp2_session_terminate_session(session_, error_code);
 }
 
 }  // namespace detail
