@@ -7199,7 +7199,8 @@ inline void EdgeServer::serve(int listen_fd) {
       for (auto &p : parked_) p.second.conn->close();
       parked_.clear();
     }
-    bool finished = finished_, stopping = stopping_;
+    bool finished = finished_;
+    [[maybe_unused]] bool stopping = stopping_;  // HTTP/2 sessions' GOAWAY (WRPC_HTTP_NGHTTP2_SUPPORT)
     lk.unlock();
 #ifdef WRPC_HTTP_NGHTTP2_SUPPORT
     if (finished) close_http2_connections();
