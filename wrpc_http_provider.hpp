@@ -4260,8 +4260,12 @@ struct AsyncChannels {
   std::string trailer_bytes;
   size_t max_trailer_bytes;
   // The trailers' value is whole (it decodes), or their channel closed. Hosts before 1.3
-  // (wasmcloud-host 0.20.0) never close it: the value's end is what counts.
+  // (wasmcloud-host 0.20.0) never close it: the value's end is what counts. Each message of
+  // the value decodes it again from its start, so this is tried only while it is at most
+  // kEarlyTrailerBytes (real trailers are far smaller); a larger value, sent in many small
+  // messages, would cost the NATS reader quadratic time. A larger one waits for the close.
   bool trailers_done = false;
+  static constexpr size_t kEarlyTrailerBytes = 16 * 1024;
 
   // What a call's own thread may wait for, one bit each; the reader thread wakes it only when
   // a bit turns on (a message that changes none, e.g. more body behind unread body or a
@@ -4302,8 +4306,9 @@ struct AsyncChannels {
       trailers_done = true;
     } else if (!trailers_done && trailer_bytes.size() + data.size() <= max_trailer_bytes) {
       trailer_bytes += data;
-      trailers_done = decode_trailers(trailer_bytes.data(), trailer_bytes.size(), max_trailer_bytes).status !=
-                      DecodeStatus::need_more;  // whole, or malformed: take_trailers says which
+      if (trailer_bytes.size() <= kEarlyTrailerBytes)
+        trailers_done = decode_trailers(trailer_bytes.data(), trailer_bytes.size(), max_trailer_bytes).status !=
+                        DecodeStatus::need_more;  // whole, or malformed: take_trailers says which
     }
   }
 
@@ -6813,6 +6818,15 @@ inline bool is_connection_specific(const std::string &lower_name) {
   return false;
 }
 
+// nghttp2's view of `fields`, appended to `out`: names and values stay owned by `fields`
+// (nghttp2 copies them when a frame is submitted).
+inline void append_name_values(std::vector<nghttp2_nv> &out, const http1::FieldList &fields) {
+  for (auto &f : fields)
+    out.push_back({reinterpret_cast<uint8_t *>(const_cast<char *>(f.first.data())),
+                   reinterpret_cast<uint8_t *>(const_cast<char *>(f.second.data())), f.first.size(), f.second.size(),
+                   NGHTTP2_NV_FLAG_NONE});
+}
+
 // One client connection that speaks HTTP/2. Only the edge loop touches it.
 class Http2Connection {
 public:
@@ -6880,7 +6894,7 @@ private:
     auto it = streams_.find(id);
     return it == streams_.end() ? nullptr : it->second.get();
   }
-  bool spend_control_budget();
+  void spend_control_budget();
   void start_request(Stream &s, bool request_ends);
   void end_request(Stream &s);
   void answer_locally(Stream &s, int status, const std::string &text);
@@ -6890,6 +6904,7 @@ private:
   bool read_from_edge(Stream &s);
   void take_response_bytes(Stream &s);
   void edge_closed(Stream &s);
+  void resume_body(Stream &s);
   void close_pair(Stream &s);
   void watch_pair(Stream &s);
   bool read_client();
@@ -7734,16 +7749,15 @@ inline void Http2Connection::close() {
   client_watched_ = 0;
 }
 
-// Frames that carry no request cost work all the same: a token bucket bounds them.
-inline bool Http2Connection::spend_control_budget() {
+// Frames that carry no request cost work all the same: a token bucket bounds them (once it
+// is spent, on_frame_recv ends the connection).
+inline void Http2Connection::spend_control_budget() {
   const Http2Options &o = edge_.options().http2;
   auto now = Clock::now();
   budget_ = std::min<double>(o.control_frame_burst,
                              budget_ + std::chrono::duration<double>(now - budget_at_).count() * o.control_frames_per_second);
   budget_at_ = now;
-  if (budget_ < 1) return false;
-  budget_ -= 1;
-  return true;
+  if (budget_ >= 1) budget_ -= 1;
 }
 
 // A HEADERS frame on a stream id below the client's highest that was never opened: the id was
@@ -7827,9 +7841,11 @@ inline int Http2Connection::on_frame_recv(nghttp2_session *, const nghttp2_frame
     }
     break;
   case NGHTTP2_DATA:
-    if (frame->hd.length == 0 && !ends_stream && !c.spend_control_budget()) break;
-    if (ends_stream)
-      if (Stream *s = c.find(frame->hd.stream_id)) c.end_request(*s);
+    if (!ends_stream) {
+      if (frame->hd.length == 0) c.spend_control_budget();
+    } else if (Stream *s = c.find(frame->hd.stream_id)) {
+      c.end_request(*s);
+    }
     break;
   case NGHTTP2_SETTINGS:
     if (frame->hd.flags & NGHTTP2_FLAG_ACK) c.settings_acked_ = true;
@@ -7898,9 +7914,7 @@ inline ssize_t Http2Connection::read_body(nghttp2_session *session, int32_t stre
     if (!s->response_trailers.empty()) {
       *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
       std::vector<nghttp2_nv> nva;
-      for (auto &f : s->response_trailers)
-        nva.push_back({reinterpret_cast<uint8_t *>(f.first.data()), reinterpret_cast<uint8_t *>(f.second.data()),
-                       f.first.size(), f.second.size(), NGHTTP2_NV_FLAG_NONE});
+      append_name_values(nva, s->response_trailers);
       nghttp2_submit_trailer(session, stream_id, nva.data(), nva.size());
     }
     return 0;
@@ -7959,21 +7973,14 @@ inline void Http2Connection::answer_locally(Stream &s, int status, const std::st
 }
 
 inline void Http2Connection::submit_head(Stream &s, int status, const http1::FieldList &fields, bool with_body) {
-  std::string status_text = std::to_string(status);
-  std::vector<std::pair<std::string, std::string>> lowered;
-  lowered.reserve(fields.size());
+  http1::FieldList head{{":status", std::to_string(status)}};
+  head.reserve(fields.size() + 1);
   for (auto &f : fields) {
     std::string name = lower(f.first);
-    if (!is_connection_specific(name)) lowered.emplace_back(std::move(name), f.second);
+    if (!is_connection_specific(name)) head.emplace_back(std::move(name), f.second);
   }
   std::vector<nghttp2_nv> nva;
-  static const char status_name[] = ":status";
-  nva.push_back({reinterpret_cast<uint8_t *>(const_cast<char *>(status_name)),
-                 reinterpret_cast<uint8_t *>(status_text.data()), sizeof(status_name) - 1, status_text.size(),
-                 NGHTTP2_NV_FLAG_NONE});
-  for (auto &f : lowered)
-    nva.push_back({reinterpret_cast<uint8_t *>(f.first.data()), reinterpret_cast<uint8_t *>(f.second.data()),
-                   f.first.size(), f.second.size(), NGHTTP2_NV_FLAG_NONE});
+  append_name_values(nva, head);
   nghttp2_data_provider body{};
   body.read_callback = read_body;
   nghttp2_submit_response(session_, s.id, nva.data(), nva.size(), with_body ? &body : nullptr);
@@ -8064,10 +8071,7 @@ inline void Http2Connection::take_response_bytes(Stream &s) {
       }
       break;
     }
-    if (s.deferred && (s.body.size() > before || s.body_done)) {
-      s.deferred = false;
-      nghttp2_session_resume_data(session_, s.id);
-    }
+    if (s.body.size() > before || s.body_done) resume_body(s);
     if (s.body_done) close_pair(s);
   } catch (const std::exception &) {
     close_pair(s);
@@ -8080,13 +8084,17 @@ inline void Http2Connection::edge_closed(Stream &s) {
   close_pair(s);
   if (s.head_sent && s.head.body == StreamResponseHead::Body::until_close) {
     s.body_done = true;
-    if (s.deferred) {
-      s.deferred = false;
-      nghttp2_session_resume_data(session_, s.id);
-    }
+    resume_body(s);
   } else if (!s.body_done) {
     nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, s.id, NGHTTP2_INTERNAL_ERROR);
   }
+}
+
+// More of the response body (or its end) is here: nghttp2 asks read_body again if it waits.
+inline void Http2Connection::resume_body(Stream &s) {
+  if (!s.deferred) return;
+  s.deferred = false;
+  nghttp2_session_resume_data(session_, s.id);
 }
 
 inline void Http2Connection::close_pair(Stream &s) {

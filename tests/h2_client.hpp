@@ -67,9 +67,7 @@ public:
     request->fields = {{":method", method}, {":scheme", "http"}, {":authority", "localhost"}, {":path", path}};
     for (auto &h : headers) request->fields.push_back(h);
     std::vector<nghttp2_nv> nva;
-    for (auto &f : request->fields)
-      nva.push_back({reinterpret_cast<uint8_t *>(f.first.data()), reinterpret_cast<uint8_t *>(f.second.data()),
-                     f.first.size(), f.second.size(), NGHTTP2_NV_FLAG_NONE});
+    wrpc_http::detail::append_name_values(nva, request->fields);
     nghttp2_data_provider provider{};
     provider.source.ptr = request.get();
     provider.read_callback = read_body;
@@ -145,9 +143,7 @@ private:
       if (!r->trailers.empty()) {
         *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
         std::vector<nghttp2_nv> nva;
-        for (auto &f : r->trailers)
-          nva.push_back({reinterpret_cast<uint8_t *>(f.first.data()), reinterpret_cast<uint8_t *>(f.second.data()),
-                         f.first.size(), f.second.size(), NGHTTP2_NV_FLAG_NONE});
+        wrpc_http::detail::append_name_values(nva, r->trailers);
         nghttp2_submit_trailer(session, id, nva.data(), nva.size());
       }
     }
