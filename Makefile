@@ -249,9 +249,13 @@ $(INTEROP_WASH):
 # The host versions the host and wash sections run against: 0.27.1 (wasmCloud 1.9) is
 # interop/rust/host; each other VERSION is interop/hosts/VERSION, its own crate and Cargo.lock
 # with the same main, built into $(BUILD)/interop/cargo-hosts.
-INTEROP_HOST_VERSIONS ?= 0.27.1 0.25.0 0.24.0
+INTEROP_HOST_VERSIONS ?= 0.27.1 0.25.0 0.24.0 0.20.0
 interop_host_bin = $(if $(filter 0.27.1,$(1)),$(BUILD)/interop/cargo/release/interop-host,$(BUILD)/interop/cargo-hosts/release/interop-host-$(subst .,-,$(1)))
-INTEROP_HOSTS = $(foreach v,$(INTEROP_HOST_VERSIONS),$(v)=$(call interop_host_bin,$(v)))
+# The component each host serves: 0.20.0 serves only a wasi:http 0.2.0 export, so it gets
+# interop/component-wasi-0.2.0 (the same paths in Python); the others the componentize-js one.
+WASI_020_COMPONENT := $(BUILD)/interop/component-wasi-0.2.0/component.wasm
+interop_host_component = $(if $(filter 0.20.0,$(1)),$(WASI_020_COMPONENT),$(BUILD)/interop/component/component.wasm)
+INTEROP_HOSTS = $(foreach v,$(INTEROP_HOST_VERSIONS),$(v)=$(call interop_host_bin,$(v))=$(call interop_host_component,$(v)))
 
 interop-build: all par $(INTEROP_NATS_SERVER) $(INTEROP_WASH)
 	interop/component/build.sh $(BUILD)/interop/component
@@ -259,6 +263,7 @@ interop-build: all par $(INTEROP_NATS_SERVER) $(INTEROP_WASH)
 	cd interop/wadm && $(INTEROP_CARGO)
 	set -e; for v in $(filter-out 0.27.1,$(INTEROP_HOST_VERSIONS)); do \
 	  (cd interop/hosts/$$v && $(INTEROP_CARGO:$(BUILD)/interop/cargo=$(BUILD)/interop/cargo-hosts)); done
+	$(if $(filter 0.20.0,$(INTEROP_HOST_VERSIONS)),interop/component-wasi-0.2.0/build.sh $(dir $(WASI_020_COMPONENT)))
 
 interop: deps
 	$(MAKE) interop-build

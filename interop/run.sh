@@ -6,8 +6,9 @@
 #      (build/http-server, host data on stdin) forwarding to it.
 #   2. A wasmCloud 1.x host (interop-host = wasmcloud-host with a minimal main) on nats-server
 #      with JetStream: the provider started from build/http-server.par.gz through the host's
-#      control interface (interop-ctl = wasmcloud-control-interface), the same component started
-#      by the host, the link put as wadm.yaml puts it.
+#      control interface (interop-ctl = wasmcloud-control-interface), the host's component
+#      (the same one, or for a host that serves only wasi:http 0.2.0 its build against that
+#      version) started by the host, the link put as wadm.yaml puts it.
 #   3. The user's flow: the README's "Deploying on wasmCloud" snippet, line by line, with wash
 #      (from crates.io) against that host and wadm (interop-wadm = wadm::start_wadm with a
 #      minimal main), deploying the repository's wadm.yaml; then the app's status, the
@@ -16,7 +17,7 @@
 # Every check runs on nats-server $INTEROP_NATS_SERVER (wadm's streams need >= 2.10; Debian 12
 # has 2.9.10), built from its Go module by `make interop-build`.
 #
-# Sections 2 and 3 run once per host version in INTEROP_HOSTS ("VERSION=BINARY ...").
+# Sections 2 and 3 run once per host version in INTEROP_HOSTS ("VERSION=BINARY=COMPONENT ...").
 #
 # Usage: interop/run.sh BUILD_DIR   (after `make interop-build`; the Makefile sets
 # INTEROP_NATS_SERVER, INTEROP_WASH and INTEROP_HOSTS). Prints a table of checks and exits 1
@@ -31,9 +32,14 @@ COMPONENT_WASM="$BUILD/interop/component/component.wasm"
 PAR="$BUILD/http-server.par.gz"
 NATS_SERVER=${INTEROP_NATS_SERVER:?the nats-server binary (make interop sets it)}
 WASH=${INTEROP_WASH:?the wash binary (make interop sets it)}
-read -r -a HOSTS <<<"${INTEROP_HOSTS:?host versions as VERSION=BINARY (make interop sets it)}"
+read -r -a HOSTS <<<"${INTEROP_HOSTS:?host versions as VERSION=BINARY=COMPONENT (make interop sets it)}"
+HOST_FILES=()
+for host in "${HOSTS[@]}"; do
+  IFS== read -r _ bin component <<<"$host"
+  HOST_FILES+=("$bin" "$component")
+done
 
-for f in "$BUILD/http-server" "$PAR" "$COMPONENT_WASM" "${HOSTS[@]#*=}" \
+for f in "$BUILD/http-server" "$PAR" "$COMPONENT_WASM" "${HOST_FILES[@]}" \
          "$CARGO_OUT/interop-wrpc-runner" "$CARGO_OUT/interop-ctl" "$CARGO_OUT/interop-wadm" \
          "$NATS_SERVER" "$WASH"; do
   [[ -e "$f" ]] || { echo "interop: $f is missing; run 'make interop'" >&2; exit 1; }
@@ -46,7 +52,6 @@ trap 'exit 1' INT TERM
 
 abs() { (cd "$(dirname "$1")" && echo "$PWD/$(basename "$1")"); }
 PAR_URL="file://$(abs "$PAR")"
-COMPONENT_URL="file://$(abs "$COMPONENT_WASM")"
 
 # ---- the table ----
 
@@ -445,6 +450,7 @@ second_deploy() {
 
 wash_section() {
   local W="wash on host $HOST_VERSION"
+  check "$W: wadm.yaml copy with the host's component" manifest_copy
   NATS_PORT=$(free_port)
   NATS_URL="nats://127.0.0.1:$NATS_PORT"
   start_nats "$NATS_PORT" -js -sd "$LOGS/jetstream-wash-$HOST_VERSION"
@@ -483,11 +489,10 @@ wash_section() {
   stop_all
 }
 
-check "wash: wadm.yaml copy with the local component" manifest_copy
 check "wash: wash par inspect shows the claims make par wrote" par_claims
 for host in "${HOSTS[@]}"; do
-  HOST_VERSION=${host%%=*}
-  HOST_BIN=${host#*=}
+  IFS== read -r HOST_VERSION HOST_BIN HOST_COMPONENT <<<"$host"
+  COMPONENT_URL="file://$(abs "$HOST_COMPONENT")"
   host_section
   wash_section
 done
