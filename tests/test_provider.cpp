@@ -40,6 +40,73 @@ std::string raw_exchange(int port, const std::string &request, const std::string
   return out;
 }
 
+
+// The host data line as wasmCloud hosts write it on a provider's stdin (base64, then "\r\n"),
+// captured from two host versions by a stand-in provider (a script that saved its first line)
+// started from a provider archive by the interop's hosts (2026-12-06; the keys are those of
+// throwaway lattices; 0.27.1's is from the provider's second start, after the link was put).
+// They differ in otel_config: 0.20.0 writes the signals and endpoints it was not given as null,
+// 0.27.1 leaves them out.
+const char *const kHostDataLine_0_20_0 =
+    "eyJob3N0X2lkIjoiTkNWVUU1REEySEFESElHUTJPTkkyM083RkhLN0RDU0IzT01JT1RQSVpKTVpNV1NPQ0NGQ1pNTUIiLCJs"
+    "YXR0aWNlX3JwY19wcmVmaXgiOiJkZWZhdWx0IiwibGlua19uYW1lIjoiZGVmYXVsdCIsImxhdHRpY2VfcnBjX3VzZXJfand0"
+    "IjoiIiwibGF0dGljZV9ycGNfdXNlcl9zZWVkIjoiIiwibGF0dGljZV9ycGNfdXJsIjoibmF0czovLzEyNy4wLjAuMToyNDIy"
+    "MiIsInByb3ZpZGVyX2tleSI6Imh0dHAtaHR0cF9wcm92aWRlciIsImVudl92YWx1ZXMiOnt9LCJpbnN0YW5jZV9pZCI6IjM4"
+    "NmE2MzE2LWExYjQtNGM4YS1iY2I3LTg3NDAzNWUzYjZjMiIsImxpbmtfZGVmaW5pdGlvbnMiOltdLCJjbHVzdGVyX2lzc3Vl"
+    "cnMiOltdLCJjb25maWciOnsiYWRkcmVzcyI6IjEyNy4wLjAuMToyNDI4MSJ9LCJzZWNyZXRzIjp7fSwiaG9zdF94a2V5X3B1"
+    "YmxpY19rZXkiOiJYQUw1UUZWNFc1WEY0SUlKNkpZU0VJWU1NWEtQT0ZSNzdIMldFSU5ET1FZTE5SSEVYWlRTN1RRUyIsInBy"
+    "b3ZpZGVyX3hrZXlfcHJpdmF0ZV9rZXkiOiJTWEFETzdVNjNHSkpVRTJJV0hNSERHTEhNV1FLQlFGNzdZWEZEM0NQWEVDRDJV"
+    "QVhUTUFHUERYQ1dRIiwiZGVmYXVsdF9ycGNfdGltZW91dF9tcyI6MjAwMCwic3RydWN0dXJlZF9sb2dnaW5nIjpmYWxzZSwi"
+    "bG9nX2xldmVsIjoiaW5mbyIsIm90ZWxfY29uZmlnIjp7ImVuYWJsZV9vYnNlcnZhYmlsaXR5IjpmYWxzZSwiZW5hYmxlX3Ry"
+    "YWNlcyI6bnVsbCwiZW5hYmxlX21ldHJpY3MiOm51bGwsImVuYWJsZV9sb2dzIjpudWxsLCJvYnNlcnZhYmlsaXR5X2VuZHBv"
+    "aW50IjpudWxsLCJ0cmFjZXNfZW5kcG9pbnQiOm51bGwsIm1ldHJpY3NfZW5kcG9pbnQiOm51bGwsImxvZ3NfZW5kcG9pbnQi"
+    "Om51bGwsInByb3RvY29sIjoiSHR0cCIsImFkZGl0aW9uYWxfY2FfcGF0aHMiOltdLCJ0cmFjZV9sZXZlbCI6ImluZm8ifX0="
+    "\r\n";
+const char *const kHostDataLine_0_27_1 =
+    "eyJob3N0X2lkIjoiTkRMS0FRUEpIUEdFUkk2RE80UE5WVkROM0FSVkZKQllWMkVWTjdVVjZMTUdLNVhNVlpMNExaWVIiLCJs"
+    "YXR0aWNlX3JwY19wcmVmaXgiOiJkZWZhdWx0IiwibGlua19uYW1lIjoiZGVmYXVsdCIsImxhdHRpY2VfcnBjX3VzZXJfand0"
+    "IjoiIiwibGF0dGljZV9ycGNfdXNlcl9zZWVkIjoiIiwibGF0dGljZV9ycGNfdXJsIjoibmF0czovLzEyNy4wLjAuMToyNDIy"
+    "MiIsInByb3ZpZGVyX2tleSI6Imh0dHAtaHR0cF9wcm92aWRlciIsImVudl92YWx1ZXMiOnt9LCJpbnN0YW5jZV9pZCI6ImY0"
+    "MWM5Y2MzLTk2ZjUtNDIzZi1hNjBmLWUyZWQyNzhjNjIxZSIsImxpbmtfZGVmaW5pdGlvbnMiOlt7InNvdXJjZV9pZCI6Imh0"
+    "dHAtaHR0cF9wcm92aWRlciIsInRhcmdldCI6Imh0dHAtaHR0cF9jb21wb25lbnQiLCJuYW1lIjoiZGVmYXVsdCIsIndpdF9u"
+    "YW1lc3BhY2UiOiJ3YXNpIiwid2l0X3BhY2thZ2UiOiJodHRwIiwiaW50ZXJmYWNlcyI6WyJpbmNvbWluZy1oYW5kbGVyIl0s"
+    "InNvdXJjZV9jb25maWciOnsiYWRkcmVzcyI6IjEyNy4wLjAuMToyNDI4MCJ9LCJ0YXJnZXRfY29uZmlnIjp7fSwic291cmNl"
+    "X3NlY3JldHMiOm51bGwsInRhcmdldF9zZWNyZXRzIjpudWxsfV0sImNsdXN0ZXJfaXNzdWVycyI6W10sImNvbmZpZyI6eyJh"
+    "ZGRyZXNzIjoiMTI3LjAuMC4xOjI0MjgxIn0sInNlY3JldHMiOnt9LCJob3N0X3hrZXlfcHVibGljX2tleSI6IlhCRU5OQ1NJ"
+    "Sk9aRk5ZQ0kzU0RFTjU1Tk5BM0g2MjJXVVlUWTVaVEtXM0NXR0dYTUpPV0ZSS1dQIiwicHJvdmlkZXJfeGtleV9wcml2YXRl"
+    "X2tleSI6IlNYQU9CUFc0T05BVTJNUlVaRVJXT0dRQlZGNUdEUTJDR0hZSTNSUVhPRkJCTzdYNzVUUURDTkpWV00iLCJkZWZh"
+    "dWx0X3JwY190aW1lb3V0X21zIjoyMDAwLCJzdHJ1Y3R1cmVkX2xvZ2dpbmciOmZhbHNlLCJsb2dfbGV2ZWwiOiJpbmZvIiwi"
+    "b3RlbF9jb25maWciOnsiZW5hYmxlX29ic2VydmFiaWxpdHkiOmZhbHNlLCJwcm90b2NvbCI6Ikh0dHAiLCJhZGRpdGlvbmFs"
+    "X2NhX3BhdGhzIjpbXSwidHJhY2VfbGV2ZWwiOiJpbmZvIn19"
+    "\r\n";
+
+// HostData::read on a pipe holding exactly `bytes`, as the provider reads its stdin.
+wrpc_http::HostData read_host_data_line(const std::string &bytes) {
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  REQUIRE(::write(fds[1], bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size()));
+  ::close(fds[1]);
+  auto host_data = wrpc_http::HostData::read(fds[0], 1000ms);
+  ::close(fds[0]);
+  return host_data;
+}
+
+void check_captured_host_data(const wrpc_http::HostData &h) {
+  CHECK(h.lattice_rpc_prefix == "default");
+  CHECK(h.lattice_rpc_url == "nats://127.0.0.1:24222");
+  CHECK(h.provider_key == "http-http_provider");
+  CHECK(h.config == wrpc_http::StringMap{{"address", "127.0.0.1:24281"}});
+  CHECK(h.default_rpc_timeout_ms == 2000u);
+  CHECK(h.log_level == "info");
+  CHECK(h.host_xkey_public_key.rfind('X', 0) == 0);
+  CHECK(h.provider_xkey_private_key.rfind("SX", 0) == 0);
+  auto otel = wrpc_http::OtelConfig::from_json(h.otel_config);
+  CHECK_FALSE(otel.traces_enabled());
+  CHECK_FALSE(otel.metrics_enabled());
+  CHECK_FALSE(otel.logs_enabled());
+  CHECK(otel.endpoint("traces") == "http://localhost:4318/v1/traces");
+  CHECK(otel.protocol == "http");
+}
 }  // namespace
 
 TEST_CASE("provider: / is answered by the provider itself") {
@@ -344,6 +411,28 @@ TEST_CASE("provider: missing or bad host data exits non-zero with one clear line
     CHECK(std::count(text.begin(), text.end(), '\n') == 1);
     CHECK(text.rfind("http-server: ", 0) == 0);
   }
+}
+
+TEST_CASE("host data: wasmcloud-host 0.20.0's line (captured; otel_config with nulls) is read whole") {
+  auto h = read_host_data_line(kHostDataLine_0_20_0);
+  CHECK(h.host_id == "NCVUE5DA2HADHIGQ2ONI23O7FHK7DCSB3OMIOTPIZJMZMWSOCCFCZMMB");
+  CHECK(h.otel_config.at("enable_traces").is_null());
+  CHECK(h.link_definitions.empty());
+  check_captured_host_data(h);
+}
+
+TEST_CASE("host data: wasmcloud-host 0.27.1's line (captured; otel_config without the unset keys) is read whole") {
+  auto h = read_host_data_line(kHostDataLine_0_27_1);
+  CHECK(h.host_id == "NDLKAQPJHPGERI6DO4PNVVDN3ARVFJBYV2EVN7UV6LMGK5XMVZL4LZYR");
+  CHECK_FALSE(h.otel_config.contains("enable_traces"));
+  REQUIRE(h.link_definitions.size() == 1);
+  const auto &link = h.link_definitions[0];
+  CHECK(link.source_id == "http-http_provider");
+  CHECK(link.target == "http-http_component");
+  CHECK(link.interfaces == std::vector<std::string>{"incoming-handler"});
+  CHECK(link.source_config == wrpc_http::StringMap{{"address", "127.0.0.1:24280"}});
+  CHECK(link.source_secrets.empty());
+  check_captured_host_data(h);
 }
 
 TEST_CASE("provider: no component serving the target answers 503 at once") {
