@@ -227,10 +227,10 @@ soak: deps all $(BUILD)/nats_lite $(OTEL_COLLECTOR)
 	$(MAKE) deps PACKAGES="wrk"
 	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_CYCLES=$(SOAK_CYCLES) bench/soak.sh $(BUILD) $(OTEL_COLLECTOR)
 
-# The provider against peers written elsewhere (interop/run.sh): a wasmCloud 1.x host, Rust's
-# wRPC over NATS, a Wasm component built with componentize-js, and the user's flow with wadm and
-# wash (`wash app deploy wadm.yaml`). Builds are cached in $(BUILD)/interop (first build:
-# wasmtime, the host and wash, long); not part of `make test`.
+# The provider against peers written elsewhere (interop/run.sh): wasmCloud 1.x hosts, Rust's
+# wRPC over NATS, Wasm components built with componentize-js (componentize-py for host 0.20.0),
+# and the user's flow with wadm and wash (`wash app deploy wadm.yaml`). Builds are cached in
+# $(BUILD)/interop (first build: wasmtime, the hosts and wash, long); not part of `make test`.
 INTEROP_CARGO := CARGO_TARGET_DIR=$(CURDIR)/$(BUILD)/interop/cargo CARGO_BUILD_JOBS=2 \
                  RUSTC_WRAPPER=$(CURDIR)/interop/rust/rustc-wrapper.sh nice -n 10 cargo build --release --locked
 # The lattice's nats-server: wadm 0.21's streams use sources with subject transforms, which need
