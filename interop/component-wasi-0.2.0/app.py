@@ -16,8 +16,8 @@ from component import exports
 from component.imports import streams
 from component.imports.types import (
     ErrorCode_InternalError, Fields, IncomingBody, IncomingRequest, Method_Other, Method_Patch,
-    Method_Post, Method_Put, OutgoingBody, OutgoingResponse, ResponseOutparam, Scheme_Http,
-    Scheme_Https, Scheme_Other)
+    Method_Post, Method_Put, OutgoingBody, OutgoingResponse, ResponseOutparam, Scheme_Https,
+    Scheme_Other)
 from component.types import Err, Ok
 
 READ_BYTES = 65536
