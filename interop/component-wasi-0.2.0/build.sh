@@ -4,7 +4,7 @@
 # (requirements.txt, in a venv of its own) against the wasi 0.2.0 WIT that host serves, the
 # wit/deps of its wasmcloud-runtime 0.4.0 (found with `cargo metadata` on interop/hosts/0.20.0).
 #   interop/component-wasi-0.2.0/build.sh OUT_DIR
-# OUT_DIR gets venv/, wit/ (world.wit + the wasi packages) and component.wasm.
+# OUT_DIR gets venv/, wit/ (world.wit + the wasi packages), src/ (app.py) and component.wasm.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=$1
@@ -32,7 +32,9 @@ done
 
 if [ ! -f "$out/component.wasm" ] || [ "$here/app.py" -nt "$out/component.wasm" ] \
    || [ "$here/world.wit" -nt "$out/component.wasm" ] || [ "$stamp" -nt "$out/component.wasm" ]; then
-  (cd "$here" && "$out/venv/bin/componentize-py" -d "$out/wit" -w component componentize app \
+  # From a copy in OUT_DIR: componentize-py leaves __pycache__ beside the module it reads.
+  rm -rf "$out/src" && mkdir -p "$out/src" && cp "$here/app.py" "$out/src/"
+  (cd "$out/src" && "$out/venv/bin/componentize-py" -d "$out/wit" -w component componentize app \
      -o "$out/component.wasm.tmp")
   mv "$out/component.wasm.tmp" "$out/component.wasm"
 fi
