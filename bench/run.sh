@@ -788,9 +788,10 @@ if [[ -n "$HOST_BIN" ]]; then
   echo "- Versions: $VERSIONS; nats-server $("$NATS_SERVER_BIN" --version | awk '{ print $2 }') for this run"
   echo "- wrk and the forwarders as in bench/results.md; CPU is per 1,000 requests, of the forwarding process," \
     "nats-server and the host (all threads, /proc/PID/stat)."
-  echo "- The host stops answering within a minute of 128 connections (README, make bench-host), so each run at" \
-    "128 connections, and the first run after one, meets a freshly started host (started $HOST_STARTS times in all; $HOST_KILLS of the stopped ones" \
-    "hung on SIGTERM and were killed after 10 s)."
+  echo "- The host stops answering within a minute of 128 connections (README, make bench-host), so each run" \
+    "at 128 connections, and the first run after one, meets a freshly started host, warmed up with 2 s per" \
+    "forwarder at 1 connection (started $HOST_STARTS times in all; $HOST_KILLS of the stopped ones hung on" \
+    "SIGTERM and were killed after 10 s)."
   echo
   echo "## The provider against its anchors"
   echo
