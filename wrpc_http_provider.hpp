@@ -163,6 +163,18 @@
 #ifndef WRPC_HTTP_MAX_BUFFERED_BODY
 #define WRPC_HTTP_MAX_BUFFERED_BODY (16u * 1024u * 1024u)
 #endif
+// Beyond its own WRPC_HTTP_MAX_BUFFERED_BODY, a call whose consumer is behind may borrow up to
+// WRPC_HTTP_BODY_OVERFLOW_PER_CALL more from one pool of WRPC_HTTP_BODY_OVERFLOW_POOL bytes
+// shared by the process, returned as its consumer drains: a component that writes at memory
+// speed to a client that reads at network speed needs a deeper buffer for a moment, which the
+// NATS reader's bounded waits alone cannot give (they protect the other calls on the
+// connection). Memory stays bounded: calls x own bound + the pool. 0 turns borrowing off.
+#ifndef WRPC_HTTP_BODY_OVERFLOW_POOL
+#define WRPC_HTTP_BODY_OVERFLOW_POOL (128u * 1024u * 1024u)
+#endif
+#ifndef WRPC_HTTP_BODY_OVERFLOW_PER_CALL
+#define WRPC_HTTP_BODY_OVERFLOW_PER_CALL (48u * 1024u * 1024u)
+#endif
 // How long, in all, the NATS reader may wait for one call's consumer to make room in a full
 // body buffer before the stream fails: a consumer that a busy machine descheduled now and then
 // catches up (nats-server holds the messages meanwhile). Each wait is also bounded by the
@@ -4174,20 +4186,52 @@ namespace detail {
 
 using Clock = std::chrono::steady_clock;
 
+// The process's pool of body bytes that calls borrow beyond their own bound
+// (WRPC_HTTP_BODY_OVERFLOW_POOL). Lock-free: calls on any connection borrow and return.
+class BodyOverflowPool {
+public:
+  explicit BodyOverflowPool(size_t bytes) : left_(bytes) {}
+  bool borrow(size_t bytes) {
+    size_t left = left_.load(std::memory_order_relaxed);
+    while (left >= bytes)
+      if (left_.compare_exchange_weak(left, left - bytes, std::memory_order_relaxed)) return true;
+    return false;
+  }
+  void give_back(size_t bytes) { left_.fetch_add(bytes, std::memory_order_relaxed); }
+  static BodyOverflowPool &process() {
+    static BodyOverflowPool pool(WRPC_HTTP_BODY_OVERFLOW_POOL);
+    return pool;
+  }
+
+private:
+  std::atomic<size_t> left_;
+};
+
 // Bytes of a pending stream<u8> as they arrive from NATS, waiting for a consumer. Bounded:
 // NATS has no flow control, so a producer that outruns the consumer fails the stream
-// instead of growing memory without limit.
+// instead of growing memory without limit. The bound is the call's own `max_bytes`, plus
+// what it could borrow from the process's BodyOverflowPool (at most `max_borrowed`).
 class ChunkQueue {
 public:
-  explicit ChunkQueue(size_t max_bytes) : max_bytes_(max_bytes) {}
+  ChunkQueue(size_t max_bytes, size_t max_borrowed, BodyOverflowPool &pool = BodyOverflowPool::process())
+      : max_bytes_(max_bytes), max_borrowed_(max_borrowed), pool_(pool) {}
+  ~ChunkQueue() { pool_.give_back(borrowed_); }
+  ChunkQueue(const ChunkQueue &) = delete;
+  ChunkQueue &operator=(const ChunkQueue &) = delete;
 
-  // Whether `size` more bytes stay within the bound (always, when nothing is held: the
-  // consumer cannot make more room than that).
-  bool has_room_for(size_t size) const { return chunks_.empty() || buffered_ + size <= max_bytes_; }
+  // Whether `size` more bytes fit (always, when nothing is held: the consumer cannot make more
+  // room than that), borrowing from the pool what the own bound lacks. With the owner's mutex held.
+  bool has_room_for(size_t size) {
+    if (chunks_.empty() || buffered_ + size <= max_bytes_ + borrowed_) return true;
+    size_t lacking = buffered_ + size - max_bytes_ - borrowed_;
+    if (borrowed_ + lacking > max_borrowed_ || !pool_.borrow(lacking)) return false;
+    borrowed_ += lacking;
+    return true;
+  }
 
   // Called with the owner's mutex held. Returns false when the bound is exceeded.
   bool push(const char *data, size_t size) {
-    if (buffered_ + size > max_bytes_) return false;
+    if (!has_room_for(size)) return false;
     if (!chunks_.empty() && chunks_.back().size() + size <= kCoalesce) {
       chunks_.back().append(data, size);
     } else {
@@ -4201,20 +4245,29 @@ public:
     std::string out = std::move(chunks_.front());
     chunks_.pop_front();
     buffered_ -= out.size();
+    // What the own bound covers again goes back to the pool at once.
+    size_t still_needed = buffered_ > max_bytes_ ? buffered_ - max_bytes_ : 0;
+    if (borrowed_ > still_needed) {
+      pool_.give_back(borrowed_ - still_needed);
+      borrowed_ = still_needed;
+    }
     return out;
   }
 
 private:
   static constexpr size_t kCoalesce = 64 * 1024;
   size_t max_bytes_;
+  size_t max_borrowed_;
+  BodyOverflowPool &pool_;
   size_t buffered_ = 0;
+  size_t borrowed_ = 0;
   std::deque<std::string> chunks_;
 };
 
 // The receiving half of a channel that carries a pending stream<u8> followed by the
 // channel's close (an empty NATS message). Shared by both sides of a call.
 struct StreamInbox {
-  explicit StreamInbox(size_t max_bytes) : queue(max_bytes) {}
+  StreamInbox(size_t max_bytes, size_t max_borrowed) : queue(max_bytes, max_borrowed) {}
   StreamChunkDecoder decoder;
   ChunkQueue queue;
   bool ended = false;  // the end chunk arrived
@@ -4242,9 +4295,9 @@ struct StreamInbox {
 // What both sides of a call receive asynchronously: a body stream and a trailers future,
 // filled by the NATS reader thread and read by the call's own thread.
 struct AsyncChannels {
-  AsyncChannels(size_t max_body, size_t max_trailers, std::chrono::milliseconds body_stall_budget,
-                nats::ReaderStallAllowance &reader_allowance)
-      : body(max_body), stall_left(body_stall_budget), reader_allowance(reader_allowance),
+  AsyncChannels(size_t max_body, size_t max_borrowed_body, size_t max_trailers,
+                std::chrono::milliseconds body_stall_budget, nats::ReaderStallAllowance &reader_allowance)
+      : body(max_body, max_borrowed_body), stall_left(body_stall_budget), reader_allowance(reader_allowance),
         max_trailer_bytes(max_trailers) {}
   std::mutex mu;
   std::condition_variable cv;
@@ -4505,6 +4558,8 @@ namespace wrpc {
 struct CallLimits {
   size_t max_head_bytes = WRPC_HTTP_MAX_HEAD_BYTES;
   size_t max_buffered_body = WRPC_HTTP_MAX_BUFFERED_BODY;
+  // What a call may borrow beyond max_buffered_body from the process's shared pool.
+  size_t max_borrowed_body = WRPC_HTTP_BODY_OVERFLOW_PER_CALL;
   std::chrono::milliseconds body_stall_budget{WRPC_HTTP_BODY_STALL_BUDGET_MS};
   // Request body bytes gathered before they go out as one NATS message.
   size_t body_flush_bytes = WRPC_HTTP_BODY_FLUSH_BYTES;
@@ -4678,7 +4733,7 @@ private:
 
   struct State : detail::AsyncChannels {
     State(const CallLimits &l, nats::ReaderStallAllowance &a)
-        : AsyncChannels(l.max_buffered_body, l.max_head_bytes, l.body_stall_budget, a), limits(l) {}
+        : AsyncChannels(l.max_buffered_body, l.max_borrowed_body, l.max_head_bytes, l.body_stall_budget, a), limits(l) {}
     CallLimits limits;
     std::string server_inbox;
     bool no_responders = false;
@@ -4896,7 +4951,7 @@ private:
 
 struct IncomingRequest::State : detail::AsyncChannels {
   State(const CallLimits &l, nats::ReaderStallAllowance &a)
-      : AsyncChannels(l.max_buffered_body, l.max_head_bytes, l.body_stall_budget, a), limits(l) {}
+      : AsyncChannels(l.max_buffered_body, l.max_borrowed_body, l.max_head_bytes, l.body_stall_budget, a), limits(l) {}
   CallLimits limits;
   std::string token;
   std::string param_bytes;

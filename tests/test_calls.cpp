@@ -285,4 +285,30 @@ TEST_CASE("calls: a client that stops reading its streamed response holds back o
   CHECK(got < (256u << 20));
 }
 
+TEST_CASE("calls: a response the component writes far faster than its client reads arrives whole past the "
+          "call's own 16 MiB (the shared overflow pool)") {
+  Lattice lattice;  // the demo component: /proxy/bytes/N streams N bytes as fast as it can
+  // A client on a fast network (at most 40 MB/s here) behind a component writing at memory
+  // speed: 48 MiB leave it some 30 MiB behind, far more than the NATS reader's bounded waits
+  // (100 ms at once, 10% of the time) can let it catch up on with the call's own 16 MiB.
+  const size_t size = 48u << 20;
+  std::string body;
+  size_t since_pause = 0;
+  auto start = Clock::now();
+  auto res = lattice.http().Get("/proxy/bytes/" + std::to_string(size), [&](const char *data, size_t n) {
+    body.append(data, n);
+    since_pause += n;
+    if (since_pause >= 40 * 1024) {
+      std::this_thread::sleep_for(1ms);
+      since_pause = 0;
+    }
+    return true;
+  });
+  MESSAGE((body.size() / 1024) << " KiB read in " << testsupport::seconds_since(start) << " s");
+  REQUIRE(res);
+  CHECK(res->status == 200);
+  CHECK(body.size() == size);
+  CHECK(body == testsupport::pattern_bytes(size));
+}
+
 }  // TEST_SUITE("calls")

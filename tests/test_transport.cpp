@@ -70,6 +70,7 @@ BodyRead read_rest(OutgoingCall &call) {
 CallLimits small_buffer(std::chrono::milliseconds stall_budget) {
   CallLimits limits;
   limits.max_buffered_body = 1024 * 1024;
+  limits.max_borrowed_body = 0;  // the stall budget and the reader's allowance alone
   limits.body_stall_budget = stall_budget;
   return limits;
 }
