@@ -4336,7 +4336,7 @@ struct AsyncChannels {
   // meanwhile and gone to sleep: the caller must wake it even if no condition turned on).
   bool on_body_message(std::unique_lock<std::mutex> &lk, const std::string &data) {
     std::chrono::microseconds allowed{0};
-    if (!body.queue.has_room_for(data.size()) && body.error.empty() && !body.ended && stall_left.count() > 0)
+    if (body.error.empty() && !body.ended && stall_left.count() > 0 && !body.queue.has_room_for(data.size()))
       allowed = reader_allowance.take(stall_left);
     if (allowed.count() <= 0) {
       body.on_message(data);
